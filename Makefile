@@ -1,0 +1,28 @@
+# Two entry points (see README): `make bench` and `make test`. Both create .venv on first use,
+# install torch pinned first (a CPU build), then the project with its test extras.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: venv bench test list clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+bench: venv
+	$(PY) run_bench.py list
+
+list: venv
+	$(PY) run_bench.py list
+
+test: venv
+	$(PY) -m pytest -rs -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,37 @@
+"""FLOP counts, one documented convention for every variant.
+
+Softmax attention (flash-attention's convention): a forward pass costs
+``4 * B * H * D * pairs`` FLOPs, where ``pairs`` is the number of attended (query, key) pairs of the
+variant's pattern counted from the pattern itself (causal: N(N+1)/2; window w: about N*w), so
+sparse and windowed variants get honest numbers. Backward = 2.5 x forward; forward+backward = 3.5 x.
+
+Linear attention (its own formula, the recurrent/state form): per token and head, the state update
+phi(k) v^T and the read-out phi(q)^T S cost 2*F*D each, so a forward pass costs ``4 * B * H * N * F * D``
+(F = number of features), independent of how an implementation arranges the work. Backward and
+forward+backward use the same 2.5 x and 3.5 x factors.
+
+A decode step counts the pairs of the new token only (its row of the pattern), or 4*F*D per head
+for linear attention.
+"""
+
+from __future__ import annotations
+
+from .reference import LinearMath
+
+PASS_FACTOR = {"fwd": 1.0, "fwd_bwd": 3.5, "bwd": 2.5, "decode": 1.0}
+
+
+def attention_flops(variant, case) -> int:
+    """FLOPs of one call of ``variant`` at ``case`` (a ``Case``)."""
+    b, n, h, d = case.batch, case.seq_len, case.heads, case.head_dim
+    math = variant.math
+    if case.pass_ == "decode":
+        if isinstance(math, LinearMath):
+            return 4 * b * h * math.feature_map.num_features(d) * d
+        row = variant.math.pattern_for(case.causal).row_mask(n).sum().item() if n <= 1 << 16 else n
+        return int(4 * b * h * d * row)
+    if isinstance(math, LinearMath):
+        fwd = 4 * b * h * n * math.feature_map.num_features(d) * d
+    else:
+        fwd = 4 * b * h * d * math.attended_pairs(n, causal=case.causal)
+    return int(fwd * PASS_FACTOR[case.pass_])

@@ -1,0 +1,205 @@
+"""Reference math: the one place that says what each variant must compute.
+
+Two forms cover every built-in variant:
+
+- softmax attention restricted to a pattern (``attnbench.patterns``)::
+
+      O = softmax(Q K^T / sqrt(D) + M) V,   M[i, j] = 0 where query i sees key j, else -inf
+
+- kernelized linear attention with a feature map phi (``attnbench.feature_maps``)::
+
+      O_i = sum_{j<=i} (phi(q_i) . phi(k_j)) v_j / sum_{j<=i} phi(q_i) . phi(k_j)
+
+Both are written in their plain, materialised form. Called in float64 they are the references that
+every implementation is tested against; called in a lower dtype they are "plain PyTorch", whose
+error sets the tolerance of the self-calibrating tests.
+
+A ``Math`` object is built from a variant's parameters (``MATHS[name].build(params)``) and knows
+its pattern or feature map, its reference and its attended pairs (for FLOP counts).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .feature_maps import Elu, FeatureMap, Performer
+from .patterns import BigBird, Full, Longformer, Pattern, SlidingWindow, Strided
+
+
+def softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    scale: float | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Dense masked softmax attention, materialising the (N, N) scores.
+
+    Args:
+        q, k, v: (B, N, H, D) queries, keys, values (Nk may differ from Nq).
+        mask: (Nq, Nk) bool, True where the query sees the key; None for all keys.
+        scale: score scale, default 1/sqrt(D).
+        dtype: compute dtype (float64 for the reference); default q's dtype.
+    Returns:
+        (B, Nq, H, D) in q's dtype, or in ``dtype`` when given.
+    """
+    dtype = dtype or q.dtype
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
+    scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.to(scores.device), float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(1, 2)
+
+
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    feature_map: FeatureMap,
+    *,
+    causal: bool = True,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Quadratic (materialised) form of linear attention.
+
+    Args:
+        q, k, v: (B, N, H, D).
+        feature_map: phi, applied to queries and keys in the compute dtype.
+        causal: sum over keys j <= i (True) or over all keys.
+        dtype: compute dtype; default q's dtype.
+    Returns:
+        (B, N, H, D) in ``dtype``.
+    """
+    dtype = dtype or q.dtype
+    q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
+    fq = feature_map(q, is_query=True)  # (B, H, N, F)
+    fk = feature_map(k, is_query=False)
+    a = fq @ fk.transpose(-1, -2)  # (B, H, N, N)
+    if causal:
+        n = a.shape[-1]
+        a = a * torch.ones(n, n, dtype=torch.bool, device=a.device).tril()
+    out = (a @ v) / a.sum(-1, keepdim=True)
+    return out.transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class SoftmaxMath:
+    """Softmax attention over ``pattern`` (a causal ``Full`` pattern for full attention)."""
+
+    name: str
+    pattern: Pattern
+
+    kind = "softmax"
+
+    def pattern_for(self, causal: bool) -> Pattern:
+        if isinstance(self.pattern, Full):
+            return Full(causal)
+        return self.pattern
+
+    def reference(self, q, k, v, *, causal: bool = True, dtype=torch.float64) -> torch.Tensor:
+        n = q.shape[1]
+        mask = self.pattern_for(causal).dense_mask(n, device=q.device)
+        return softmax_attention(q, k, v, mask, dtype=dtype)
+
+    def attended_pairs(self, n: int, *, causal: bool = True) -> int:
+        return self.pattern_for(causal).attended_pairs(n)
+
+    @property
+    def label(self) -> str:
+        return self.pattern.label
+
+
+@dataclass(frozen=True)
+class LinearMath:
+    """Kernelized linear attention with ``feature_map``."""
+
+    name: str
+    feature_map: FeatureMap
+
+    kind = "linear"
+
+    def reference(self, q, k, v, *, causal: bool = True, dtype=torch.float64) -> torch.Tensor:
+        return linear_attention(q, k, v, self.feature_map, causal=causal, dtype=dtype)
+
+    def attended_pairs(self, n: int, *, causal: bool = True) -> int:
+        """Pairs of the quadratic form (used only for pattern pictures; FLOPs use ``flops``)."""
+        return n * (n + 1) // 2 if causal else n * n
+
+    @property
+    def label(self) -> str:
+        return self.feature_map.label
+
+
+Math = SoftmaxMath | LinearMath
+
+
+@dataclass(frozen=True)
+class MathSpec:
+    """How to build a math from a variant's parameters.
+
+    ``factory`` takes keyword arguments named after variant parameters; the registry passes the
+    ones it names (so ``window`` reaches ``SlidingWindow`` and an implementation's ``chunk`` does not).
+    """
+
+    name: str
+    factory: Callable[..., Pattern | FeatureMap]
+    exact: bool  # True when the math is full (causal) softmax attention
+    description: str
+
+    def param_names(self) -> list[str]:
+        return list(inspect.signature(self.factory).parameters)
+
+    def build(self, params: dict) -> Math:
+        names = self.param_names()
+        obj = self.factory(**{k: v for k, v in params.items() if k in names})
+        if isinstance(obj, Pattern):
+            return SoftmaxMath(self.name, obj)
+        return LinearMath(self.name, obj)
+
+
+MATHS: dict[str, MathSpec] = {
+    spec.name: spec
+    for spec in (
+        MathSpec("causal_softmax", lambda: Full(True), True, "full softmax attention"),
+        MathSpec(
+            "sliding_window",
+            lambda window: SlidingWindow(window),
+            False,
+            "softmax over the `window` most recent keys",
+        ),
+        MathSpec(
+            "strided",
+            lambda block, stride: Strided(block, stride),
+            False,
+            "Sparse Transformer strided blocks: local + every `stride`-th block",
+        ),
+        MathSpec(
+            "bigbird",
+            lambda block, window, globals, randoms, seed: BigBird(
+                block, window, globals, randoms, seed
+            ),
+            False,
+            "BigBird blocks: window + global + seeded random",
+        ),
+        MathSpec(
+            "longformer",
+            lambda window, globals: Longformer(window, globals),
+            False,
+            "Longformer: token window + global tokens",
+        ),
+        MathSpec("elu", lambda: Elu(), False, "linear attention, phi(x) = elu(x) + 1"),
+        MathSpec(
+            "performer",
+            lambda features, seed: Performer(features, seed),
+            False,
+            "linear attention, FAVOR+ positive orthogonal random features",
+        ),
+    )
+}

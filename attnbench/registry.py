@@ -1,0 +1,519 @@
+"""The variant registry: every attention implementation, its math, parameters and capabilities.
+
+An implementation is a function ``fn(q, k, v, *, param=default, ...)`` over (B, N, H, D) tensors,
+registered with :func:`register_variant`. A *spec string* names it with parameters::
+
+    family.math.impl:key=value,key=value      e.g.  sliding_window.blocked:window=256
+                                                     linear.elu.chunked:chunk=64
+
+The name may be shortened to any unambiguous dot-suffix (``elu.chunked`` for ``linear.elu.chunked``).
+:func:`get_variant` returns a :class:`Variant`: the function bound to its parameters, callable as
+``attn(q, k, v, causal=True)``, with its math (pattern or feature map), its float64 reference,
+its capabilities and :meth:`Variant.not_supported_reasons`.
+
+Capabilities are data (:class:`Capabilities`); a missing optional package is a *reason*, never an
+ImportError, and nothing here touches a GPU at import time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.util
+import inspect
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .reference import MATHS, LinearMath, Math, SoftmaxMath
+
+FAMILIES = ("naive", "fused", "sparse", "linear", "sliding_window")
+PASSES = ("fwd", "fwd_bwd", "decode")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_FAMILY_MATH = {"naive": "causal_softmax", "fused": "causal_softmax", "sliding_window": "sliding_window"}
+# extras of pyproject.toml that bring each optional package
+EXTRAS = {"triton": "triton", "flash_attn": "flash-attn", "flash_attn_interface": "flash-attn",
+          "xformers": "xformers"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement's shape and setting: (B, N, H, D) x dtype x pass x device x causal."""
+
+    batch: int = 1
+    seq_len: int = 1024
+    heads: int = 8
+    head_dim: int = 64
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    pass_: str = "fwd"  # one of PASSES
+    causal: bool = True
+
+    def __post_init__(self):
+        if self.pass_ not in PASSES:
+            raise ValueError(f"unknown pass {self.pass_!r}; valid: {', '.join(PASSES)}")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an implementation supports, as data the harness, CLI and tests all read."""
+
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+    max_head_dim: int | None = None
+    head_dim_multiple: int | None = None
+    backward: bool = True
+    decode: bool = True
+    noncausal: bool = False
+    requires: tuple[str, ...] = ()  # importable module names (optional packages)
+    min_cuda_capability: tuple[int, int] | None = None
+    max_seq_len: int | None = None  # e.g. token-by-token loops that are only meant for small N
+    # the same declarations for a CPU device, where they differ (e.g. no backward)
+    cpu: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def on(self, device: str) -> Capabilities:
+        return replace(self, **self.cpu, cpu={}) if device == "cpu" and self.cpu else self
+
+
+@functools.lru_cache(maxsize=None)
+def has_module(name: str) -> bool:
+    """Whether an optional package can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+ReasonsFn = Callable[["Case", dict], list[str]]
+
+
+@dataclass
+class VariantInfo:
+    """A registered implementation (unbound: parameters not yet chosen)."""
+
+    name: str
+    family: str
+    math: str
+    impl: str
+    fn: Callable[..., torch.Tensor]
+    defaults: dict[str, Any]
+    supports: Capabilities
+    exact: bool
+    description: str
+    reasons: ReasonsFn | None = None
+    decoder: Callable[..., Any] | None = None
+    validate: Callable[[dict], None] | None = None
+    takes_causal: bool = False
+
+    def metadata(self) -> dict[str, Any]:
+        caps = self.supports
+        return {
+            "name": self.name,
+            "family": self.family,
+            "math": self.math,
+            "impl": self.impl,
+            "params": dict(self.defaults),
+            "exact": self.exact,
+            "description": self.description,
+            "devices": list(caps.devices),
+            "dtypes": [dtype_name(d) for d in caps.dtypes],
+            "backward": caps.backward,
+            "decode": caps.decode,
+            "noncausal": caps.noncausal or self.takes_causal,
+            "requires": list(caps.requires),
+            "cpu_overrides": {k: v for k, v in caps.cpu.items()},
+        }
+
+
+_REGISTRY: dict[str, VariantInfo] = {}
+_LOADED = False
+
+
+def register_variant(
+    name: str,
+    *,
+    family: str,
+    math: str | None = None,
+    supports: Capabilities | None = None,
+    exact: bool | None = None,
+    reasons: ReasonsFn | None = None,
+    decoder: Callable[..., Any] | None = None,
+    validate: Callable[[dict], None] | None = None,
+    description: str | None = None,
+    replace_existing: bool = False,
+):
+    """Decorator that registers ``fn(q, k, v, *, param=default, ...)`` as variant ``name``.
+
+    Args:
+        name: dotted name, conventionally ``family.impl`` or ``family.math.impl``.
+        family: one of ``FAMILIES``.
+        math: the math it computes (a key of ``attnbench.reference.MATHS``). Default: from the
+            family (naive and fused: ``causal_softmax``; sliding_window: ``sliding_window``) or
+            from the name's middle part (``sparse.bigbird.flex`` -> ``bigbird``).
+        supports: capabilities; default: every device and float dtype, backward and decode.
+        exact: whether it equals full softmax attention; default: from the math.
+        reasons: ``f(case, params) -> list[str]`` for reasons only known at run time.
+        decoder: factory ``f(variant, batch, heads, head_dim, max_len, dtype, device)`` of a
+            decoder (see ``attnbench.decode``); default: from the math.
+        validate: ``f(params)`` raising ``ValueError`` for bad implementation parameters.
+        description: one line; default: the first line of the function's docstring.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    parts = name.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"variant name {name!r} must be dotted, like '{family}.my_impl'")
+    if math is None:
+        math = _FAMILY_MATH.get(family) or (parts[1] if parts[1] in MATHS else None)
+        if math is None:
+            raise ValueError(
+                f"variant {name!r}: cannot infer its math; pass math= one of {', '.join(MATHS)}"
+            )
+    if math not in MATHS:
+        raise ValueError(f"variant {name!r}: unknown math {math!r}; valid: {', '.join(MATHS)}")
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())
+        if len(params) < 3 or any(p.kind == p.KEYWORD_ONLY for p in params[:3]):
+            raise ValueError(f"variant {name!r}: function must take (q, k, v, *, ...)")
+        defaults = {}
+        takes_causal = False
+        for p in params[3:]:
+            if p.name == "causal":
+                takes_causal = True
+                continue
+            if p.default is inspect.Parameter.empty:
+                raise ValueError(f"variant {name!r}: parameter {p.name!r} needs a default value")
+            defaults[p.name] = p.default
+        missing = [p for p in MATHS[math].param_names() if p not in defaults]
+        if missing:
+            raise ValueError(
+                f"variant {name!r} (math {math}) must take keyword parameter(s) {', '.join(missing)}"
+            )
+        if name in _REGISTRY and not replace_existing:
+            raise ValueError(f"variant {name!r} is already registered")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = VariantInfo(
+            name=name,
+            family=family,
+            math=math,
+            impl=parts[-1],
+            fn=fn,
+            defaults=defaults,
+            supports=supports or Capabilities(),
+            exact=MATHS[math].exact if exact is None else exact,
+            description=description or (doc[0] if doc else ""),
+            reasons=reasons,
+            decoder=decoder,
+            validate=validate,
+            takes_causal=takes_causal,
+        )
+        return fn
+
+    return decorate
+
+
+def unregister_variant(name: str) -> None:
+    """Remove a registered variant (for tests and interactive use)."""
+    _REGISTRY.pop(name, None)
+
+
+def _ensure_loaded() -> None:
+    """Import the built-in variants and those of installed plugins (entry points), once."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    importlib.import_module("variants")
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="attnbench.variants"):
+        ep.load()
+
+
+def load_plugin(path: str) -> None:
+    """Import a user's Python file that registers variants (the CLI's ``--plugins``)."""
+    _ensure_loaded()
+    if not os.path.isfile(path):
+        raise ValueError(f"plugin file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(
+        f"attnbench_plugin_{os.path.splitext(os.path.basename(path))[0]}", path
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+def variant_names() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def list_variants(family: str | None = None) -> list[dict[str, Any]]:
+    """Metadata of every registered variant (optionally of one family), sorted by name."""
+    _ensure_loaded()
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    return [
+        info.metadata()
+        for name, info in sorted(_REGISTRY.items())
+        if family is None or info.family == family
+    ]
+
+
+def resolve_name(name: str) -> str:
+    """Full registered name for ``name`` or an unambiguous dot-suffix of one."""
+    _ensure_loaded()
+    if name in _REGISTRY:
+        return name
+    matches = [n for n in _REGISTRY if n.endswith("." + name)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ValueError(f"variant name {name!r} is ambiguous: it matches {', '.join(sorted(matches))}")
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    raise ValueError(
+        f"unknown variant {name!r}{hint}. Valid names: {', '.join(sorted(_REGISTRY))}"
+    )
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``name:key=value,...`` into the name and the raw parameter strings."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"variant spec must be a non-empty string, got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    raw: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"bad parameter {item!r} in spec {spec!r}; expected key=value")
+        if key.strip() in raw:
+            raise ValueError(f"parameter {key.strip()!r} given twice in spec {spec!r}")
+        raw[key.strip()] = value.strip()
+    return name.strip(), raw
+
+
+def _convert(name: str, key: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    text = str(value)
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return lowered in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if default is None:
+            return text
+        return kind(text)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"variant {name}: parameter {key}={text!r} is not a valid {kind.__name__}"
+        ) from None
+
+
+def get_variant(spec: str, **params: Any) -> "Variant":
+    """Bind a registered implementation to parameters: ``get_variant("sliding_window.blocked:window=256")``.
+
+    Parameters may also be given as keywords (they override the spec string's).
+    """
+    name, raw = parse_spec(spec)
+    info = _REGISTRY[resolve_name(name)]
+    given = {**raw, **params}
+    unknown = [k for k in given if k not in info.defaults]
+    if unknown:
+        valid = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items()) or "(none)"
+        close = difflib.get_close_matches(unknown[0], list(info.defaults), n=2, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(
+            f"variant {info.name}: unknown parameter {unknown[0]!r}{hint}; valid: {valid}"
+        )
+    values = {
+        k: _convert(info.name, k, given[k], d) if k in given else d
+        for k, d in info.defaults.items()
+    }
+    try:
+        math = MATHS[info.math].build(values)
+        if info.validate is not None:
+            info.validate(values)
+    except ValueError as e:
+        raise ValueError(f"variant {info.name}: {e}") from None
+    return Variant(info, values, math)
+
+
+def positive(*names: str) -> Callable[[dict], None]:
+    """A ``validate`` hook: the named integer parameters must be >= 1."""
+
+    def check(params: dict) -> None:
+        for n in names:
+            v = params[n]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{n} must be a positive integer, got {v!r}")
+
+    return check
+
+
+class Variant:
+    """A registered implementation bound to its parameters. Call it as ``attn(q, k, v)``."""
+
+    def __init__(self, info: VariantInfo, params: dict[str, Any], math: Math):
+        self.info = info
+        self.params = params
+        self.math = math
+
+    # --- identity -------------------------------------------------------------------------
+    name = property(lambda self: self.info.name)
+    family = property(lambda self: self.info.family)
+    impl = property(lambda self: self.info.impl)
+    exact = property(lambda self: self.info.exact)
+    supports = property(lambda self: self.info.supports)
+
+    @property
+    def label(self) -> str:
+        """The spec string with every parameter spelled out (for legends and table rows)."""
+        if not self.params:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.params.items())
+
+    @property
+    def pattern(self):
+        """The attention pattern (softmax maths) or None (linear attention)."""
+        return self.math.pattern if isinstance(self.math, SoftmaxMath) else None
+
+    @property
+    def feature_map(self):
+        return self.math.feature_map if isinstance(self.math, LinearMath) else None
+
+    def __repr__(self) -> str:
+        return f"Variant({self.label!r})"
+
+    # --- running --------------------------------------------------------------------------
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True):
+        """q, k, v: (B, N, H, D) -> (B, N, H, D)."""
+        _check_qkv(q, k, v)
+        if not causal and not self.info.takes_causal:
+            raise ValueError(f"variant {self.label} computes causal attention only (causal=False given)")
+        static = self._static_reasons(str(q.device.type), q.dtype, q.shape[-1], causal)
+        if static:
+            raise ValueError(f"variant {self.label} cannot run here: " + "; ".join(static))
+        if self.info.takes_causal:
+            return self.info.fn(q, k, v, causal=causal, **self.params)
+        return self.info.fn(q, k, v, **self.params)
+
+    def reference(self, q, k, v, *, causal: bool = True, dtype: torch.dtype = torch.float64):
+        """This variant's math, materialised, in ``dtype`` (float64: the reference)."""
+        return self.math.reference(q, k, v, causal=causal, dtype=dtype)
+
+    def decoder(self, batch: int, heads: int, head_dim: int, *, max_len: int,
+                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        """A decoder: ``prefill(q, k, v)`` then ``step(q, k, v)`` one token at a time."""
+        from . import decode
+
+        factory = self.info.decoder or decode.default_decoder
+        return factory(self, batch, heads, head_dim, max_len=max_len, dtype=dtype, device=device)
+
+    # --- capabilities ---------------------------------------------------------------------
+    @functools.lru_cache(maxsize=256)
+    def _static_reasons(self, device: str, dtype: torch.dtype, head_dim: int, causal: bool) -> tuple:
+        caps = self.supports.on(device)
+        out = []
+        missing = [m for m in caps.requires if not has_module(m)]
+        for m in missing:
+            extra = EXTRAS.get(m)
+            how = f" (pip install 'attnbench[{extra}]')" if extra else ""
+            out.append(f"needs the optional package '{m}', which is not installed{how}")
+        if device not in caps.devices:
+            out.append(f"device {device!r} not supported (supported: {', '.join(caps.devices)})")
+        if dtype not in caps.dtypes:
+            out.append(
+                f"dtype {dtype_name(dtype)} not supported on {device} "
+                f"(supported: {', '.join(dtype_name(d) for d in caps.dtypes)})"
+            )
+        if caps.max_head_dim is not None and head_dim > caps.max_head_dim:
+            out.append(f"head_dim {head_dim} > {caps.max_head_dim}, the largest supported")
+        if caps.head_dim_multiple and head_dim % caps.head_dim_multiple:
+            out.append(f"head_dim {head_dim} is not a multiple of {caps.head_dim_multiple}")
+        if not causal and not (caps.noncausal or self.info.takes_causal):
+            out.append("non-causal attention not supported")
+        return tuple(out)
+
+    def not_supported_reasons(self, case: Case | None = None, **kwargs: Any) -> list[str]:
+        """Why this variant cannot run ``case`` here; an empty list means it runs.
+
+        Pass a :class:`Case` or its fields as keywords (``device="cuda", dtype=torch.bfloat16,
+        head_dim=128, pass_="fwd_bwd"``); unspecified fields take ``Case``'s defaults.
+        """
+        if case is None:
+            if "dtype" in kwargs:
+                kwargs["dtype"] = parse_dtype(kwargs["dtype"])
+            case = Case(**kwargs)
+        elif kwargs:
+            case = replace(case, **kwargs)
+        device = torch.device(case.device).type
+        caps = self.supports.on(device)
+        out = list(self._static_reasons(device, case.dtype, case.head_dim, case.causal))
+        if device == "cuda":
+            if not torch.cuda.is_available():
+                out.append("CUDA is not available on this machine")
+            elif caps.min_cuda_capability is not None:
+                cap = torch.cuda.get_device_capability(case.device)
+                if cap < caps.min_cuda_capability:
+                    need = ".".join(map(str, caps.min_cuda_capability))
+                    out.append(f"needs CUDA compute capability >= {need}, device has {cap[0]}.{cap[1]}")
+        if case.pass_ == "fwd_bwd" and not caps.backward:
+            out.append(f"backward not supported on {device}")
+        if case.pass_ == "decode" and not caps.decode:
+            out.append("decoding not supported")
+        if caps.max_seq_len is not None and case.seq_len > caps.max_seq_len:
+            out.append(
+                f"seq_len {case.seq_len} > {caps.max_seq_len}, the largest this implementation "
+                "is meant for"
+            )
+        if not out and self.info.reasons is not None:
+            out.extend(self.info.reasons(case, self.params))
+        return out
+
+    def flops(self, case: Case) -> int:
+        """FLOPs of one call at ``case`` (see ``attnbench.flops``)."""
+        from .flops import attention_flops
+
+        return attention_flops(self, case)
+
+
+def _check_qkv(q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a (B, N, H, D) tensor, got {shape}")
+    (b, n, h, d), shapes = q.shape, (tuple(q.shape), tuple(k.shape), tuple(v.shape))
+    if k.shape != (b, n, h, d) or v.shape[:3] != (b, n, h):
+        raise ValueError(
+            "q, k, v must share (B, N, H) and q, k the head dim D; got q %s, k %s, v %s" % shapes
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def iter_variants(specs: Iterable[str]) -> list[Variant]:
+    return [get_variant(s) for s in specs]

@@ -1,0 +1,102 @@
+"""sliding_window: causal softmax attention over the ``window`` most recent keys.
+
+    O_i = sum_{j = i-w+1}^{i} softmax_j(q_i . k_j / sqrt(D)) v_j        (query i sees keys i-w+1 .. i)
+
+- ``masked``: SDPA with the dense (N, N) mask: quadratic cost, the strawman.
+- ``blocked``: our block-sparse PyTorch (``attnbench.blocksparse``): time and memory linear in N.
+- ``flex``: FlexAttention with the window as a BlockMask (no CPU backward in torch 2.13).
+- ``flash_attn``: flash-attn with ``window_size=(window - 1, 0)``.
+- ``xformers``: ``memory_efficient_attention`` with a ``LowerTriangularFromBottomRightLocalAttentionMask``.
+- ``triton``: our Triton kernel (forward), run on the CPU only under ``TRITON_INTERPRET=1``.
+
+Decoding keeps a ring buffer of the last ``window`` keys and values.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from attnbench.blocksparse import block_sparse_attention
+from attnbench.kernels import flex, masked_sdpa
+from attnbench.patterns import SlidingWindow
+from attnbench.registry import Capabilities, positive, register_variant
+
+from .fused import FLASH_CAPS, xformers_reasons
+
+SW = "sliding_window"
+
+
+@register_variant("sliding_window.masked", family=SW)
+def masked(q, k, v, *, window: int = 256):
+    """Dense masked SDPA (quadratic cost): the strawman."""
+    return masked_sdpa(q, k, v, SlidingWindow(window))
+
+
+@register_variant("sliding_window.blocked", family=SW, validate=positive("block"))
+def blocked(q, k, v, *, window: int = 256, block: int = 64):
+    """Block-sparse PyTorch over the key blocks each query block's window touches (linear in N)."""
+    return block_sparse_attention(q, k, v, SlidingWindow(window), block)
+
+
+@register_variant(
+    "sliding_window.flex",
+    family=SW,
+    supports=Capabilities(cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
+)
+def flex_window(q, k, v, *, window: int = 256):
+    """FlexAttention with a sliding-window BlockMask."""
+    return flex(q, k, v, SlidingWindow(window))
+
+
+@register_variant("sliding_window.flash_attn", family=SW, supports=FLASH_CAPS)
+def flash_attn_window(q, k, v, *, window: int = 256):
+    """flash-attn flash_attn_func with window_size=(window-1, 0)."""
+    from flash_attn import flash_attn_func
+
+    return flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0))
+
+
+def _local_bias(xops, params):
+    from xformers.ops.fmha.attn_bias import LowerTriangularFromBottomRightLocalAttentionMask
+
+    return LowerTriangularFromBottomRightLocalAttentionMask(params["window"])
+
+
+@register_variant(
+    "sliding_window.xformers",
+    family=SW,
+    supports=Capabilities(requires=("xformers",)),
+    reasons=xformers_reasons(_local_bias),
+)
+def xformers_window(q, k, v, *, window: int = 256):
+    """xformers memory_efficient_attention with a local (sliding-window) causal bias."""
+    from attnbench.kernels import import_quietly
+
+    xops = import_quietly("xformers.ops")
+    return xops.memory_efficient_attention(q, k, v, attn_bias=_local_bias(xops, {"window": window}))
+
+
+def _triton_reasons(case, params):
+    if torch.device(case.device).type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return ["Triton runs on the CPU only under its interpreter: set TRITON_INTERPRET=1 "
+                "(correctness only, very slow)"]
+    return []
+
+
+@register_variant(
+    "sliding_window.triton",
+    family=SW,
+    supports=Capabilities(
+        requires=("triton",), backward=False, max_head_dim=256,
+        # the interpreter mishandles bfloat16 loads and stores on the CPU
+        cpu={"dtypes": (torch.float32,)},
+    ),
+    reasons=_triton_reasons,
+)
+def triton_window(q, k, v, *, window: int = 256):
+    """Our Triton kernel: online softmax over the key blocks of each query block's window (forward)."""
+    from ._triton_sliding_window import sliding_window_forward
+
+    return sliding_window_forward(q, k, v, window)

@@ -1,0 +1,83 @@
+"""sparse: causal softmax attention restricted to a block-sparse pattern.
+
+    O_i = sum_{j in A(i)} softmax_j(q_i . k_j / sqrt(D)) v_j,     A(i) subset of {0..i}
+
+Three patterns (``attnbench.patterns``), each with three implementations:
+
+- ``strided`` (Sparse Transformer, Child et al. 2019): query block I sees key block J when
+  I-J < stride or (I-J) % stride == 0.   Parameters: ``block``, ``stride``.
+- ``bigbird`` (Zaheer et al. 2020): ``window`` sliding blocks + ``globals`` global blocks +
+  ``randoms`` random blocks per row (seeded by ``seed``).
+- ``longformer`` (Beltagy et al. 2020): a ``window``-token sliding window + ``globals`` global tokens.
+
+Implementations: ``masked`` (SDPA with the dense mask: quadratic), ``blocked`` (our block-sparse
+PyTorch: cost proportional to the attended blocks), ``flex`` (FlexAttention BlockMask).
+Decoding keeps a full KV cache and attends to the keys the pattern allows for the new token.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from attnbench.blocksparse import block_sparse_attention
+from attnbench.kernels import flex, masked_sdpa
+from attnbench.reference import MATHS
+from attnbench.registry import Capabilities, positive, register_variant
+
+# Each pattern's parameters with their defaults (the pattern classes validate them).
+PATTERN_PARAMS = {
+    "strided": {"block": 64, "stride": 4},
+    "bigbird": {"block": 64, "window": 3, "globals": 1, "randoms": 2, "seed": 0},
+    "longformer": {"window": 256, "globals": 16},
+}
+
+
+def _masked(q, k, v, pattern, **impl):
+    return masked_sdpa(q, k, v, pattern)
+
+
+def _blocked(q, k, v, pattern, *, block):
+    return block_sparse_attention(q, k, v, pattern, block)
+
+
+def _flex(q, k, v, pattern, **impl):
+    return flex(q, k, v, pattern)
+
+
+IMPLS = {
+    "masked": (_masked, "Dense masked SDPA (quadratic cost)", Capabilities()),
+    "blocked": (_blocked, "Block-sparse PyTorch, cost proportional to the attended blocks",
+                Capabilities()),
+    "flex": (_flex, "FlexAttention with the pattern's BlockMask",
+             Capabilities(cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)})),
+}
+
+
+def _register(math: str, impl: str) -> None:
+    run, doc, caps = IMPLS[impl]
+    params = dict(PATTERN_PARAMS[math])
+    # longformer's pattern is token-level; its blocked implementation needs a tile size
+    impl_params = {"block": 64} if impl == "blocked" and "block" not in params else {}
+    params.update(impl_params)
+    spec = MATHS[math]
+
+    def fn(q, k, v, **kwargs):
+        pattern = spec.build(kwargs).pattern
+        extra = {"block": kwargs["block"]} if impl == "blocked" else {}
+        return run(q, k, v, pattern, **extra)
+
+    fn.__signature__ = inspect.Signature(
+        [inspect.Parameter(x, inspect.Parameter.POSITIONAL_OR_KEYWORD) for x in "qkv"]
+        + [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in params.items()]
+    )
+    fn.__doc__ = f"{doc} ({spec.description})."
+    fn.__name__ = f"{math}_{impl}"
+    register_variant(f"sparse.{math}.{impl}", family="sparse", supports=caps,
+                     validate=positive("block") if "block" in params else None)(fn)
+
+
+for _math in PATTERN_PARAMS:
+    for _impl in IMPLS:
+        _register(_math, _impl)
