@@ -53,7 +53,7 @@ def flex_block_mask(pattern: Pattern, n: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
     return create_block_mask(
-        pattern.flex_mask_mod(n), None, None, n, n, device=device, BLOCK_SIZE=FLEX_BLOCK
+        pattern.flex_mask_mod(n, device), None, None, n, n, device=device, BLOCK_SIZE=FLEX_BLOCK
     )
 
 

@@ -38,8 +38,8 @@ class Pattern:
     def label(self) -> str:
         raise NotImplementedError
 
-    def mask_fn(self, n: int) -> MaskFn:
-        """Return ``f(q_idx, k_idx) -> bool`` for sequences of up to ``n`` tokens.
+    def mask_fn(self, n: int, device: torch.device | str = "cpu") -> MaskFn:
+        """Return ``f(q_idx, k_idx) -> bool`` for sequences of up to ``n`` tokens on ``device``.
 
         ``q_idx`` and ``k_idx`` are broadcastable integer tensors. The function uses only
         elementwise tensor ops (and indexing of captured tensors), so FlexAttention can trace it.
@@ -49,17 +49,17 @@ class Pattern:
     def dense_mask(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The (n, n) boolean mask: ``mask[i, j]`` is True where query i sees key j."""
         idx = torch.arange(n, device=device)
-        return self.mask_fn(n)(idx[:, None], idx[None, :])
+        return self.mask_fn(n, device)(idx[:, None], idx[None, :])
 
     def row_mask(self, i: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Which of the keys ``0..i`` query ``i`` sees (for decoding): bool of shape (i+1,)."""
         k = torch.arange(i + 1, device=device)
         q = torch.full_like(k, i)
-        return self.mask_fn(i + 1)(q, k)
+        return self.mask_fn(i + 1, device)(q, k)
 
-    def flex_mask_mod(self, n: int):
+    def flex_mask_mod(self, n: int, device: torch.device | str = "cpu"):
         """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` for length ``n``."""
-        fn = self.mask_fn(n)
+        fn = self.mask_fn(n, device)
 
         def mask_mod(b, h, q_idx, kv_idx):
             return fn(q_idx, kv_idx)
@@ -111,7 +111,7 @@ class Full(Pattern):
     def label(self) -> str:
         return "causal" if self.causal else "full"
 
-    def mask_fn(self, n: int) -> MaskFn:
+    def mask_fn(self, n: int, device="cpu") -> MaskFn:
         if self.causal:
             return lambda q, k: q >= k
         return lambda q, k: (q >= 0) & (k >= 0)
@@ -133,7 +133,7 @@ class SlidingWindow(Pattern):
     def label(self) -> str:
         return f"window={self.window}"
 
-    def mask_fn(self, n: int) -> MaskFn:
+    def mask_fn(self, n: int, device="cpu") -> MaskFn:
         w = self.window
         return lambda q, k: (q >= k) & (q - k < w)
 
@@ -162,7 +162,7 @@ class Strided(Pattern):
     def label(self) -> str:
         return f"block={self.block},stride={self.stride}"
 
-    def mask_fn(self, n: int) -> MaskFn:
+    def mask_fn(self, n: int, device="cpu") -> MaskFn:
         b, s = self.block, self.stride
 
         def fn(q, k):
@@ -214,15 +214,11 @@ class BigBird(Pattern):
             self._tables["table"] = table
         return table[:nb, :nb]
 
-    def mask_fn(self, n: int) -> MaskFn:
+    def mask_fn(self, n: int, device="cpu") -> MaskFn:
         b, w, g = self.block, self.window, self.globals
-        table_cpu = self.random_table(max(1, -(-n // b)))
-        tables: dict = {}
+        table = self.random_table(max(1, -(-n // b))).to(device)
 
         def fn(q, k):
-            table = tables.get(q.device)
-            if table is None:
-                table = tables[q.device] = table_cpu.to(q.device)
             qb, kb = q // b, k // b
             near = (qb - kb < w) | (kb < g) | (qb < g)
             return (q >= k) & (near | table[qb, kb])
@@ -249,7 +245,7 @@ class Longformer(Pattern):
     def label(self) -> str:
         return f"window={self.window},globals={self.globals}"
 
-    def mask_fn(self, n: int) -> MaskFn:
+    def mask_fn(self, n: int, device="cpu") -> MaskFn:
         w, g = self.window, self.globals
         return lambda q, k: (q >= k) & ((q - k < w) | (k < g) | (q < g))
 

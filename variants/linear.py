@@ -64,6 +64,13 @@ def cumsum(q, k, v, phi, *, causal):
     return (num / den).transpose(1, 2).to(q.dtype)
 
 
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Prefix sums over dim 2 that exclude the current element (no subtraction, no cancellation)."""
+    out = torch.zeros_like(x)
+    out[:, :, 1:] = torch.cumsum(x[:, :, :-1], dim=2)
+    return out
+
+
 def chunked(q, k, v, phi, *, causal, chunk):
     fq, fk = _features(q, k, phi)
     v32 = v.transpose(1, 2).float()
@@ -71,16 +78,15 @@ def chunked(q, k, v, phi, *, causal, chunk):
         return _noncausal(fq, fk, v32).transpose(1, 2).to(q.dtype)
     bsz, heads, n, f = fq.shape
     pad = (-n) % chunk
-    if pad:  # padded keys have zero features, so they add nothing
-        fq, fk, v32 = (F.pad(x, (0, 0, 0, pad)) for x in (fq, fk, v32))
+    if pad:  # padded keys have zero features, so they add nothing; padded queries get ones
+        fk, v32 = (F.pad(x, (0, 0, 0, pad)) for x in (fk, v32))  # so their 0/0 never poisons grads
+        fq = F.pad(fq, (0, 0, 0, pad), value=1.0)
     c = (n + pad) // chunk
     fq, fk = (x.view(bsz, heads, c, chunk, f) for x in (fq, fk))
     vc = v32.view(bsz, heads, c, chunk, v32.shape[-1])
     # state before each chunk: exclusive prefix sum of the chunks' phi(K)^T V
-    chunk_states = fk.transpose(-1, -2) @ vc  # (B, H, c, F, D)
-    states = torch.cumsum(chunk_states, dim=2) - chunk_states
-    chunk_norms = fk.sum(-2)  # (B, H, c, F)
-    norms = torch.cumsum(chunk_norms, dim=2) - chunk_norms
+    states = _exclusive_cumsum(fk.transpose(-1, -2) @ vc)  # (B, H, c, F, D)
+    norms = _exclusive_cumsum(fk.sum(-2))  # (B, H, c, F)
     scores = (fq @ fk.transpose(-1, -2)).tril()  # (B, H, c, C, C)
     num = fq @ states + scores @ vc
     den = (fq @ norms[..., None]).squeeze(-1) + scores.sum(-1)

@@ -1,0 +1,73 @@
+"""Shared test helpers: variant instances with small parameters, shapes, tolerances."""
+
+from __future__ import annotations
+
+import torch
+
+import attnbench
+from attnbench.registry import dtype_name
+
+# Parameters that make each pattern non-trivial at test sizes (window < N, several blocks).
+SMALL_PARAMS = {
+    "sliding_window": {"window": 24, "block": 16},
+    "strided": {"block": 16, "stride": 3},
+    "bigbird": {"block": 16, "window": 2, "globals": 1, "randoms": 2, "seed": 3},
+    "longformer": {"window": 20, "globals": 5, "block": 16},
+    "elu": {"chunk": 16},
+    "performer": {"chunk": 16, "features": 48, "seed": 1},
+}
+
+# (B, N, H, D): N = 1, N not a multiple of any block, batch > 1, head dim 80.
+SHAPES = [(1, 1, 1, 32), (2, 77, 2, 32), (1, 150, 2, 80)]
+FLEX_SHAPES = [(2, 77, 2, 32)]  # each flex shape compiles a kernel: keep them few
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def small_variant(name: str) -> attnbench.Variant:
+    """The variant with the small test parameters its math and implementation accept."""
+    info_params = attnbench.get_variant(name).params
+    params = SMALL_PARAMS.get(attnbench.get_variant(name).info.math, {})
+    return attnbench.get_variant(name, **{k: v for k, v in params.items() if k in info_params})
+
+
+def variant_specs() -> list[str]:
+    """Every registered variant twice: default parameters (window >= N at test sizes) and small ones."""
+    specs = []
+    for name in attnbench.variant_names():
+        specs.append(attnbench.get_variant(name).label)
+        small = small_variant(name).label
+        if small not in specs:
+            specs.append(small)
+    return specs
+
+
+def is_flex(spec: str) -> bool:
+    return ".flex" in spec.split(":")[0]
+
+
+def shape_id(shape, dtype) -> str:
+    b, n, h, d = shape
+    return f"B{b}-N{n}-H{h}-D{d}-{dtype_name(dtype)}"
+
+
+def random_qkv(shape, dtype, device="cpu", seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(3):
+        t = torch.randn(shape, generator=g, dtype=torch.float64)
+        out.append(t.to(device=device, dtype=dtype).requires_grad_(requires_grad))
+    return out
+
+
+def floor(dtype: torch.dtype, scale: float) -> float:
+    """The dtype's rounding floor at the magnitude of the result."""
+    return 8 * torch.finfo(dtype).eps * max(scale, 1.0)
+
+
+def assert_close_to_reference(name, got, plain, ref, dtype, multiple=3.0):
+    """Self-calibrating check: |got - ref| <= multiple * |plain - ref| + floor (all vs float64 ref)."""
+    err = (got.double() - ref).abs().max().item()
+    base = (plain.double() - ref).abs().max().item()
+    bound = multiple * base + floor(dtype, ref.abs().max().item())
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (unwritten elements?)"
+    assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g} ({multiple} x plain PyTorch {base:.3g} + floor)"

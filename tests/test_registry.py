@@ -1,0 +1,188 @@
+"""The public surface: spec strings, parameters, errors, capabilities, user registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnbench
+from attnbench.registry import FAMILIES, Case
+
+
+def test_every_family_has_its_named_implementations():
+    names = set(attnbench.variant_names())
+    expected = {
+        "naive.softmax",
+        "fused.sdpa", "fused.sdpa_math", "fused.sdpa_flash", "fused.sdpa_efficient",
+        "fused.sdpa_cudnn", "fused.flex", "fused.flash_attn", "fused.flash_attn3", "fused.xformers",
+        *(f"sliding_window.{i}" for i in ("masked", "blocked", "flex", "flash_attn", "xformers", "triton")),
+        *(f"sparse.{p}.{i}" for p in ("strided", "bigbird", "longformer")
+          for i in ("masked", "blocked", "flex")),
+        *(f"linear.{m}.{i}" for m in ("elu", "performer")
+          for i in ("quadratic", "cumsum", "chunked", "recurrent")),
+    }
+    assert expected <= names
+    assert {m["family"] for m in attnbench.list_variants()} == set(FAMILIES)
+
+
+def test_metadata_fields():
+    meta = {m["name"]: m for m in attnbench.list_variants()}
+    sw = meta["sliding_window.blocked"]
+    assert sw["family"] == "sliding_window" and sw["math"] == "sliding_window"
+    assert sw["params"] == {"window": 256, "block": 64} and sw["exact"] is False
+    assert meta["fused.sdpa"]["exact"] is True
+    assert meta["linear.performer.chunked"]["params"] == {"features": 128, "seed": 0, "chunk": 64}
+    assert [m["name"] for m in attnbench.list_variants("linear")] == sorted(
+        n for n in meta if n.startswith("linear."))
+
+
+def test_spec_parsing_and_labels():
+    v = attnbench.get_variant("sliding_window.blocked:window=128")
+    assert v.params == {"window": 128, "block": 64}
+    assert v.label == "sliding_window.blocked:window=128,block=64"
+    assert v.pattern.window == 128
+    # short unambiguous suffix, keyword override, round trip through the label
+    assert attnbench.get_variant("elu.chunked:chunk=32").label == "linear.elu.chunked:chunk=32"
+    assert attnbench.get_variant("sliding_window.blocked", window=7).params["window"] == 7
+    assert attnbench.get_variant(v.label).label == v.label
+
+
+@pytest.mark.parametrize("spec, needles", [
+    ("sliding_window.blockd", ["unknown variant 'sliding_window.blockd'", "sliding_window.blocked"]),
+    ("sliding_window.blocked:windw=3", ["unknown parameter 'windw'", "did you mean window", "valid: window=256"]),
+    ("sliding_window.blocked:window=abc", ["window='abc' is not a valid int"]),
+    ("sliding_window.blocked:window=0", ["window must be a positive integer, got 0"]),
+    ("linear.elu.chunked:chunk=-1", ["chunk must be a positive integer, got -1"]),
+    ("chunked", ["ambiguous", "linear.elu.chunked", "linear.performer.chunked"]),
+    ("sliding_window.blocked:window", ["bad parameter 'window'", "key=value"]),
+    ("", ["non-empty"]),
+])
+def test_bad_specs_raise_value_error_naming_the_problem(spec, needles):
+    with pytest.raises(ValueError) as info:
+        attnbench.get_variant(spec)
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_bad_inputs_raise_value_error():
+    v = attnbench.get_variant("sliding_window.blocked")
+    q = torch.randn(1, 8, 2, 16)
+    with pytest.raises(ValueError, match=r"\(B, N, H, D\)"):
+        v(q[0], q[0], q[0])
+    with pytest.raises(ValueError, match="share"):
+        v(q, q[:, :4], q)
+    with pytest.raises(ValueError, match="causal attention only"):
+        v(q, q, q, causal=False)
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        v.not_supported_reasons(dtype="float8")
+    with pytest.raises(ValueError, match="unknown pass 'bwd_only'"):
+        Case(pass_="bwd_only")
+
+
+def test_not_supported_reasons_are_readable():
+    fa = attnbench.get_variant("fused.flash_attn")
+    reasons = fa.not_supported_reasons(device="cpu")
+    assert any("device 'cpu' not supported" in r for r in reasons)
+    assert any("float32 not supported" in r for r in reasons)
+    assert attnbench.get_variant("fused.sdpa").not_supported_reasons(device="cpu") == []
+    flex = attnbench.get_variant("fused.flex")
+    assert flex.not_supported_reasons(pass_="fwd") == []
+    assert flex.not_supported_reasons(pass_="fwd_bwd") == ["backward not supported on cpu"]
+    rec = attnbench.get_variant("linear.elu.recurrent")
+    assert "seq_len 100000" in rec.not_supported_reasons(seq_len=100_000)[0]
+
+
+def test_cuda_reasons_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    reasons = attnbench.get_variant("fused.sdpa").not_supported_reasons(device="cuda")
+    assert reasons == ["CUDA is not available on this machine"]
+
+
+def test_xformers_reasons_come_from_its_dispatcher():
+    pytest.importorskip("xformers")
+    reasons = attnbench.get_variant("fused.xformers").not_supported_reasons(device="cpu")
+    assert reasons and all(r.startswith("xformers: ") for r in reasons)
+    assert any("device=cpu" in r for r in reasons), reasons
+
+
+def test_triton_needs_the_interpreter_on_cpu(monkeypatch):
+    pytest.importorskip("triton")
+    v = attnbench.get_variant("sliding_window.triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in v.not_supported_reasons(device="cpu")[0]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert v.not_supported_reasons(device="cpu") == []
+    assert "bfloat16 not supported" in v.not_supported_reasons(device="cpu", dtype="bfloat16")[0]
+
+
+def test_missing_package_is_a_reason_not_an_import_error():
+    @attnbench.register_variant("fused.needs_missing_pkg", family="fused",
+                                supports=attnbench.Capabilities(requires=("surely_not_installed_pkg",)))
+    def needs_pkg(q, k, v):
+        import surely_not_installed_pkg  # noqa: F401
+
+    try:
+        reasons = attnbench.get_variant("fused.needs_missing_pkg").not_supported_reasons()
+        assert reasons == ["needs the optional package 'surely_not_installed_pkg', which is not installed"]
+    finally:
+        attnbench.unregister_variant("fused.needs_missing_pkg")
+
+
+def test_user_registration_example_from_the_readme():
+    from attnbench.patterns import SlidingWindow
+    from attnbench.reference import softmax_attention
+
+    @attnbench.register_variant("sliding_window.my_idea", family="sliding_window")
+    def my_idea(q, k, v, *, window: int = 128):
+        """Dense masked attention, written by a user."""
+        return softmax_attention(q, k, v, SlidingWindow(window).dense_mask(q.shape[1]))
+
+    try:
+        v = attnbench.get_variant("my_idea:window=5")
+        assert v.family == "sliding_window" and v.pattern == SlidingWindow(5)
+        q, k, vv = torch.randn(3, 2, 20, 2, 8).unbind(0)
+        torch.testing.assert_close(v(q, k, vv), v.reference(q, k, vv).float())
+        with pytest.raises(ValueError, match="already registered"):
+            attnbench.register_variant("sliding_window.my_idea", family="sliding_window")(my_idea)
+    finally:
+        attnbench.unregister_variant("sliding_window.my_idea")
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"family": "dense"}, "unknown family 'dense'"),
+    ({"family": "sparse"}, "cannot infer its math"),
+    ({"family": "linear", "math": "relu"}, "unknown math 'relu'"),
+])
+def test_bad_registrations(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        attnbench.register_variant("x.y", **kwargs)
+
+
+def test_registration_checks_the_function_signature():
+    with pytest.raises(ValueError, match="must take keyword parameter\\(s\\) window"):
+        attnbench.register_variant("sliding_window.no_window", family="sliding_window")(
+            lambda q, k, v: q)
+    with pytest.raises(ValueError, match="needs a default"):
+        def f(q, k, v, *, window):
+            return q
+        attnbench.register_variant("sliding_window.no_default", family="sliding_window")(f)
+
+
+def test_plugin_file_registers_variants(tmp_path):
+    plugin = tmp_path / "my_variants.py"
+    plugin.write_text(
+        "import attnbench\n"
+        "from attnbench.reference import softmax_attention\n"
+        "@attnbench.register_variant('naive.plugin_copy', family='naive')\n"
+        "def plugin_copy(q, k, v):\n"
+        "    n = q.shape[1]\n"
+        "    return softmax_attention(q, k, v, attnbench.patterns.Full().dense_mask(n))\n"
+    )
+    try:
+        attnbench.load_plugin(str(plugin))
+        assert "naive.plugin_copy" in attnbench.variant_names()
+    finally:
+        attnbench.unregister_variant("naive.plugin_copy")
+    with pytest.raises(ValueError, match="does not exist"):
+        attnbench.load_plugin(str(tmp_path / "missing.py"))
