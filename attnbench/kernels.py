@@ -40,8 +40,16 @@ def masked_sdpa(q, k, v, pattern: Pattern) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=1)
 def compiled_flex_attention():
+    """``torch.compile(flex_attention)``. Each (pattern, shape, dtype) is its own graph: past
+    dynamo's default recompile limit (8) it would silently fall back to the unfused eager path
+    and a benchmark would time the wrong thing, so the limit is raised for this process."""
+    import torch._dynamo.config as dynamo_config
     from torch.nn.attention.flex_attention import flex_attention
 
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 4096))
     return torch.compile(flex_attention, dynamic=False)
 
 
