@@ -3,6 +3,10 @@
 Commands:
     list      every registered variant: family, math, parameters, exact?, and whether it runs
               here (forward / backward / decode), or why not.
+    run       measure a suite (``--suite quick`` or a TOML path) into results/<run_id>/;
+              ``--resume results/<run_id>`` measures only what an interrupted run lacks.
+    op        attention alone: ``--variants a,b --seq-lens 1024,4096 --passes fwd,fwd_bwd,decode``.
+    model     the identical LM: ``--variants a,b --seq-lens 256,1024 --preset tiny``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import argparse
 import json
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import torch
 
@@ -59,6 +65,126 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(kind):
+    def parse(text: str):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        try:
+            return [kind(x) for x in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    return parse
+
+
+def _overrides(args: argparse.Namespace, section: str | None) -> dict:
+    """Command-line flags -> suite overrides (``section.key``)."""
+    from .suite import parse_override
+
+    out = {}
+    flags = {"variants": "variants", "seq_lens": "seq_lens", "passes": "passes", "dtype": "dtypes",
+             "batch": "batch", "heads": "heads", "head_dims": "head_dims",
+             "total_tokens": "total_tokens", "preset": "preset"}
+    for attr, key in flags.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            if section is None:
+                raise ValueError(f"--{attr.replace('_', '-')} needs a level: use the `op` or `model` "
+                                 "command, or --set op.KEY=VALUE with `run`")
+            out[f"{section}.{key}"] = value
+    for attr, key in (("budget", "budget_s"), ("timeout", "timeout_s"), ("threads", "threads"),
+                      ("repeats", "repeats")):
+        if getattr(args, attr, None) is not None:
+            out[f"timing.{key}"] = getattr(args, attr)
+    if getattr(args, "no_gate", False):
+        out["timing.gate"] = False
+    if getattr(args, "device", None):
+        out["device"] = args.device
+    for text in args.set or []:
+        key, value = parse_override(text)
+        out[key] = value
+    return out
+
+
+def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
+    from . import results, runner
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise ValueError(f"--resume {args.resume}: no such run folder")
+    else:
+        run_dir = Path(args.out) / results.new_run_id(suite.name)
+        if run_dir.exists():
+            raise ValueError(f"{run_dir} already exists; use --resume to continue it")
+    start = time.time()
+    print(f"attnbench: {len(runner.plan(suite))} cases of suite {suite.name!r} -> {run_dir}",
+          file=sys.stderr)
+    runner.run(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
+               progress=not args.quiet)
+    rows = results.read_rows(run_dir)
+    print(results.summary_table(rows))
+    bad = {}
+    for r in rows:
+        bad[r["status"]] = bad.get(r["status"], 0) + 1
+    print(f"\n{len(rows)} cases ({', '.join(f'{k} {v}' for k, v in sorted(bad.items()))}) in "
+          f"{time.time() - start:.0f} s")
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .results import read_run_json
+    from .suite import from_dict, load_suite, with_overrides
+
+    for path in args.plugins:
+        registry.load_plugin(path)
+    if args.resume and not args.suite:
+        suite = from_dict(read_run_json(args.resume)["suite"])
+    else:
+        suite = load_suite(args.suite or "quick")
+    section = args.level if getattr(args, "level", None) else None
+    overrides = _overrides(args, section)
+    if overrides:
+        suite = with_overrides(suite, overrides)
+    return _run_suite(args, suite, sys.argv)
+
+
+def cmd_level(args: argparse.Namespace) -> int:
+    """`op` and `model`: a one-section suite built from flags."""
+    from .suite import Suite, with_overrides
+
+    for path in args.plugins:
+        registry.load_plugin(path)
+    if not args.variants:
+        raise ValueError(f"`{args.level}` needs --variants")
+    base = Suite(name=args.level, description=f"`{args.level}` command")
+    suite = with_overrides(base, _overrides(args, args.level))
+    return _run_suite(args, suite, sys.argv)
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="results", help="parent folder of new run folders")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
+    p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py",
+                   help="Python files that register more variants")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--budget", type=float, help="seconds of repetitions per case")
+    p.add_argument("--timeout", type=float, help="seconds before a case is killed")
+    p.add_argument("--threads", type=int, help="torch threads in the worker")
+    p.add_argument("--repeats", type=int, help="measure each case this many times")
+    p.add_argument("--no-gate", action="store_true", help="skip the correctness gate")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any suite field, e.g. --set op.batch=2")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _level_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variants", type=_csv(str), help="comma-separated variant specs")
+    p.add_argument("--seq-lens", dest="seq_lens", type=_csv(int))
+    p.add_argument("--passes", type=_csv(str))
+    p.add_argument("--dtype", type=_csv(str), help="float32, bfloat16, float16 (comma-separated)")
+    p.add_argument("--batch", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +198,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Python files that register more variants")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="measure a suite")
+    p.add_argument("--suite", help="suite name (suites/NAME.toml) or path; default quick")
+    _common_run_args(p)
+    p.add_argument("--level", choices=["op", "model"], help="section that --variants etc. override")
+    _level_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("op", help="measure attention alone over sequence lengths")
+    _common_run_args(p)
+    _level_args(p)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--head-dims", dest="head_dims", type=_csv(int))
+    p.add_argument("--total-tokens", dest="total_tokens", type=int)
+    p.set_defaults(func=cmd_level, level="op")
+
+    p = sub.add_parser("model", help="measure the identical LM: train step, prefill, decode")
+    _common_run_args(p)
+    _level_args(p)
+    p.add_argument("--preset", help="model preset: tiny, small, gpt2")
+    p.set_defaults(func=cmd_level, level="model")
     return parser
 
 

@@ -50,6 +50,14 @@ class Decoder:
         self.position = q.shape[1]
         return out
 
+    def fill(self, k, v) -> None:
+        """Load a context (B, N, H, D) of keys and values without computing outputs (benchmarks)."""
+        if self.position:
+            raise ValueError("fill must come first (the decoder already holds tokens)")
+        self._check(k, k, v)
+        self._absorb(k, v)
+        self.position = k.shape[1]
+
     def step(self, q, k, v) -> torch.Tensor:
         """One new token (B, 1, H, D) -> its output (B, 1, H, D)."""
         self._check(q, k, v, steps=1)

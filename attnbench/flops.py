@@ -28,10 +28,29 @@ def attention_flops(variant, case) -> int:
     if case.pass_ == "decode":
         if isinstance(math, LinearMath):
             return 4 * b * h * math.feature_map.num_features(d) * d
-        row = variant.math.pattern_for(case.causal).row_mask(n).sum().item() if n <= 1 << 16 else n
-        return int(4 * b * h * d * row)
+        # the new token sits at position n, after n tokens of context
+        row = int(variant.math.pattern_for(case.causal).row_mask(n).sum())
+        return 4 * b * h * d * row
     if isinstance(math, LinearMath):
         fwd = 4 * b * h * n * math.feature_map.num_features(d) * d
     else:
         fwd = 4 * b * h * d * math.attended_pairs(n, causal=case.causal)
     return int(fwd * PASS_FACTOR[case.pass_])
+
+
+def model_flops(cfg, variant, batch: int, seq_len: int, pass_: str) -> int:
+    """FLOPs of the identical LM: 2 * params * tokens for the matmuls (forward) plus each layer's
+    attention FLOPs; a train step counts 3x the matmul and 3.5x the attention forward."""
+    from .registry import Case
+
+    matmul_params = cfg.num_params() - cfg.dim * (2 * cfg.n_layers + 1)  # minus norm weights
+    if pass_ == "decode":
+        attn = attention_flops(variant, Case(batch=batch, seq_len=seq_len, heads=cfg.n_heads,
+                                             head_dim=cfg.head_dim, pass_="decode"))
+        return int(2 * matmul_params * batch + cfg.n_layers * attn)
+    case = Case(batch=batch, seq_len=seq_len, heads=cfg.n_heads, head_dim=cfg.head_dim, pass_="fwd")
+    fwd = 2 * matmul_params * batch * seq_len + cfg.n_layers * attention_flops(variant, case)
+    if pass_ == "train_step":
+        return int(3 * 2 * matmul_params * batch * seq_len
+                   + cfg.n_layers * 3.5 * attention_flops(variant, case))
+    return int(fwd)

@@ -74,6 +74,20 @@ def flex(q, k, v, pattern: Pattern) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
+def prepare_dense(variant, case) -> None:
+    dense_mask(variant.math.pattern_for(case.causal), case.seq_len, str(case.device))
+
+
+def prepare_flex(variant, case) -> None:
+    flex_block_mask(variant.math.pattern_for(case.causal), case.seq_len, str(case.device))
+
+
+def prepare_blocked(variant, case) -> None:
+    from .blocksparse import block_plan
+
+    block_plan(variant.pattern, case.seq_len, variant.params["block"], str(case.device))
+
+
 def import_quietly(module: str):
     """Import an optional package, silencing import-time warnings (xformers warns on CPU)."""
     import importlib

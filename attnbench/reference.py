@@ -111,6 +111,13 @@ class SoftmaxMath:
     def attended_pairs(self, n: int, *, causal: bool = True) -> int:
         return self.pattern_for(causal).attended_pairs(n)
 
+    def reference_rows(self, q, k, v, rows: torch.Tensor, *, causal: bool = True,
+                       dtype=torch.float64) -> torch.Tensor:
+        """The reference for query rows ``rows`` only: (B, len(rows), H, D), cost O(rows * N)."""
+        n = k.shape[1]
+        mask = self.pattern_for(causal).mask_fn(n, q.device)(rows[:, None], torch.arange(n, device=q.device)[None, :])
+        return softmax_attention(q[:, rows], k, v, mask, dtype=dtype)
+
     @property
     def label(self) -> str:
         return self.pattern.label
@@ -127,6 +134,18 @@ class LinearMath:
 
     def reference(self, q, k, v, *, causal: bool = True, dtype=torch.float64) -> torch.Tensor:
         return linear_attention(q, k, v, self.feature_map, causal=causal, dtype=dtype)
+
+    def reference_rows(self, q, k, v, rows: torch.Tensor, *, causal: bool = True,
+                       dtype=torch.float64) -> torch.Tensor:
+        """The reference for query rows ``rows`` only: (B, len(rows), H, D), cost O(rows * N)."""
+        dtype = dtype or q.dtype
+        fq = self.feature_map(q[:, rows].to(dtype).transpose(1, 2), is_query=True)  # (B, H, R, F)
+        fk = self.feature_map(k.to(dtype).transpose(1, 2), is_query=False)  # (B, H, N, F)
+        a = fq @ fk.transpose(-1, -2)  # (B, H, R, N)
+        if causal:
+            a = a * (rows[:, None] >= torch.arange(k.shape[1], device=q.device)[None, :])
+        out = (a @ v.to(dtype).transpose(1, 2)) / a.sum(-1, keepdim=True)
+        return out.transpose(1, 2)
 
     def attended_pairs(self, n: int, *, causal: bool = True) -> int:
         """Pairs of the quadratic form (used only for pattern pictures; FLOPs use ``flops``)."""

@@ -118,6 +118,7 @@ class VariantInfo:
     reasons: ReasonsFn | None = None
     decoder: Callable[..., Any] | None = None
     validate: Callable[[dict], None] | None = None
+    prepare: Callable[["Variant", "Case"], None] | None = None
     takes_causal: bool = False
 
     def metadata(self) -> dict[str, Any]:
@@ -154,6 +155,7 @@ def register_variant(
     reasons: ReasonsFn | None = None,
     decoder: Callable[..., Any] | None = None,
     validate: Callable[[dict], None] | None = None,
+    prepare: Callable[["Variant", "Case"], None] | None = None,
     description: str | None = None,
     replace_existing: bool = False,
 ):
@@ -171,6 +173,8 @@ def register_variant(
         decoder: factory ``f(variant, batch, heads, head_dim, max_len, dtype, device)`` of a
             decoder (see ``attnbench.decode``); default: from the math.
         validate: ``f(params)`` raising ``ValueError`` for bad implementation parameters.
+        prepare: ``f(variant, case)`` that builds what the implementation caches per shape
+            (masks, block plans), so the harness can time it apart from the kernel.
         description: one line; default: the first line of the function's docstring.
     """
     if family not in FAMILIES:
@@ -222,6 +226,7 @@ def register_variant(
             reasons=reasons,
             decoder=decoder,
             validate=validate,
+            prepare=prepare,
             takes_causal=takes_causal,
         )
         return fn
@@ -420,6 +425,11 @@ class Variant:
         if self.info.takes_causal:
             return self.info.fn(q, k, v, causal=causal, **self.params)
         return self.info.fn(q, k, v, **self.params)
+
+    def prepare(self, case: Case) -> None:
+        """Build the per-shape caches (masks, block plans) of ``case`` ahead of timing."""
+        if self.info.prepare is not None:
+            self.info.prepare(self, case)
 
     def reference(self, q, k, v, *, causal: bool = True, dtype: torch.dtype = torch.float64):
         """This variant's math, materialised, in ``dtype`` (float64: the reference)."""

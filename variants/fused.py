@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnbench.kernels import flex, import_quietly, probe_reasons
+from attnbench.kernels import flex, import_quietly, prepare_flex, probe_reasons
 from attnbench.patterns import Full
 from attnbench.registry import Capabilities, register_variant
 
@@ -78,6 +78,7 @@ _register_sdpa_backend("CUDNN_ATTENTION", "PyTorch SDPA forced to its cuDNN back
     "fused.flex",
     family="fused",
     supports=Capabilities(noncausal=True, cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
+    prepare=prepare_flex,
 )
 def flex_causal(q, k, v, *, causal: bool = True):
     """FlexAttention (torch.compile) with a causal BlockMask."""

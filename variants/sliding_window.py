@@ -19,7 +19,7 @@ import os
 import torch
 
 from attnbench.blocksparse import block_sparse_attention
-from attnbench.kernels import flex, masked_sdpa
+from attnbench.kernels import flex, masked_sdpa, prepare_blocked, prepare_dense, prepare_flex
 from attnbench.patterns import SlidingWindow
 from attnbench.registry import Capabilities, positive, register_variant
 
@@ -28,13 +28,14 @@ from .fused import FLASH_CAPS, xformers_reasons
 SW = "sliding_window"
 
 
-@register_variant("sliding_window.masked", family=SW)
+@register_variant("sliding_window.masked", family=SW, prepare=prepare_dense)
 def masked(q, k, v, *, window: int = 256):
     """Dense masked SDPA (quadratic cost): the strawman."""
     return masked_sdpa(q, k, v, SlidingWindow(window))
 
 
-@register_variant("sliding_window.blocked", family=SW, validate=positive("block"))
+@register_variant("sliding_window.blocked", family=SW, validate=positive("block"),
+                  prepare=prepare_blocked)
 def blocked(q, k, v, *, window: int = 256, block: int = 64):
     """Block-sparse PyTorch over the key blocks each query block's window touches (linear in N)."""
     return block_sparse_attention(q, k, v, SlidingWindow(window), block)
@@ -44,6 +45,7 @@ def blocked(q, k, v, *, window: int = 256, block: int = 64):
     "sliding_window.flex",
     family=SW,
     supports=Capabilities(cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
+    prepare=prepare_flex,
 )
 def flex_window(q, k, v, *, window: int = 256):
     """FlexAttention with a sliding-window BlockMask."""

@@ -22,7 +22,7 @@ import inspect
 import torch
 
 from attnbench.blocksparse import block_sparse_attention
-from attnbench.kernels import flex, masked_sdpa
+from attnbench.kernels import flex, masked_sdpa, prepare_blocked, prepare_dense, prepare_flex
 from attnbench.reference import MATHS
 from attnbench.registry import Capabilities, positive, register_variant
 
@@ -47,16 +47,17 @@ def _flex(q, k, v, pattern, **impl):
 
 
 IMPLS = {
-    "masked": (_masked, "Dense masked SDPA (quadratic cost)", Capabilities()),
+    "masked": (_masked, "Dense masked SDPA (quadratic cost)", Capabilities(), prepare_dense),
     "blocked": (_blocked, "Block-sparse PyTorch, cost proportional to the attended blocks",
-                Capabilities()),
+                Capabilities(), prepare_blocked),
     "flex": (_flex, "FlexAttention with the pattern's BlockMask",
-             Capabilities(cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)})),
+             Capabilities(cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
+             prepare_flex),
 }
 
 
 def _register(math: str, impl: str) -> None:
-    run, doc, caps = IMPLS[impl]
+    run, doc, caps, prepare = IMPLS[impl]
     params = dict(PATTERN_PARAMS[math])
     # longformer's pattern is token-level; its blocked implementation needs a tile size
     impl_params = {"block": 64} if impl == "blocked" and "block" not in params else {}
@@ -74,7 +75,7 @@ def _register(math: str, impl: str) -> None:
     )
     fn.__doc__ = f"{doc} ({spec.description})."
     fn.__name__ = f"{math}_{impl}"
-    register_variant(f"sparse.{math}.{impl}", family="sparse", supports=caps,
+    register_variant(f"sparse.{math}.{impl}", family="sparse", supports=caps, prepare=prepare,
                      validate=positive("block") if "block" in params else None)(fn)
 
 

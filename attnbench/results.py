@@ -1,0 +1,192 @@
+"""Run folders: ``results/<run_id>/results.jsonl`` (append-only, one JSON object per case) and
+``run.json`` (command line, resolved suite, environment, ceilings).
+
+Rows are appended and flushed (and fsync'ed) as each case finishes, so an interrupted run keeps
+everything it measured; ``--resume`` skips the cases already present. A torn last line (a run
+killed mid-write) is ignored with a warning, never an error, and is overwritten cleanly on resume.
+
+``load(run_dir)`` returns a pandas DataFrame of the rows.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+RESULTS_FILE = "results.jsonl"
+RUN_FILE = "run.json"
+# Core row fields, in the order tables show them (issue #3 fixes these names).
+CORE_FIELDS = [
+    "variant", "family", "pass", "level", "batch", "seq_len", "heads", "head_dim", "dtype",
+    "device", "status", "reason", "time_ms", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
+    "flops", "flops_per_s", "frac_of_ceiling", "tokens_per_s",
+]
+STATUSES = ("ok", "unsupported", "incorrect", "oom", "error", "timeout", "crash", "skipped_after_oom")
+PACKAGES = ("torch", "triton", "flash-attn", "xformers", "numpy", "pandas", "matplotlib")
+
+
+def new_run_id(suite_name: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{suite_name}"
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results.jsonl; a torn (unparseable) last line is dropped with a warning."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: ignoring a torn last line (an interrupted run)", stacklevel=2)
+            else:
+                raise ValueError(f"{path}:{i + 1} is not valid JSON (a corrupted results file)")
+    return rows
+
+
+def load(run_dir: str | Path):
+    """The rows of a run folder (or of several) as a pandas DataFrame."""
+    import pandas as pd
+
+    dirs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
+    rows = [r for d in dirs for r in read_rows(d)]
+    frame = pd.DataFrame(rows)
+    for col in CORE_FIELDS:
+        if col not in frame.columns:
+            frame[col] = None
+    return frame
+
+
+class ResultWriter:
+    """Appends rows to results.jsonl, one flushed line per case."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / RESULTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
+        self.done = {r["case_id"] for r in read_rows(self.path) if "case_id" in r}
+
+    def _drop_torn_tail(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            warnings.warn(f"{self.path}: dropping a torn last line before appending", stacklevel=3)
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if row["case_id"] in self.done:
+            raise ValueError(f"case {row['case_id']} is already recorded in {self.path}")
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.add(row["case_id"])
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent.parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Provenance: versions, device, driver/CUDA, threads, git state."""
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "packages": versions,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "device": device,
+        "device_name": _cpu_name(),
+        "hostname": platform.node(),
+    }
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(device)
+        env.update(device_name=props.name, cuda=torch.version.cuda,
+                   capability=f"{props.major}.{props.minor}",
+                   gpu_memory_bytes=props.total_memory, driver=_nvidia_driver())
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def write_run_json(run_dir: str | Path, info: dict[str, Any]) -> None:
+    path = Path(run_dir) / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        raise ValueError(f"{run_dir} is not a run folder (no {RUN_FILE})")
+    return json.loads(path.read_text())
+
+
+def summary_table(rows: Iterable[dict[str, Any]]) -> str:
+    """A short text table: one line per case (variant, pass, N, status, time, GFLOP/s, memory)."""
+    lines = [f"{'variant':<44} {'pass':<10} {'N':>6} {'status':<11} {'ms':>9} {'GFLOP/s':>8} "
+             f"{'%ceil':>6} {'peak MiB':>9}"]
+    for r in rows:
+        t = f"{r['time_ms']:.3f}" if r.get("time_ms") is not None else "-"
+        g = f"{r['flops_per_s'] / 1e9:.1f}" if r.get("flops_per_s") else "-"
+        c = f"{100 * r['frac_of_ceiling']:.0f}" if r.get("frac_of_ceiling") else "-"
+        m = f"{r['peak_mem_bytes'] / 2**20:.1f}" if r.get("peak_mem_bytes") is not None else "-"
+        lines.append(f"{r['variant'][:44]:<44} {r['pass']:<10} {r['seq_len']:>6} {r['status']:<11} "
+                     f"{t:>9} {g:>8} {c:>6} {m:>9}")
+    return "\n".join(lines)

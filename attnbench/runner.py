@@ -1,0 +1,288 @@
+"""The local launcher: plans a suite's cases and measures them in an isolated worker process.
+
+    plan(suite) -> [case dicts]        every (variant, shape, dtype, pass, repeat), smallest N first
+    run(suite, run_dir)                 writes run.json, then one results.jsonl row per case
+
+Failures are results: an unsupported case is recorded with its reasons; an exception in the worker
+is an ``error`` / ``oom`` row; a case that outlives ``timing.timeout_s`` is killed (``timeout``);
+a worker that dies (segfault, abort) is a ``crash`` row, and a fresh worker takes the next case.
+After an ``oom``, the same variant at larger N is recorded as ``skipped_after_oom``.
+Resuming a run folder measures only the cases it lacks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import results
+from .registry import Case, get_variant, load_plugin, parse_dtype
+from .suite import Suite
+
+# glibc: always mmap large blocks and give them back on free, so peak RSS per case is honest
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def case_id(c: dict[str, Any]) -> str:
+    shape = f"B{c['batch']}-N{c['seq_len']}-H{c['heads']}-D{c['head_dim']}"
+    extra = f"|{c['preset']}" if c["level"] == "model" else ""
+    causal = "" if c.get("causal", True) else "|noncausal"
+    return f"{c['level']}|{c['variant']}|{c['pass']}|{shape}|{c['dtype']}|{c['device']}{extra}{causal}|r{c['repeat']}"
+
+
+def plan(suite: Suite) -> list[dict[str, Any]]:
+    """Every case of ``suite``, grouped by variant with N ascending (so OOM skipping works)."""
+    device = suite.resolved_device()
+    cases = []
+    if suite.op is not None:
+        op = suite.op
+        for spec in op.variants:
+            variant = get_variant(spec)
+            for dtype in op.dtypes:
+                for d in op.head_dims:
+                    for causal in op.causal:
+                        for pass_ in op.passes:
+                            for n in sorted(op.seq_lens):
+                                for r in range(suite.timing.repeats):
+                                    cases.append(dict(
+                                        level="op", variant=variant.label, family=variant.family,
+                                        math=variant.info.math, impl=variant.impl, pass_=pass_,
+                                        batch=op.batch_for(n), seq_len=n, heads=op.heads,
+                                        head_dim=d, dtype=dtype, device=device, causal=causal,
+                                        repeat=r))
+    if suite.model is not None:
+        from .model import ModelConfig
+
+        m = suite.model
+        cfg = ModelConfig.from_name(m.preset)
+        for spec in m.variants:
+            variant = get_variant(spec)
+            for dtype in m.dtypes:
+                for pass_ in m.passes:
+                    for n in sorted(m.seq_lens):
+                        for r in range(suite.timing.repeats):
+                            cases.append(dict(
+                                level="model", variant=variant.label, family=variant.family,
+                                math=variant.info.math, impl=variant.impl, pass_=pass_,
+                                batch=m.batch, seq_len=n, heads=cfg.n_heads,
+                                head_dim=cfg.head_dim, dtype=dtype, device=device, causal=True,
+                                preset=m.preset, repeat=r))
+    for c in cases:
+        c["pass"] = c.pop("pass_")
+        c["case_id"] = case_id(c)
+    return cases
+
+
+def unsupported_reasons(c: dict[str, Any]) -> list[str]:
+    variant = get_variant(c["variant"])
+    pass_ = {"train_step": "fwd_bwd", "prefill": "fwd"}.get(c["pass"], c["pass"])
+    case = Case(batch=c["batch"], seq_len=c["seq_len"], heads=c["heads"], head_dim=c["head_dim"],
+                dtype=parse_dtype(c["dtype"]), device=c["device"], pass_=pass_, causal=c["causal"])
+    return variant.not_supported_reasons(case)
+
+
+class Worker:
+    """A spawned worker process and its pipe; restarted after a crash or a timeout."""
+
+    def __init__(self, init: dict[str, Any]):
+        self.init = init
+        self.proc = None
+        self.conn = None
+        self.threads = None
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in WORKER_ENV}
+        os.environ.update(WORKER_ENV)
+        try:
+            from . import worker
+
+            self.proc = ctx.Process(target=worker.main, args=(child, self.init), daemon=True)
+            self.proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self.conn = parent
+        if not self.conn.poll(300):
+            raise RuntimeError("the benchmark worker did not start within 300 s")
+        hello = self.conn.recv()
+        self.threads = hello["threads"]
+
+    def ask(self, kind: str, payload: Any, timeout: float) -> dict[str, Any]:
+        """Send one request; a row-like dict back, or a timeout/crash status."""
+        if self.proc is None or not self.proc.is_alive():
+            self.start()
+        try:
+            self.conn.send((kind, payload))
+            if self.conn.poll(timeout):
+                return self.conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            return self._crashed()
+        if not self.proc.is_alive():
+            return self._crashed()
+        self.kill()
+        return {"status": "timeout", "reason": f"still running after {timeout:g} s; worker killed"}
+
+    def _crashed(self) -> dict[str, Any]:
+        self.proc.join(5)
+        code = self.proc.exitcode
+        self.proc = None
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            why = f"worker process killed by signal {name}"
+        else:
+            why = f"worker process exited with code {code}"
+        return {"status": "crash", "reason": why}
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            try:
+                self.conn.send(("stop", None))
+                self.proc.join(10)
+            except (BrokenPipeError, OSError):
+                pass
+        self.kill()
+
+
+class Progress:
+    """One status line on stderr: count, percentage, ETA, current case."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.done, self.start, self.stream = total, 0, time.time(), stream
+        self.measured, self.measure_time = 0, 0.0
+
+    def show(self, label: str) -> None:
+        if not self.total:
+            return
+        tty = self.stream.isatty()
+        if not tty and self.done % max(1, self.total // 10):
+            return  # in a log: a line every tenth of the run, not a redrawn bar
+        pct = 100 * self.done / self.total
+        left = self.total - self.done
+        eta = (self.measure_time / self.measured) * left if self.measured else float("nan")
+        eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
+        bar = "#" * int(pct / 5)
+        line = f"[{bar:<20}] {self.done}/{self.total} {pct:3.0f}% ETA {eta_s}  {label[:70]:<70}"
+        self.stream.write("\r" + line if tty else line.rstrip() + "\n")
+        self.stream.flush()
+
+    def tick(self, seconds: float, measured: bool) -> None:
+        self.done += 1
+        if measured:
+            self.measured += 1
+            self.measure_time += seconds
+
+    def close(self) -> None:
+        if self.total and self.stream.isatty():
+            self.stream.write(f"\r{' ' * 120}\r")
+            self.stream.flush()
+
+
+def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (), command: list[str] | None = None,
+        resume: bool = False, progress: bool = True,
+        on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Measure every case of ``suite`` not yet in ``run_dir``; returns the run folder."""
+    run_dir = Path(run_dir)
+    for path in plugins:
+        load_plugin(path)
+    cases = plan(suite)
+    writer = results.ResultWriter(run_dir)
+    todo = [c for c in cases if c["case_id"] not in writer.done]
+    device = suite.resolved_device()
+    init = {"threads": suite.timing.threads, "plugins": list(plugins), "timing": vars(suite.timing)}
+    worker = Worker(init)
+    info: dict[str, Any]
+    if resume and (run_dir / results.RUN_FILE).exists():
+        info = results.read_run_json(run_dir)
+        info.setdefault("resumed", []).append({"command": command or sys.argv, "time": time.time(),
+                                               "cases_left": len(todo)})
+    else:
+        info = {"run_id": run_dir.name, "command": command or sys.argv, "suite": suite.to_dict(),
+                "plugins": list(plugins), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "cases_planned": len(cases)}
+    try:
+        if "ceilings" not in info and todo:
+            dtypes = sorted({c["dtype"] for c in cases})
+            info["ceilings"] = worker.ask("ceilings", {"dtypes": dtypes, "device": device},
+                                          timeout=600)
+        info["environment"] = results.environment(device)
+        info["environment"]["worker_threads"] = worker.threads or _probe_threads(worker)
+        info["environment"]["mem_method"] = "cuda_allocator" if device.startswith("cuda") else "cpu_peak_rss"
+        results.write_run_json(run_dir, info)
+        _sweep(todo, worker, writer, info, suite, progress, on_row)
+    finally:
+        worker.stop()
+    info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results.write_run_json(run_dir, info)
+    return run_dir
+
+
+def _probe_threads(worker: Worker) -> int | None:
+    if worker.proc is None:
+        worker.start()
+    return worker.threads
+
+
+def _sweep(todo, worker, writer, info, suite, progress, on_row) -> None:
+    ceilings = info.get("ceilings", {}).get("matmul_flops_per_s", {})
+    oom_at: dict[tuple, int] = {}
+    bar = Progress(len(todo)) if progress else None
+    try:
+        for c in todo:
+            group = (c["level"], c["variant"], c["pass"], c["dtype"], c["head_dim"], c["causal"])
+            label = f"{c['variant']} {c['pass']} N={c['seq_len']}"
+            if bar:
+                bar.show(label)
+            t0 = time.time()
+            measured = False
+            reasons = unsupported_reasons(c)
+            if reasons:
+                out = {"status": "unsupported", "reason": "; ".join(reasons)}
+            elif group in oom_at and c["seq_len"] > oom_at[group]:
+                out = {"status": "skipped_after_oom",
+                       "reason": f"out of memory at N={oom_at[group]} for this variant and pass"}
+            else:
+                out = worker.ask("case", c, timeout=suite.timing.timeout_s)
+                measured = True
+                if out["status"] == "oom":
+                    oom_at[group] = min(oom_at.get(group, c["seq_len"]), c["seq_len"])
+            row = {**c, **out}
+            row.setdefault("reason", "")
+            if row.get("status") == "ok" and row.get("flops_per_s") and ceilings.get(c["dtype"]):
+                row["frac_of_ceiling"] = row["flops_per_s"] / ceilings[c["dtype"]]
+            if row.get("status") != "ok":  # no number of a failed or incorrect case is a result
+                for f in ("time_ms", "time_ms_p20", "time_ms_p80", "flops_per_s", "tokens_per_s",
+                          "frac_of_ceiling", "peak_mem_bytes"):
+                    row[f] = None
+            row["run_id"] = info["run_id"]
+            row["threads"] = info["environment"].get("worker_threads")
+            row["wall_s"] = round(time.time() - t0, 3)
+            writer.write(row)
+            if on_row:
+                on_row(row)
+            if bar:
+                bar.tick(time.time() - t0, measured)
+    finally:
+        if bar:
+            bar.close()

@@ -1,0 +1,272 @@
+"""Suites: TOML files that say which cases a run measures (``suites/*.toml``).
+
+A suite has up to two levels and a timing section::
+
+    name = "quick"
+    device = "auto"                  # auto | cpu | cuda | cuda:N
+
+    [op]                             # attention alone, (B, N, H, D)
+    variants = ["fused.sdpa", "sliding_window.blocked:window=256"]
+    seq_lens = [1024, 4096]
+    batch = 1                        # or total_tokens = 16384: batch = total_tokens // N
+    heads = 8
+    head_dims = [64]
+    dtypes = ["float32"]
+    passes = ["fwd", "fwd_bwd", "decode"]
+    causal = [true]
+
+    [model]                          # the identical LM at a preset
+    preset = "tiny"
+    variants = ["fused.sdpa"]
+    seq_lens = [256]
+    batch = 4
+    dtypes = ["float32"]
+    passes = ["train_step", "prefill", "decode"]
+
+    [timing]
+    warmup = 1; budget_s = 0.3; min_reps = 3; max_reps = 50; timeout_s = 300
+    threads = 0                      # 0: PyTorch's default; recorded in run.json either way
+    repeats = 1                      # measure every case this many times (noise)
+    gate = true                      # correctness gate against the float64 reference
+
+Unknown keys and bad values are rejected with the key's name and the valid values before
+anything runs. Every field can be overridden from the command line (``--set op.batch=2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .registry import DTYPES, PASSES, get_variant
+
+MODEL_PASSES = ("train_step", "prefill", "decode")
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+@dataclass(frozen=True)
+class OpConfig:
+    variants: tuple[str, ...] = ()  # variant specs
+    seq_lens: tuple[int, ...] = (1024,)  # N
+    batch: int = 1  # B (ignored when total_tokens > 0)
+    total_tokens: int = 0  # > 0: B = max(1, total_tokens // N), flash-attention's benchmark shape
+    heads: int = 8  # H
+    head_dims: tuple[int, ...] = (64,)  # D
+    dtypes: tuple[str, ...] = ("float32",)
+    passes: tuple[str, ...] = ("fwd", "fwd_bwd", "decode")
+    causal: tuple[bool, ...] = (True,)
+
+    def batch_for(self, n: int) -> int:
+        return max(1, self.total_tokens // n) if self.total_tokens > 0 else self.batch
+
+
+@dataclass(frozen=True)
+class ModelLevelConfig:
+    variants: tuple[str, ...] = ()
+    preset: str = "tiny"  # attnbench.model.PRESETS
+    seq_lens: tuple[int, ...] = (256,)
+    batch: int = 4
+    dtypes: tuple[str, ...] = ("float32",)
+    passes: tuple[str, ...] = MODEL_PASSES
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    warmup: int = 1  # untimed calls after the first (compiling) one
+    budget_s: float = 0.3  # time spent repeating each case
+    min_reps: int = 3
+    max_reps: int = 50
+    timeout_s: float = 300.0  # a case running longer is killed and recorded as `timeout`
+    threads: int = 0  # torch threads in the worker (0: PyTorch's default)
+    repeats: int = 1  # measure each case this many times
+    gate: bool = True  # check each (variant, shape) against the float64 reference first
+    gate_rows: int = 48  # query rows compared per gate (first, last and spread rows)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str = "custom"
+    description: str = ""
+    device: str = "auto"
+    op: OpConfig | None = None
+    model: ModelLevelConfig | None = None
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"op": OpConfig, "model": ModelLevelConfig, "timing": TimingConfig}
+
+
+def _fail(where: str, msg: str) -> None:
+    raise ValueError(f"suite {where}: {msg}")
+
+
+def _coerce(where: str, key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the field's default."""
+    full = f"{where}{key}"
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not value:
+            _fail(full, f"must be a non-empty list, got {value!r}")
+        kind = type(default[0]) if default else str
+        out = []
+        for item in value:
+            if kind is int and (not isinstance(item, int) or isinstance(item, bool) or item < 1):
+                _fail(full, f"items must be positive integers, got {item!r}")
+            if kind is bool and not isinstance(item, bool):
+                _fail(full, f"items must be true or false, got {item!r}")
+            if kind is str and not isinstance(item, str):
+                _fail(full, f"items must be strings, got {item!r}")
+            out.append(item)
+        return tuple(out)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            _fail(full, f"must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            _fail(full, f"must be a non-negative integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            _fail(full, f"must be a positive number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        _fail(full, f"must be a string, got {value!r}")
+    return value
+
+
+def _build(cls, where: str, data: dict[str, Any]):
+    valid = {f.name: f for f in fields(cls)}
+    defaults = cls()
+    out = {}
+    for key, value in data.items():
+        if key not in valid:
+            _fail(where + key, f"unknown key; valid keys: {', '.join(valid)}")
+        out[key] = _coerce(where, key, value, getattr(defaults, key))
+    return cls(**out)
+
+
+def _check_values(suite: Suite) -> None:
+    for sec, allowed_passes in (("op", PASSES), ("model", MODEL_PASSES)):
+        cfg = getattr(suite, sec)
+        if cfg is None:
+            continue
+        for p in cfg.passes:
+            if p not in allowed_passes:
+                _fail(f"{sec}.passes", f"unknown pass {p!r}; valid: {', '.join(allowed_passes)}")
+        for d in cfg.dtypes:
+            if d not in DTYPES:
+                _fail(f"{sec}.dtypes", f"unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
+        if not cfg.variants:
+            _fail(f"{sec}.variants", "must name at least one variant")
+        for spec in cfg.variants:
+            try:
+                get_variant(spec)
+            except ValueError as e:
+                _fail(f"{sec}.variants", str(e))
+    if suite.model is not None:
+        from .model import PRESETS
+
+        if suite.model.preset not in PRESETS:
+            _fail("model.preset", f"unknown preset {suite.model.preset!r}; valid: {', '.join(PRESETS)}")
+    if suite.op is None and suite.model is None:
+        _fail("", "needs an [op] or a [model] section")
+    t = suite.timing
+    if t.min_reps < 1 or t.max_reps < t.min_reps or t.repeats < 1:
+        _fail("timing", f"needs 1 <= min_reps <= max_reps and repeats >= 1 (got {t})")
+    dev = suite.device
+    if dev not in ("auto", "cpu", "cuda") and not dev.startswith("cuda:"):
+        _fail("device", f"unknown device {dev!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def from_dict(data: dict[str, Any], where: str = "") -> Suite:
+    top = {"name", "description", "device", *_SECTIONS}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in top:
+            _fail(f"{where}{key}", f"unknown key; valid keys: {', '.join(sorted(top))}")
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                _fail(f"{where}{key}", "must be a table ([section])")
+            kwargs[key] = _build(_SECTIONS[key], f"{where}{key}.", value)
+        else:
+            kwargs[key] = _coerce(where, key, value, "")
+    suite = Suite(**kwargs)
+    _check_values(suite)
+    return suite
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A suite by name (``suites/<name>.toml``) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITES_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+        raise ValueError(f"no suite {name_or_path!r}; known suites: {', '.join(known)} (or a path to a .toml)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"suite {path}: not valid TOML: {e}") from None
+    return from_dict(data, where=f"{path.name}: ")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` -> (path, value); the value is TOML (``[1, 2]``, ``true``, ``"x"``)
+    or a bare comma-separated list / word."""
+    key, eq, raw = text.partition("=")
+    if not eq:
+        raise ValueError(f"override {text!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        items = [s.strip() for s in raw.split(",") if s.strip()]
+        value = [_scalar(s) for s in items] if "," in raw else _scalar(raw.strip())
+    return key.strip(), value
+
+
+def _scalar(s: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {s}")["v"]
+    except tomllib.TOMLDecodeError:
+        return s
+
+
+def with_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
+    """Apply ``{"op.seq_lens": [1024], "timing.budget_s": 0.1, ...}``; validates like a file."""
+    data = suite.to_dict()
+    data = {k: v for k, v in data.items() if v is not None}
+    for path, value in overrides.items():
+        section, _, key = path.rpartition(".")
+        target = data
+        if section:
+            if section not in _SECTIONS:
+                _fail(path, f"unknown section {section!r}; valid: {', '.join(_SECTIONS)}")
+            target = data.setdefault(section, {})
+        defaults = _SECTIONS[section]() if section else None
+        if defaults is not None and isinstance(getattr(defaults, key, None), tuple) \
+                and not isinstance(value, (list, tuple)):
+            value = [value]
+        target[key] = value
+    return from_dict(data, where="override ")
+
+
+def replace_section(suite: Suite, section: str, **values) -> Suite:
+    return replace(suite, **{section: replace(getattr(suite, section) or _SECTIONS[section](), **values)})
