@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 bench: venv
-	$(PY) run_bench.py list
+	$(PY) run_bench.py run --suite quick
 
 list: venv
 	$(PY) run_bench.py list

@@ -252,11 +252,19 @@ def _ensure_loaded() -> None:
         ep.load()
 
 
+_PLUGINS: set[str] = set()
+
+
 def load_plugin(path: str) -> None:
-    """Import a user's Python file that registers variants (the CLI's ``--plugins``)."""
+    """Import a user's Python file that registers variants (the CLI's ``--plugins``); a file
+    already loaded in this process is not imported twice."""
     _ensure_loaded()
     if not os.path.isfile(path):
         raise ValueError(f"plugin file {path!r} does not exist")
+    key = os.path.realpath(path)
+    if key in _PLUGINS:
+        return
+    _PLUGINS.add(key)
     spec = importlib.util.spec_from_file_location(
         f"attnbench_plugin_{os.path.splitext(os.path.basename(path))[0]}", path
     )

@@ -12,11 +12,12 @@ Resuming a run folder measures only the cases it lacks.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
@@ -89,7 +90,7 @@ def unsupported_reasons(c: dict[str, Any]) -> list[str]:
 
 
 class Worker:
-    """A spawned worker process and its pipe; restarted after a crash or a timeout."""
+    """A worker process and its pipes; restarted after a crash or a timeout."""
 
     def __init__(self, init: dict[str, Any]):
         self.init = init
@@ -98,47 +99,53 @@ class Worker:
         self.threads = None
 
     def start(self) -> None:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        saved = {k: os.environ.get(k) for k in WORKER_ENV}
-        os.environ.update(WORKER_ENV)
-        try:
-            from . import worker
-
-            self.proc = ctx.Process(target=worker.main, args=(child, self.init), daemon=True)
-            self.proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        child.close()
-        self.conn = parent
+        """Start ``python -m attnbench.worker`` with two pipes (never re-imports the caller's
+        ``__main__``, unlike multiprocessing's spawn)."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = {**os.environ, **WORKER_ENV}
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "attnbench.worker", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.send_conn = Connection(to_child_w, readable=False)
+        self.conn = Connection(from_child_r, writable=False)
+        self.send_conn.send(self.init)
         if not self.conn.poll(300):
+            self.kill()
             raise RuntimeError("the benchmark worker did not start within 300 s")
-        hello = self.conn.recv()
+        try:
+            hello = self.conn.recv()
+        except EOFError:
+            code = self.proc.wait()
+            raise RuntimeError(f"the benchmark worker failed to start (exit code {code})") from None
         self.threads = hello["threads"]
 
     def ask(self, kind: str, payload: Any, timeout: float) -> dict[str, Any]:
         """Send one request; a row-like dict back, or a timeout/crash status."""
-        if self.proc is None or not self.proc.is_alive():
+        if self.proc is None or self.proc.poll() is not None:
             self.start()
         try:
-            self.conn.send((kind, payload))
+            self.send_conn.send((kind, payload))
             if self.conn.poll(timeout):
                 return self.conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
             return self._crashed()
-        if not self.proc.is_alive():
+        if self.proc.poll() is not None:
             return self._crashed()
         self.kill()
         return {"status": "timeout", "reason": f"still running after {timeout:g} s; worker killed"}
 
     def _crashed(self) -> dict[str, Any]:
-        self.proc.join(5)
-        code = self.proc.exitcode
-        self.proc = None
+        try:
+            code = self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._close()
         if code is not None and code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -149,18 +156,26 @@ class Worker:
             why = f"worker process exited with code {code}"
         return {"status": "crash", "reason": why}
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
+    def _close(self) -> None:
+        for c in (self.conn, getattr(self, "send_conn", None)):
+            if c is not None:
+                c.close()
+        self.conn = self.send_conn = None
         self.proc = None
 
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc is not None:
+            self._close()
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.is_alive():
+        if self.proc is not None and self.proc.poll() is None:
             try:
-                self.conn.send(("stop", None))
-                self.proc.join(10)
-            except (BrokenPipeError, OSError):
+                self.send_conn.send(("stop", None))
+                self.proc.wait(10)
+            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
 

@@ -190,15 +190,17 @@ def measure_ceilings(dtypes: list[str], device: str) -> dict[str, Any]:
     return out
 
 
-def main(conn, init: dict) -> None:
-    """Worker loop: ('case', dict) -> row dict; ('ceilings', dtypes) -> dict; ('stop', None)."""
+def main(recv_conn, conn) -> None:
+    """Worker loop. First message: the init dict; then ('case', dict) -> row dict;
+    ('ceilings', {...}) -> dict; ('stop', None) ends it."""
+    init = recv_conn.recv()
     if init.get("threads"):
         torch.set_num_threads(init["threads"])
     for path in init.get("plugins", []):
         load_plugin(path)
     conn.send({"ready": True, "threads": torch.get_num_threads(), "pid": os.getpid()})
     while True:
-        kind, payload = conn.recv()
+        kind, payload = recv_conn.recv()
         if kind == "stop":
             return
         try:
@@ -216,3 +218,10 @@ def main(conn, init: dict) -> None:
             result = {"status": _classify(exc),
                       "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500] + where}
         conn.send(result)
+
+
+if __name__ == "__main__":
+    import sys
+    from multiprocessing.connection import Connection
+
+    main(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
