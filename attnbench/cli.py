@@ -137,11 +137,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for path in args.plugins:
         registry.load_plugin(path)
+    section = args.level
     if args.resume and not args.suite:
         suite = from_dict(read_run_json(args.resume)["suite"])
+    elif args.variants and not args.suite:  # `run --variants my.idea ...`: an op sweep of those
+        args.level = section = section or "op"
+        return cmd_level(args)
     else:
         suite = load_suite(args.suite or "quick")
-    section = args.level if getattr(args, "level", None) else None
     overrides = _overrides(args, section)
     if overrides:
         suite = with_overrides(suite, overrides)
