@@ -24,7 +24,7 @@ import importlib.util
 import inspect
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
@@ -531,7 +531,3 @@ def _check_qkv(q, k, v) -> None:
         )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-
-
-def iter_variants(specs: Iterable[str]) -> list[Variant]:
-    return [get_variant(s) for s in specs]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +266,3 @@ def with_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
             value = [value]
         target[key] = value
     return from_dict(data, where="override ")
-
-
-def replace_section(suite: Suite, section: str, **values) -> Suite:
-    return replace(suite, **{section: replace(getattr(suite, section) or _SECTIONS[section](), **values)})
