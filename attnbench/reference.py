@@ -89,6 +89,25 @@ def linear_attention(
     return out.transpose(1, 2)
 
 
+def reference_error(got: torch.Tensor, plain: torch.Tensor, ref: torch.Tensor,
+                    dtype: torch.dtype, multiple: float = 3.0) -> str | None:
+    """The self-calibrating tolerance, shared by the tests and the benchmark's correctness gate.
+
+    ``got`` passes when |got - ref| <= multiple * |plain - ref| + 8 eps(dtype) * max(1, |ref|):
+    no worse than a small multiple of plain PyTorch's error in the same dtype, plus a rounding
+    floor. Returns None when it passes, else why not.
+    """
+    if not torch.isfinite(got).all():
+        return "non-finite values in the output (unwritten elements?)"
+    err = (got.double() - ref).abs().max().item()
+    base = (plain.double() - ref).abs().max().item()
+    bound = multiple * base + 8 * torch.finfo(dtype).eps * max(1.0, ref.abs().max().item())
+    if err > bound:
+        return (f"max error {err:.3g} vs the float64 reference exceeds {bound:.3g} "
+                f"({multiple:g} x plain PyTorch {base:.3g} + floor)")
+    return None
+
+
 @dataclass(frozen=True)
 class SoftmaxMath:
     """Softmax attention over ``pattern`` (a causal ``Full`` pattern for full attention)."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import measure
+from .reference import reference_error
 from .registry import Case, get_variant, load_plugin, parse_dtype
 
 
@@ -42,19 +43,18 @@ def gate(variant, q, k, v, out, case: Case, rows: int) -> str | None:
     q1, k1, v1 = q[:1].detach(), k[:1].detach(), v[:1].detach()
     ref = variant.math.reference_rows(q1, k1, v1, pick, causal=case.causal)
     plain = variant.math.reference_rows(q1, k1, v1, pick, causal=case.causal, dtype=q.dtype)
-    got = out[:1, pick].detach().double()
-    if not torch.isfinite(got).all():
-        return "non-finite values in the output"
-    err = (got - ref).abs().max().item()
-    base = (plain.double() - ref).abs().max().item()
-    bound = 3 * base + 8 * torch.finfo(q.dtype).eps * max(1.0, ref.abs().max().item())
-    if err > bound:
-        return f"max error {err:.3g} vs float64 reference exceeds {bound:.3g} (3 x plain PyTorch {base:.3g} + floor)"
-    return None
+    return reference_error(out[:1, pick].detach(), plain, ref, q.dtype)
 
 
-def _timing_kwargs(t: dict) -> dict:
-    return dict(warmup=t["warmup"], budget_s=t["budget_s"], min_reps=t["min_reps"], max_reps=t["max_reps"])
+def _measure(fn, device, timing: dict, flops: int, tokens: int) -> dict[str, Any]:
+    """Time ``fn`` to the suite's budget, then its peak memory: the fields of an ``ok`` row."""
+    t = measure.time_fn(fn, device, warmup=timing["warmup"], budget_s=timing["budget_s"],
+                        min_reps=timing["min_reps"], max_reps=timing["max_reps"])
+    peak, method = measure.peak_memory(fn, device)
+    return dict(status="ok", reason="", time_ms=t.median_ms, time_ms_p20=t.p20_ms,
+                time_ms_p80=t.p80_ms, reps=t.reps, peak_mem_bytes=peak, mem_method=method,
+                flops=flops, flops_per_s=flops / (t.median_ms / 1e3),
+                tokens_per_s=tokens / (t.median_ms / 1e3))
 
 
 def run_op_case(c: dict, timing: dict) -> dict[str, Any]:
@@ -110,13 +110,7 @@ def run_op_case(c: dict, timing: dict) -> dict[str, Any]:
                 out = variant(qg, kg, vg, **kw)
                 return torch.autograd.grad(out, (qg, kg, vg), grad_out)
         tokens = b * n
-    t = measure.time_fn(fn, device, **_timing_kwargs(timing))
-    peak, method = measure.peak_memory(fn, device)
-    flops = variant.flops(case)
-    row.update(status="ok", reason="", time_ms=t.median_ms, time_ms_p20=t.p20_ms,
-               time_ms_p80=t.p80_ms, reps=t.reps, peak_mem_bytes=peak, mem_method=method,
-               flops=flops, flops_per_s=flops / (t.median_ms / 1e3),
-               tokens_per_s=tokens / (t.median_ms / 1e3))
+    row.update(_measure(fn, device, timing, variant.flops(case), tokens))
     if pass_ == "decode":
         row["cache_bytes"] = dec.cache_bytes()
     return row
@@ -168,13 +162,7 @@ def run_model_case(c: dict, timing: dict) -> dict[str, Any]:
     fn()
     measure.sync(device)
     row["first_call_ms"] = (time.perf_counter() - t0) * 1e3
-    t = measure.time_fn(fn, device, **_timing_kwargs(timing))
-    peak, method = measure.peak_memory(fn, device)
-    flops = model_flops(cfg, model.variant, b, n, pass_)
-    row.update(status="ok", reason="", time_ms=t.median_ms, time_ms_p20=t.p20_ms,
-               time_ms_p80=t.p80_ms, reps=t.reps, peak_mem_bytes=peak, mem_method=method,
-               flops=flops, flops_per_s=flops / (t.median_ms / 1e3),
-               tokens_per_s=tokens / (t.median_ms / 1e3),
+    row.update(_measure(fn, device, timing, model_flops(cfg, model.variant, b, n, pass_), tokens),
                model_params=cfg.num_params())
     if pass_ == "decode":
         row["cache_bytes"] = sum(d.cache_bytes() for d in decoders)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import attnbench
+from attnbench.reference import reference_error
 from attnbench.registry import dtype_name
 
 # Parameters that make each pattern non-trivial at test sizes (window < N, several blocks).
@@ -59,15 +60,7 @@ def random_qkv(shape, dtype, device="cpu", seed=0, requires_grad=False):
     return out
 
 
-def floor(dtype: torch.dtype, scale: float) -> float:
-    """The dtype's rounding floor at the magnitude of the result."""
-    return 8 * torch.finfo(dtype).eps * max(scale, 1.0)
-
-
 def assert_close_to_reference(name, got, plain, ref, dtype, multiple=3.0):
-    """Self-calibrating check: |got - ref| <= multiple * |plain - ref| + floor (all vs float64 ref)."""
-    err = (got.double() - ref).abs().max().item()
-    base = (plain.double() - ref).abs().max().item()
-    bound = multiple * base + floor(dtype, ref.abs().max().item())
-    assert torch.isfinite(got).all(), f"{name}: non-finite values (unwritten elements?)"
-    assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g} ({multiple} x plain PyTorch {base:.3g} + floor)"
+    """Self-calibrating check (``attnbench.reference.reference_error``, the benchmark gate's rule)."""
+    why = reference_error(got, plain, ref, dtype, multiple)
+    assert why is None, f"{name}: {why}"
