@@ -7,6 +7,11 @@ Commands:
               ``--resume results/<run_id>`` measures only what an interrupted run lacks.
     op        attention alone: ``--variants a,b --seq-lens 1024,4096 --passes fwd,fwd_bwd,decode``.
     model     the identical LM: ``--variants a,b --seq-lens 256,1024 --preset tiny``.
+    quality   train the identical LM per variant on a corpus and evaluate bits per byte at several
+              context lengths: ``--dataset enwik8 --variants a,b --train-tokens 20M
+              --eval-lens 256,512,1024``; ``--mode dropin --checkpoint FILE`` evaluates one trained
+              checkpoint with each variant swapped in. Under ``torchrun`` it trains data-parallel.
+    recall    multi-query associative recall: ``--variants a,b --seq-lens 64,128 --kv-pairs 4,8``.
 """
 
 from __future__ import annotations
@@ -164,6 +169,77 @@ def cmd_level(args: argparse.Namespace) -> int:
     return _run_suite(args, suite, sys.argv)
 
 
+def _count(text: str) -> int:
+    """``20M``, ``500K``, ``1.5G`` or a plain integer."""
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9}
+    t = text.strip().upper().replace("_", "")
+    try:
+        if t and t[-1] in scale:
+            return int(float(t[:-1]) * scale[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count such as 20M, 500K or 100000, got {text!r}")
+
+
+_QUALITY_FLAGS = ("dataset", "data_dir", "preset", "train_tokens", "train_seconds", "train_len",
+                  "batch", "lr", "seed", "eval_lens", "eval_tokens", "eval_method", "stride",
+                  "eval_split", "mode", "checkpoint", "ngram_order", "val_fraction")
+_RECALL_FLAGS = ("preset", "seq_lens", "kv_pairs", "train_steps", "batch", "lr", "seed",
+                 "key_vocab", "eval_sequences")
+
+
+def cmd_training(args: argparse.Namespace) -> int:
+    """`quality` and `recall`: a one-section suite built from flags (or a suite's section)."""
+    from .suite import Suite, load_suite, with_overrides
+
+    for path in args.plugins:
+        registry.load_plugin(path)
+    section = args.command
+    names = _QUALITY_FLAGS if section == "quality" else _RECALL_FLAGS
+    overrides = {f"{section}.{k}": getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if args.variants:
+        overrides[f"{section}.variants"] = args.variants
+    if section == "quality" and args.mode == "dropin" and args.checkpoint and not args.dataset:
+        meta = _checkpoint_meta(args.checkpoint)  # evaluate on the corpus it was trained on
+        overrides["quality.dataset"] = meta.get("dataset", "pystdlib")
+    if args.no_dropin:
+        overrides["quality.dropin"] = False
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
+    for text in args.set or []:
+        from .suite import parse_override
+
+        key, value = parse_override(text)
+        overrides[key] = value
+    if args.resume:
+        from .results import read_run_json
+        from .suite import from_dict
+
+        base = from_dict(read_run_json(args.resume)["suite"])
+    elif args.suite:  # a suite's section, flags on top
+        base = load_suite(args.suite)
+        base = Suite(name=base.name, description=base.description, device=base.device,
+                     timing=base.timing, **{section: getattr(base, section)})
+    else:
+        if not args.variants and not args.resume:
+            raise ValueError(f"`{section}` needs --variants (or --suite NAME for a suite's [{section}])")
+        base = Suite(name=section, description=f"`{section}` command")
+    suite = with_overrides(base, overrides)
+    from . import distributed
+
+    if distributed.launched_by_torchrun():
+        if section != "quality":
+            raise ValueError("only `quality` trains data-parallel under torchrun")
+        return distributed.run_quality(suite, args)
+    return _run_suite(args, suite, sys.argv)
+
+
+def _checkpoint_meta(path: str) -> dict:
+    if not Path(path).is_file():
+        raise ValueError(f"--checkpoint {path}: no such file")
+    return torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+
+
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="parent folder of new run folders")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
@@ -222,7 +298,55 @@ def build_parser() -> argparse.ArgumentParser:
     _level_args(p)
     p.add_argument("--preset", help="model preset: tiny, small, gpt2")
     p.set_defaults(func=cmd_level, level="model")
+
+    p = sub.add_parser("quality", help="train per variant on a corpus; bits per byte by context length")
+    _training_args(p)
+    p.add_argument("--dataset", help="pystdlib (default), tinyshakespeare, enwik8, text8, "
+                   "wikitext103, wikitext2, enwiki-excerpt, or file:PATH")
+    p.add_argument("--data-dir", dest="data_dir",
+                   help="folder already holding the corpus files (default: $ATTNBENCH_DATA_DIR)")
+    p.add_argument("--val-fraction", dest="val_fraction", type=float, help="held-out share of file:PATH")
+    p.add_argument("--train-tokens", dest="train_tokens", type=_count, help="token budget, e.g. 20M")
+    p.add_argument("--train-seconds", dest="train_seconds", type=float,
+                   help="wall-clock budget per variant instead of a token budget")
+    p.add_argument("--train-len", dest="train_len", type=int, help="training sequence length")
+    p.add_argument("--eval-lens", dest="eval_lens", type=_csv(int), help="evaluation context lengths")
+    p.add_argument("--eval-tokens", dest="eval_tokens", type=_count,
+                   help="held-out bytes scored per length (0: the whole split)")
+    p.add_argument("--eval-split", dest="eval_split", choices=["val", "test"])
+    p.add_argument("--eval-method", dest="eval_method", choices=["windows", "sliding"])
+    p.add_argument("--stride", type=int, help="sliding evaluation: bytes between windows")
+    p.add_argument("--ngram-order", dest="ngram_order", type=int, help="n-gram floor order (0: none)")
+    p.add_argument("--mode", choices=["train", "dropin"])
+    p.add_argument("--checkpoint", help="dropin mode: a checkpoint saved by a quality run")
+    p.add_argument("--no-dropin", action="store_true",
+                   help="train mode: skip the drop-in evaluation of the first variant's checkpoint")
+
+    p = sub.add_parser("recall", help="multi-query associative recall (MQAR) per variant")
+    _training_args(p)
+    p.add_argument("--seq-lens", dest="seq_lens", type=_csv(int))
+    p.add_argument("--kv-pairs", dest="kv_pairs", type=_csv(int))
+    p.add_argument("--train-steps", dest="train_steps", type=int)
+    p.add_argument("--key-vocab", dest="key_vocab", type=int)
+    p.add_argument("--eval-sequences", dest="eval_sequences", type=int)
+    p.set_defaults(no_dropin=False)
     return parser
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", help="take the suite's section as the base (flags override it)")
+    p.add_argument("--variants", type=_csv(str), help="comma-separated variant specs")
+    p.add_argument("--preset", help="model preset: tiny, small, gpt2")
+    p.add_argument("--batch", type=int, help="sequences per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", default="results", help="parent folder of new run folders")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
+    p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_training)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ CORE_FIELDS = [
     "device", "status", "reason", "time_ms", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
     "flops", "flops_per_s", "frac_of_ceiling", "tokens_per_s",
 ]
-STATUSES = ("ok", "unsupported", "incorrect", "oom", "error", "timeout", "crash", "skipped_after_oom")
+STATUSES = ("ok", "unsupported", "incorrect", "oom", "error", "timeout", "crash", "skipped_after_oom",
+            "diverged")
 PACKAGES = ("torch", "triton", "flash-attn", "xformers", "numpy", "pandas", "matplotlib")
 
 
@@ -179,6 +180,85 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
 
 
 def summary_table(rows: Iterable[dict[str, Any]]) -> str:
+    """Short text tables: speed and memory (one line per case), then quality and recall."""
+    rows = list(rows)
+    speed = [r for r in rows if r.get("level") in ("op", "model")]
+    parts = [speed_table(speed)] if speed else []
+    quality = [r for r in rows if r.get("level") == "quality"]
+    if quality:
+        parts.append(quality_tables(quality))
+    recall = [r for r in rows if r.get("level") == "recall"]
+    if recall:
+        parts.append(recall_table(recall))
+    return "\n\n".join(parts)
+
+
+def _cell(r: dict[str, Any] | None, field: str, fmt: str) -> str:
+    if r is None:
+        return "-"
+    if r.get("status") != "ok":
+        return r.get("status", "?")
+    value = r.get(field)
+    return "-" if value is None else format(value, fmt)
+
+
+def _grid(rows: list[dict[str, Any]], col: str, field: str, fmt: str, title: str) -> str:
+    """variant x ``col`` table of ``field`` (statuses shown as what they are)."""
+    cols = sorted({r[col] for r in rows})
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    cells = {(r["variant"], r[col]): r for r in rows}
+    width = max(len(n) for n in names + ["variant"])
+    lines = [title, f"{'variant':<{width}} " + " ".join(f"{str(c):>10}" for c in cols)]
+    for n in names:
+        lines.append(f"{n:<{width}} " + " ".join(f"{_cell(cells.get((n, c)), field, fmt):>10}"
+                                                  for c in cols))
+    return "\n".join(lines)
+
+
+def quality_tables(rows: list[dict[str, Any]]) -> str:
+    """Bits per byte by evaluation length (trained variants and the n-gram floor), training
+    throughput, and the drop-in table."""
+    evals = [r for r in rows if r["pass"] == "eval" and "eval_len" in r]
+    parts = []
+    if evals:
+        first = evals[0]
+        order0 = next((r["order0_bpb"] for r in evals if r.get("order0_bpb")), None)
+        title = (f"quality: bits per byte on {first['dataset']} ({first.get('eval_split', 'val')}), "
+                 f"trained at L={first['train_len']}, {first['budget']}; columns: eval length"
+                 + (f"; order-0 entropy {order0:.3f}" if order0 else ""))
+        parts.append(_grid(evals, "eval_len", "bits_per_byte", ".4f", title))
+    trains = [r for r in rows if r["pass"] in ("train", "fit")]
+    if trains:
+        lines = ["training: status, steps, tokens/s, final train bits per byte"]
+        for r in trains:
+            tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else "-"
+            bpb = f"{r['final_train_bpb']:.4f}" if r.get("final_train_bpb") is not None else "-"
+            lines.append(f"  {r['variant']:<44} {r['status']:<9} {r.get('train_steps', '-')!s:>6} "
+                         f"{tps:>9} {bpb:>8}  {r.get('reason', '')}")
+        parts.append("\n".join(lines))
+    dropin = [r for r in rows if r["pass"] == "dropin" and "eval_len" in r]
+    failed = [r for r in rows if r["pass"] == "dropin" and "eval_len" not in r and r["status"] != "ok"]
+    for r in failed:
+        parts.append(f"drop-in {r['variant']}: {r['status']} {r.get('reason', '')}")
+    if dropin:
+        title = (f"drop-in: checkpoint of {dropin[0]['trained_variant']}, bits per byte with each "
+                 "variant swapped in")
+        parts.append(_grid(dropin, "eval_len", "bits_per_byte", ".4f", title) + "\n"
+                     + _grid(dropin, "eval_len", "rel_diff", ".1e", "relative difference to the trained variant"))
+    return "\n\n".join(parts)
+
+
+def recall_table(rows: list[dict[str, Any]]) -> str:
+    evals = [dict(r, setting=f"N{r['seq_len']}/kv{r['kv_pairs']}") for r in rows if r["pass"] == "eval"]
+    failed = [f"recall {r['variant']}: {r['status']} {r.get('reason', '')}" for r in rows
+              if r["pass"] == "train" and r["status"] != "ok"]
+    if not evals:
+        return "\n".join(["recall: no evaluated settings"] + failed)
+    return _grid(evals, "setting", "accuracy", ".3f",
+                 "recall (MQAR): accuracy by sequence length N and key-value pairs kv")
+
+
+def speed_table(rows: Iterable[dict[str, Any]]) -> str:
     """A short text table: one line per case (variant, pass, N, status, time, GFLOP/s, memory)."""
     lines = [f"{'variant':<44} {'pass':<10} {'N':>6} {'status':<11} {'ms':>9} {'GFLOP/s':>8} "
              f"{'%ceil':>6} {'peak MiB':>9}"]

@@ -25,6 +25,7 @@ import torch
 
 from . import results
 from .registry import Case, get_variant, load_plugin, parse_dtype
+from .quality_cases import corpus_for, plan_quality, plan_recall
 from .suite import Suite
 
 # glibc: always mmap large blocks and give them back on free, so peak RSS per case is honest
@@ -78,22 +79,40 @@ def plan(suite: Suite) -> list[dict[str, Any]]:
     for c in cases:
         c["pass"] = c.pop("pass_")
         c["case_id"] = case_id(c)
+    if suite.quality is not None:
+        cases += plan_quality(suite.quality, device)
+    if suite.recall is not None:
+        cases += plan_recall(suite.recall, device)
     return cases
 
 
+# what a case's pass asks of the attention variant
+_NEEDS = {"train_step": "fwd_bwd", "prefill": "fwd", "train": "fwd_bwd", "dropin": "fwd"}
+
+
 def unsupported_reasons(c: dict[str, Any]) -> list[str]:
+    if c["family"] == "baseline":  # the n-gram floor: no attention
+        return []
     variant = get_variant(c["variant"])
-    pass_ = {"train_step": "fwd_bwd", "prefill": "fwd"}.get(c["pass"], c["pass"])
+    pass_ = _NEEDS.get(c["pass"], c["pass"])
+    dtype = "bfloat16" if c["dtype"] == "bfloat16-autocast" else c["dtype"]
     case = Case(batch=c["batch"], seq_len=c["seq_len"], heads=c["heads"], head_dim=c["head_dim"],
-                dtype=parse_dtype(c["dtype"]), device=c["device"], pass_=pass_, causal=c["causal"])
+                dtype=parse_dtype(dtype), device=c["device"], pass_=pass_, causal=c["causal"])
     return variant.not_supported_reasons(case)
+
+
+def _timeout(c: dict[str, Any], suite: Suite) -> float:
+    if c["level"] in ("quality", "recall"):
+        return getattr(suite, c["level"]).timeout_s
+    return suite.timing.timeout_s
 
 
 class Worker:
     """A worker process and its pipes; restarted after a crash or a timeout."""
 
-    def __init__(self, init: dict[str, Any]):
+    def __init__(self, init: dict[str, Any], env: dict[str, str] | None = None):
         self.init = init
+        self.env = WORKER_ENV if env is None else env
         self.proc = None
         self.conn = None
         self.threads = None
@@ -103,7 +122,7 @@ class Worker:
         ``__main__``, unlike multiprocessing's spawn)."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        env = {**os.environ, **WORKER_ENV}
+        env = {**os.environ, **self.env}
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
@@ -225,8 +244,12 @@ def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (), command: 
     writer = results.ResultWriter(run_dir)
     todo = [c for c in cases if c["case_id"] not in writer.done]
     device = suite.resolved_device()
-    init = {"threads": suite.timing.threads, "plugins": list(plugins), "timing": vars(suite.timing)}
+    init = {"threads": suite.timing.threads, "plugins": list(plugins), "timing": vars(suite.timing),
+            "suite": suite.to_dict(), "run_dir": str(run_dir)}
     worker = Worker(init)
+    # training cases measure no memory: a worker without the mmap-everything malloc settings
+    # (which cost page faults on every large allocation)
+    trainer = Worker(init, env={})
     info: dict[str, Any]
     if resume and (run_dir / results.RUN_FILE).exists():
         info = results.read_run_json(run_dir)
@@ -237,17 +260,21 @@ def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (), command: 
                 "plugins": list(plugins), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "cases_planned": len(cases)}
     try:
-        if "ceilings" not in info and todo:
-            dtypes = sorted({c["dtype"] for c in cases})
+        if suite.quality is not None:  # fails at once when the corpus is missing
+            info.setdefault("datasets", {})[suite.quality.dataset] = corpus_for(suite.quality).info()
+        if "ceilings" not in info and any(c["level"] in ("op", "model") for c in todo):
+            dtypes = sorted({c["dtype"] for c in cases if c["level"] in ("op", "model")})
             info["ceilings"] = worker.ask("ceilings", {"dtypes": dtypes, "device": device},
                                           timeout=600)
         info["environment"] = results.environment(device)
         info["environment"]["worker_threads"] = worker.threads or _probe_threads(worker)
         info["environment"]["mem_method"] = "cuda_allocator" if device.startswith("cuda") else "cpu_peak_rss"
         results.write_run_json(run_dir, info)
-        _sweep(todo, worker, writer, info, suite, progress, on_row)
+        _sweep(todo, {"op": worker, "model": worker, "quality": trainer, "recall": trainer},
+               writer, info, suite, progress, on_row)
     finally:
         worker.stop()
+        trainer.stop()
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results.write_run_json(run_dir, info)
     return run_dir
@@ -259,7 +286,7 @@ def _probe_threads(worker: Worker) -> int | None:
     return worker.threads
 
 
-def _sweep(todo, worker, writer, info, suite, progress, on_row) -> None:
+def _sweep(todo, workers, writer, info, suite, progress, on_row) -> None:
     ceilings = info.get("ceilings", {}).get("matmul_flops_per_s", {})
     oom_at: dict[tuple, int] = {}
     bar = Progress(len(todo)) if progress else None
@@ -278,10 +305,11 @@ def _sweep(todo, worker, writer, info, suite, progress, on_row) -> None:
                 out = {"status": "skipped_after_oom",
                        "reason": f"out of memory at N={oom_at[group]} for this variant and pass"}
             else:
-                out = worker.ask("case", c, timeout=suite.timing.timeout_s)
+                out = workers[c["level"]].ask("case", c, timeout=_timeout(c, suite))
                 measured = True
                 if out["status"] == "oom":
                     oom_at[group] = min(oom_at.get(group, c["seq_len"]), c["seq_len"])
+            sub_rows = out.pop("rows", [])
             row = {**c, **out}
             row.setdefault("reason", "")
             if row.get("status") == "ok" and row.get("flops_per_s") and ceilings.get(c["dtype"]):
@@ -293,6 +321,10 @@ def _sweep(todo, worker, writer, info, suite, progress, on_row) -> None:
             row["run_id"] = info["run_id"]
             row["threads"] = info["environment"].get("worker_threads")
             row["wall_s"] = round(time.time() - t0, 3)
+            for sub in sub_rows:  # written before the case's own row, which marks it done
+                if sub["case_id"] not in writer.done:
+                    sub.update(run_id=info["run_id"], threads=row["threads"])
+                    writer.write(sub)
             writer.write(row)
             if on_row:
                 on_row(row)

@@ -23,6 +23,17 @@ A suite has up to two levels and a timing section::
     dtypes = ["float32"]
     passes = ["train_step", "prefill", "decode"]
 
+    [quality]                        # train the identical LM per variant, then evaluate it
+    dataset = "pystdlib"             # attnbench.data.CORPORA or file:PATH
+    variants = ["fused.sdpa", "linear.elu.chunked"]
+    preset = "tiny"; train_len = 256; batch = 16; train_tokens = 2000000   # or train_seconds = 60
+    eval_lens = [128, 256, 512]; eval_tokens = 65536; eval_method = "windows"
+    dropin = true                    # evaluate the first variant's checkpoint with each variant
+
+    [recall]                         # multi-query associative recall (MQAR)
+    variants = ["fused.sdpa"]
+    seq_lens = [64, 128, 256]; kv_pairs = [4, 8, 16]; train_steps = 600
+
     [timing]
     warmup = 1; budget_s = 0.3; min_reps = 3; max_reps = 50; timeout_s = 300
     threads = 0                      # 0: PyTorch's default; recorded in run.json either way
@@ -46,6 +57,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .quality import EVAL_METHODS, TrainSettings
+from .recall import RecallSettings
 from .registry import DTYPES, PASSES, get_variant
 
 MODEL_PASSES = ("train_step", "prefill", "decode")
@@ -79,6 +92,39 @@ class ModelLevelConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig(TrainSettings):
+    """Quality runs; the training fields are ``attnbench.quality.TrainSettings``'s."""
+
+    variants: tuple[str, ...] = ()
+    dataset: str = "pystdlib"  # attnbench.data.CORPORA or file:PATH
+    data_dir: str = ""  # folder that already holds the corpus files ("" : ATTNBENCH_DATA_DIR)
+    val_fraction: float = 0.1  # held-out share of a file:PATH corpus
+    mode: str = "train"  # train: train each variant; dropin: evaluate `checkpoint` with each
+    checkpoint: str = ""  # dropin mode: a checkpoint file
+    dropin: bool = True  # train mode: then evaluate the first variant's checkpoint with each variant
+    dropin_variants: tuple[str, ...] = ()  # swapped in for the drop-in table (default: variants)
+    eval_lens: tuple[int, ...] = (128, 256, 512)
+    eval_split: str = "val"
+    eval_tokens: int = 65536  # bytes of the held-out split scored per length (0: all of it)
+    eval_method: str = "windows"  # windows | sliding
+    stride: int = 0  # sliding: bytes between windows (0: eval_len // 2)
+    position_buckets: int = 8
+    ngram_order: int = 4  # the n-gram floor (0: none)
+    timeout_s: float = 3600.0  # per trained variant
+
+
+@dataclass(frozen=True)
+class RecallConfig(RecallSettings):
+    """Recall runs; the fields are ``attnbench.recall.RecallSettings``'s."""
+
+    variants: tuple[str, ...] = ()
+    timeout_s: float = 1800.0  # per trained variant
+
+
+QUALITY_MODES = ("train", "dropin")
+
+
+@dataclass(frozen=True)
 class TimingConfig:
     warmup: int = 1  # untimed calls after the first (compiling) one
     budget_s: float = 0.3  # time spent repeating each case
@@ -98,6 +144,8 @@ class Suite:
     device: str = "auto"
     op: OpConfig | None = None
     model: ModelLevelConfig | None = None
+    quality: QualityConfig | None = None
+    recall: RecallConfig | None = None
     timing: TimingConfig = field(default_factory=TimingConfig)
 
     def resolved_device(self) -> str:
@@ -108,10 +156,11 @@ class Suite:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
-_SECTIONS = {"op": OpConfig, "model": ModelLevelConfig, "timing": TimingConfig}
+_SECTIONS = {"op": OpConfig, "model": ModelLevelConfig, "quality": QualityConfig,
+             "recall": RecallConfig, "timing": TimingConfig}
 
 
 def _fail(where: str, msg: str) -> None:
@@ -122,7 +171,7 @@ def _coerce(where: str, key: str, value: Any, default: Any) -> Any:
     """Check ``value`` against the type of the field's default."""
     full = f"{where}{key}"
     if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)) or not value:
+        if not isinstance(value, (list, tuple)) or (not value and default):
             _fail(full, f"must be a non-empty list, got {value!r}")
         kind = type(default[0]) if default else str
         out = []
@@ -144,7 +193,8 @@ def _coerce(where: str, key: str, value: Any, default: Any) -> Any:
             _fail(full, f"must be a non-negative integer, got {value!r}")
         return value
     if isinstance(default, float):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
+                or (value == 0 and default != 0):
             _fail(full, f"must be a positive number, got {value!r}")
         return float(value)
     if not isinstance(value, str):
@@ -181,19 +231,56 @@ def _check_values(suite: Suite) -> None:
                 get_variant(spec)
             except ValueError as e:
                 _fail(f"{sec}.variants", str(e))
-    if suite.model is not None:
-        from .model import PRESETS
+    from .model import PRESETS
 
-        if suite.model.preset not in PRESETS:
-            _fail("model.preset", f"unknown preset {suite.model.preset!r}; valid: {', '.join(PRESETS)}")
-    if suite.op is None and suite.model is None:
-        _fail("", "needs an [op] or a [model] section")
+    for sec in ("model", "quality", "recall"):
+        cfg = getattr(suite, sec)
+        if cfg is not None and cfg.preset not in PRESETS:
+            _fail(f"{sec}.preset", f"unknown preset {cfg.preset!r}; valid: {', '.join(PRESETS)}")
+    for sec in ("quality", "recall"):
+        cfg = getattr(suite, sec)
+        if cfg is not None:
+            if not cfg.variants:
+                _fail(f"{sec}.variants", "must name at least one variant")
+            for spec in cfg.variants + getattr(cfg, "dropin_variants", ()):
+                try:
+                    get_variant(spec)
+                except ValueError as e:
+                    _fail(f"{sec}.variants", str(e))
+    if suite.quality is not None:
+        _check_quality(suite.quality)
+    if suite.recall is not None and not suite.recall.grid():
+        _fail("recall", f"no (seq_len, kv_pairs) setting fits: seq_lens {list(suite.recall.seq_lens)}, "
+              f"kv_pairs {list(suite.recall.kv_pairs)} (needs seq_len >= 4 * kv_pairs)")
+    if all(getattr(suite, sec) is None for sec in ("op", "model", "quality", "recall")):
+        _fail("", "needs an [op], [model], [quality] or [recall] section")
     t = suite.timing
     if t.min_reps < 1 or t.max_reps < t.min_reps or t.repeats < 1:
         _fail("timing", f"needs 1 <= min_reps <= max_reps and repeats >= 1 (got {t})")
     dev = suite.device
     if dev not in ("auto", "cpu", "cuda") and not dev.startswith("cuda:"):
         _fail("device", f"unknown device {dev!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def _check_quality(q: QualityConfig) -> None:
+    from .data import CorpusError, check_dataset_name
+
+    try:
+        check_dataset_name(q.dataset)
+    except CorpusError as e:
+        _fail("quality.dataset", str(e))
+    if q.mode not in QUALITY_MODES:
+        _fail("quality.mode", f"unknown mode {q.mode!r}; valid: {', '.join(QUALITY_MODES)}")
+    if q.mode == "dropin" and not q.checkpoint:
+        _fail("quality.checkpoint", "dropin mode needs a checkpoint file")
+    if q.eval_method not in EVAL_METHODS:
+        _fail("quality.eval_method", f"unknown method {q.eval_method!r}; valid: {', '.join(EVAL_METHODS)}")
+    if q.eval_split not in ("val", "test", "train"):
+        _fail("quality.eval_split", f"unknown split {q.eval_split!r}; valid: val, test, train")
+    if q.train_len < 2 or q.batch < 1:
+        _fail("quality", f"needs train_len >= 2 and batch >= 1 (got {q.train_len}, {q.batch})")
+    if not 0 <= q.warmup_frac < 1 or not 0 <= q.min_lr_frac <= 1:
+        _fail("quality", "needs 0 <= warmup_frac < 1 and 0 <= min_lr_frac <= 1")
 
 
 def from_dict(data: dict[str, Any], where: str = "") -> Suite:

@@ -169,6 +169,16 @@ def run_model_case(c: dict, timing: dict) -> dict[str, Any]:
     return row
 
 
+def _run_training_case(c: dict, init: dict) -> dict[str, Any]:
+    from .quality_cases import run_quality_case, run_recall_case
+    from .suite import from_dict
+
+    suite = from_dict(init["suite"])
+    if c["level"] == "quality":
+        return run_quality_case(c, suite.quality, init["run_dir"])
+    return run_recall_case(c, suite.recall)
+
+
 def measure_ceilings(dtypes: list[str], device: str) -> dict[str, Any]:
     out: dict[str, Any] = {"matmul_flops_per_s": {}, "method": "median of a square matmul "
                            "(2048 on CPU, 8192 on CUDA) and of a 256 MiB copy, on this device"}
@@ -196,6 +206,8 @@ def main(recv_conn, conn) -> None:
                 result = measure_ceilings(payload["dtypes"], payload["device"])
             elif payload["level"] == "op":
                 result = run_op_case(payload, init["timing"])
+            elif payload["level"] in ("quality", "recall"):
+                result = _run_training_case(payload, init)
             else:
                 result = run_model_case(payload, init["timing"])
         except BaseException as exc:  # a failing case is a result, not the end of the sweep

@@ -44,16 +44,22 @@ def _rows(run_dir):
 
 
 def test_time_scales_with_planted_work(tmp_path):
+    # Each variant is measured three times and its fastest median kept: a neighbour on this shared
+    # machine can only slow a measurement down, so the minimum is the least disturbed one.
     suite = from_dict({"name": "t", "device": "cpu",
                        "op": {"variants": ["fused.planted_work:times=1", "fused.planted_work:times=4"],
                               "seq_lens": [1024], "heads": 8, "head_dims": [64], "passes": ["fwd"]},
-                       "timing": {"budget_s": 0.6, "min_reps": 5, "max_reps": 200, "threads": 1}})
+                       "timing": {"budget_s": 0.4, "min_reps": 5, "max_reps": 200, "threads": 1,
+                                  "repeats": 3}})
     runner.run(suite, tmp_path / "run", plugins=[PLANTED], progress=False)
-    rows = [r for r in results.read_rows(tmp_path / "run")]
-    assert [r["status"] for r in rows] == ["ok", "ok"]
-    ratio = rows[1]["time_ms"] / rows[0]["time_ms"]
-    assert 4 * 0.85 <= ratio <= 4 * 1.15, ratio
-    assert rows[0]["time_ms_p20"] <= rows[0]["time_ms"] <= rows[0]["time_ms_p80"]
+    rows = results.read_rows(tmp_path / "run")
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    fastest = {}
+    for r in rows:
+        fastest[r["variant"]] = min(fastest.get(r["variant"], float("inf")), r["time_ms"])
+    one, four = (fastest[f"fused.planted_work:times={t}"] for t in (1, 4))
+    assert 4 * 0.85 <= four / one <= 4 * 1.15, four / one
+    assert all(r["time_ms_p20"] <= r["time_ms"] <= r["time_ms_p80"] for r in rows)
 
 
 def test_memory_sees_a_planted_buffer(tmp_path):
@@ -144,8 +150,14 @@ def test_rows_carry_the_core_fields(tmp_path):
     ({"op": {"variants": ["fused.sdpa"], "seq_lens": [0]}}, "op.seq_lens: items must be positive integers"),
     ({"model": {"variants": ["fused.sdpa"], "preset": "huge"}}, "unknown preset 'huge'"),
     ({"timing": {"budget_s": -1}, "op": {"variants": ["fused.sdpa"]}}, "timing.budget_s: must be a positive number"),
-    ({"name": "x"}, "needs an [op] or a [model] section"),
+    ({"name": "x"}, "needs an [op], [model], [quality] or [recall] section"),
     ({"colour": "red"}, "colour: unknown key"),
+    ({"quality": {"variants": ["fused.sdpa"], "dataset": "enwik9"}}, "unknown dataset 'enwik9'; valid: pystdlib"),
+    ({"quality": {"variants": ["fused.sdpa"], "eval_method": "strided"}}, "valid: windows, sliding"),
+    ({"quality": {"variants": ["fused.sdpa"], "mode": "dropin"}}, "dropin mode needs a checkpoint file"),
+    ({"quality": {"variants": ["fused.sdpa"], "mode": "eval"}}, "unknown mode 'eval'; valid: train, dropin"),
+    ({"quality": {"variants": []}}, "quality.variants: must name at least one variant"),
+    ({"recall": {"variants": ["fused.sdpa"], "seq_lens": [16], "kv_pairs": [8]}}, "no (seq_len, kv_pairs) setting fits"),
 ])
 def test_bad_suites_are_rejected_before_anything_runs(data, needle):
     with pytest.raises(ValueError) as info:

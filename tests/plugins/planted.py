@@ -58,3 +58,9 @@ def planted_hang(q, k, v):
 def planted_wrong(q, k, v):
     """Fast and wrong: SDPA plus a small bias."""
     return _sdpa(q, k, v) + 1e-2
+
+
+@attnbench.register_variant("fused.planted_nan", family="fused")
+def planted_nan(q, k, v):
+    """SDPA that turns into NaN: a model trained with it diverges."""
+    return _sdpa(q, k, v) * float("nan")

@@ -1,0 +1,86 @@
+"""Data-parallel quality training under ``torchrun`` (gloo on the CPU, NCCL on GPUs).
+
+    torchrun --nproc_per_node 2 run_bench.py quality --variants fused.sdpa,linear.elu.chunked ...
+
+Every process runs the same cases in the same order: each trains on its share of every global
+batch (``batch`` is split over the processes, gradients are averaged by DDP), so the optimisation
+is the one-process optimisation up to float rounding. Process 0 alone scores the held-out split,
+writes the checkpoints, the rows and ``run.json``; the others wait for it between cases.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import results
+from .quality_cases import corpus_for, plan_quality, run_quality_case
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def _broadcast(obj: Any) -> Any:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_quality(suite, args) -> int:
+    use_cuda = torch.cuda.is_available() and suite.device != "cpu"
+    backend = "nccl" if use_cuda else "gloo"
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = f"cuda:{local}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local)
+    try:
+        q = suite.quality
+        run_dir = None
+        if rank == 0:
+            run_dir = Path(args.resume) if args.resume else Path(args.out) / results.new_run_id(suite.name)
+        run_dir = Path(_broadcast(str(run_dir) if run_dir else None))
+        cases = plan_quality(q, "cuda" if use_cuda else "cpu")
+        writer = results.ResultWriter(run_dir) if rank == 0 else None
+        done = _broadcast(sorted(writer.done) if writer else None)
+        todo = [c for c in cases if c["case_id"] not in done]
+        if rank == 0:
+            info = results.read_run_json(run_dir) if (run_dir / results.RUN_FILE).exists() else {
+                "run_id": run_dir.name, "command": sys.argv, "suite": suite.to_dict(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "cases_planned": len(cases)}
+            info["environment"] = results.environment(device)
+            info["distributed"] = {"world_size": world, "backend": backend, "launcher": "torchrun"}
+            info.setdefault("datasets", {})[q.dataset] = corpus_for(q).info()
+            results.write_run_json(run_dir, info)
+            print(f"attnbench: {len(todo)} quality cases on {world} processes ({backend}) -> {run_dir}",
+                  file=sys.stderr)
+        for c in todo:
+            c = dict(c, device=device)
+            if c["pass"] == "train" or rank == 0:
+                t0 = time.time()
+                out = run_quality_case(c, q, run_dir, rank=rank, world=world)
+                if rank == 0:
+                    sub_rows = out.pop("rows", [])
+                    row = {**c, **out, "run_id": run_dir.name, "world_size": world,
+                           "wall_s": round(time.time() - t0, 3)}
+                    for sub in sub_rows:
+                        if sub["case_id"] not in writer.done:
+                            writer.write(dict(sub, run_id=run_dir.name, world_size=world))
+                    writer.write(row)
+            dist.barrier()
+        if rank == 0:
+            info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            results.write_run_json(run_dir, info)
+            print(results.summary_table(results.read_rows(run_dir)))
+            print(f"run folder: {run_dir}")
+    finally:
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,298 @@
+"""Quality: train the identical model per variant on the same budget, then evaluate it.
+
+    settings = TrainSettings(preset="tiny", train_len=256, batch=16, train_tokens=2_000_000)
+    result = train(corpus.split("train"), "sliding_window.blocked:window=64", settings)
+    evaluate(result.model, corpus.split("val"), eval_len=512)      # bits per byte, by position
+
+Everything but the attention variant is fixed: the model config (a preset), the initial weights
+(``seed``), the data order (batch ``i`` is drawn from ``seed`` and ``i`` alone, whatever the
+number of processes), AdamW with linear warm-up and cosine decay, gradient clipping, and the
+budget: ``train_tokens`` or, with ``train_seconds``, the same wall-clock time (which shows what
+a faster kernel buys; the schedule then follows elapsed time). Mixed precision (bfloat16
+autocast) on CUDA; float32 on the CPU. Under ``torchrun`` the global batch is split over the
+processes and the gradients averaged (gloo on the CPU, NCCL on GPUs): the same optimisation as
+one process, up to float rounding.
+
+Evaluation computes float32 negative log-likelihoods on the held-out split, either on
+non-overlapping windows of ``eval_len`` bytes (``windows``: every byte scored with the context
+since its window began) or with a sliding window (``sliding``: windows of ``eval_len`` every
+``stride`` bytes, each byte scored once with at least ``eval_len - stride`` bytes of context).
+Loss is also reported by position bucket within the window.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import ModelConfig, TransformerLM
+
+LN2 = math.log(2.0)
+EVAL_METHODS = ("windows", "sliding")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    preset: str = "tiny"
+    train_len: int = 256  # training sequence length
+    batch: int = 16  # global batch (sequences per optimizer step)
+    train_tokens: int = 1_000_000  # token budget (ignored when train_seconds > 0)
+    train_seconds: float = 0.0  # > 0: a wall-clock budget instead
+    lr: float = 3e-3  # peak learning rate
+    min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
+    warmup_frac: float = 0.05  # linear warm-up, fraction of the budget
+    weight_decay: float = 0.1  # AdamW, on matrices only
+    grad_clip: float = 1.0  # global gradient norm
+    seed: int = 0  # initial weights and data order
+    log_every: int = 25  # steps between loss-curve points
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of a token budget."""
+        return max(1, self.train_tokens // (self.batch * self.train_len))
+
+    def lr_at(self, progress: float) -> float:
+        """Learning rate at ``progress`` in [0, 1] of the budget."""
+        if progress < self.warmup_frac:
+            return self.lr * (progress + 1e-9) / self.warmup_frac
+        rest = (progress - self.warmup_frac) / max(1e-9, 1 - self.warmup_frac)
+        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, rest)))
+        return self.lr * (self.min_lr_frac + (1 - self.min_lr_frac) * cos)
+
+
+@dataclass
+class TrainResult:
+    model: TransformerLM
+    status: str  # ok | diverged
+    reason: str
+    steps: int
+    tokens: int
+    seconds: float
+    final_loss: float  # mean training loss (nats) over the last logged interval
+    curve: list = field(default_factory=list)  # [[step, tokens, seconds, loss, lr], ...]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else float("nan")
+
+
+def batch_offsets(n_bytes: int, length: int, batch: int, seed: int, step: int) -> np.ndarray:
+    """Start offsets of batch ``step``: a function of (seed, step) only, the same for every
+    variant and every number of processes."""
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, n_bytes - length - 1, size=batch)
+
+
+def get_batch(data: np.ndarray, offsets: np.ndarray, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = offsets[:, None] + np.arange(length + 1)[None, :]
+    chunk = torch.from_numpy(data[idx].astype(np.int64)).to(device)
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def build_model(preset: str, variant: str, seed: int, device) -> TransformerLM:
+    torch.manual_seed(seed)  # identical initial weights for every variant
+    return TransformerLM(ModelConfig.from_name(preset), attention=variant).to(device)
+
+
+def _optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.95))
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train(data: np.ndarray, variant: str, s: TrainSettings, device="cpu", *,
+          rank: int = 0, world: int = 1, on_log: Callable[[list], None] | None = None) -> TrainResult:
+    """Train the identical model with attention ``variant`` on ``data`` (uint8 train split)."""
+    device = torch.device(device)
+    if len(data) < s.train_len + 2:
+        raise ValueError(f"training split of {len(data)} bytes is shorter than train_len={s.train_len}")
+    if s.batch % world:
+        raise ValueError(f"batch={s.batch} must be divisible by the number of processes ({world})")
+    model = build_model(s.preset, variant, s.seed, device)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    opt = _optimizer(model, s)
+    model.train()
+    budget_s = s.train_seconds
+    total_steps = s.steps
+    step, tokens, start = 0, 0, time.perf_counter()
+    curve: list = []
+    window: list[float] = []
+    status, reason = "ok", ""
+    while True:
+        elapsed = time.perf_counter() - start
+        if budget_s > 0:
+            if _agree_done(elapsed >= budget_s, world):
+                break
+            progress = elapsed / budget_s
+        else:
+            if step >= total_steps:
+                break
+            progress = step / total_steps
+        lr = s.lr_at(progress)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        offsets = batch_offsets(len(data), s.train_len, s.batch, s.seed, step)[rank::world]
+        x, y = get_batch(data, offsets, s.train_len, device)
+        with _autocast(device):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        opt.step()
+        value = _mean_over_processes(loss.detach(), world)
+        step += 1
+        tokens += s.batch * s.train_len
+        if not math.isfinite(value):
+            status, reason = "diverged", f"training loss became {value} at step {step}"
+            curve.append([step, tokens, round(time.perf_counter() - start, 3), value, lr])
+            break
+        window.append(value)
+        if step % s.log_every == 0 or (budget_s <= 0 and step == total_steps):
+            point = [step, tokens, round(time.perf_counter() - start, 3), float(np.mean(window)), lr]
+            curve.append(point)
+            window = []
+            if on_log:
+                on_log(point)
+    if window:
+        curve.append([step, tokens, round(time.perf_counter() - start, 3), float(np.mean(window)), lr])
+    seconds = time.perf_counter() - start
+    model.eval()
+    final = curve[-1][3] if curve else float("nan")
+    return TrainResult(model, status, reason, step, tokens, seconds, final, curve)
+
+
+def _mean_over_processes(value: torch.Tensor, world: int) -> float:
+    if world > 1:
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return value.item()
+
+
+def _agree_done(done: bool, world: int) -> bool:
+    """With a wall-clock budget, every process stops at the same step (rank 0's clock decides)."""
+    if world == 1:
+        return done
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if done else 0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def eval_windows(n_bytes: int, eval_len: int, method: str, stride: int, max_targets: int):
+    """(start, first scored position) of each evaluation window over a split of ``n_bytes``."""
+    if method not in EVAL_METHODS:
+        raise ValueError(f"unknown eval method {method!r}; valid: {', '.join(EVAL_METHODS)}")
+    if n_bytes < eval_len + 1:
+        raise ValueError(f"held-out split of {n_bytes} bytes is shorter than eval_len={eval_len} + 1")
+    limit = n_bytes - 1 if max_targets <= 0 else min(n_bytes - 1, max_targets)
+    out = []
+    if method == "windows":
+        for start in range(0, limit - eval_len + 1, eval_len):
+            out.append((start, 0))
+        return out
+    if not 0 < stride <= eval_len:
+        raise ValueError(f"sliding evaluation needs 0 < stride <= eval_len, got stride={stride}")
+    out.append((0, 0))
+    scored = eval_len
+    start = stride
+    while start + eval_len <= n_bytes - 1 and scored + stride <= limit:
+        out.append((start, eval_len - stride))
+        scored += stride
+        start += stride
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: TransformerLM, data: np.ndarray, eval_len: int, *, method: str = "windows",
+             stride: int = 0, max_targets: int = 0, batch: int = 8, buckets: int = 8) -> dict[str, Any]:
+    """Bits per byte of ``model`` on ``data`` at context length ``eval_len``.
+
+    Returns nll (nats per byte), bits_per_byte, ppl (per byte), targets scored, windows, and
+    ``position_bpb``: bits per byte in ``buckets`` equal position ranges of the window."""
+    device = next(model.parameters()).device
+    stride = stride or max(1, eval_len // 2)
+    wins = eval_windows(len(data), eval_len, method, stride, max_targets)
+    buckets = max(1, min(buckets, eval_len))
+    edges = np.linspace(0, eval_len, buckets + 1).astype(int)
+    bucket_of = np.searchsorted(edges, np.arange(eval_len), side="right") - 1
+    bucket_nll = np.zeros(buckets)
+    bucket_n = np.zeros(buckets)
+    total, count = 0.0, 0
+    model.eval()
+    for i in range(0, len(wins), batch):
+        group = wins[i : i + batch]
+        offsets = np.array([w[0] for w in group])
+        x, y = get_batch(data, offsets, eval_len, device)
+        with _autocast(device):
+            logits = model(x)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        nll = nll.view(len(group), eval_len).double().cpu().numpy()
+        for row, (_, first) in zip(nll, group):
+            scored = row[first:]
+            total += float(scored.sum())
+            count += scored.size
+            np.add.at(bucket_nll, bucket_of[first:], scored)
+            np.add.at(bucket_n, bucket_of[first:], 1)
+    mean = total / count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos = np.where(bucket_n > 0, bucket_nll / np.maximum(bucket_n, 1) / LN2, np.nan)
+    return {
+        "nll": mean, "bits_per_byte": mean / LN2, "ppl": math.exp(mean), "eval_targets": count,
+        "eval_windows": len(wins), "eval_method": method if method == "windows" else f"sliding:stride={stride}",
+        "position_edges": edges.tolist(), "position_bpb": [None if not math.isfinite(v) else v for v in pos],
+        "finite": math.isfinite(mean),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: plain tensors and plain data, loadable with torch.load(weights_only=True).
+
+def save_checkpoint(path: str | Path, model: TransformerLM, meta: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": "attnbench-lm-1", "config": asdict(model.cfg), "attention": model.attention,
+               "meta": meta, "state_dict": model.state_dict()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device="cpu", attention: str | None = None) -> tuple[TransformerLM, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if payload.get("format") != "attnbench-lm-1":
+        raise ValueError(f"{path} is not an attnbench checkpoint (format {payload.get('format')!r})")
+    model = TransformerLM(ModelConfig(**payload["config"]), attention=attention or payload["attention"])
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    return model, payload
+
+
+def checkpoint_name(variant_label: str) -> str:
+    """A file name for a variant label (``:``, ``=`` and ``,`` are not portable in file names)."""
+    safe = variant_label.replace(":", "__").replace("=", "-").replace(",", "_").replace("/", "_")
+    return f"{safe}.pt"
