@@ -12,6 +12,8 @@ Commands:
               --eval-lens 256,512,1024``; ``--mode dropin --checkpoint FILE`` evaluates one trained
               checkpoint with each variant swapped in. Under ``torchrun`` it trains data-parallel.
     recall    multi-query associative recall: ``--variants a,b --seq-lens 64,128 --kv-pairs 4,8``.
+    report    (re)write ``report.md``, ``report.html`` and ``plots/*.png`` of a run folder.
+    compare   ``compare results/A results/B``: ratios B/A per case; exit 1 on a regression.
 """
 
 from __future__ import annotations
@@ -127,6 +129,12 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
                progress=not args.quiet)
     rows = results.read_rows(run_dir)
     print(results.summary_table(rows))
+    if rows:
+        from .report import write_report
+
+        written = write_report(run_dir)
+        print(f"\nreport: {written['markdown']} and {written['html'].name}, "
+              f"{sum(k.startswith('plot:') for k in written)} plots in {run_dir / 'plots'}")
     bad = {}
     for r in rows:
         bad[r["status"]] = bad.get(r["status"], 0) + 1
@@ -240,6 +248,30 @@ def _checkpoint_meta(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for path in args.plugins:
+        registry.load_plugin(path)
+    written = write_report(args.run_dir)
+    for key, path in written.items():
+        print(f"{key:<16} {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    floors = {k: v for k, v in (("time_ms", args.floor_ms), ("bits_per_byte", args.floor_bpb),
+                                ("accuracy", args.floor_accuracy)) if v is not None}
+    if args.floor_mib is not None:
+        floors["peak_mem_bytes"] = args.floor_mib * 2**20
+    code, text = compare(args.run_a, args.run_b, threshold=args.threshold, floors=floors,
+                         allow_device_mismatch=args.allow_device_mismatch, show_all=args.all)
+    print(text)
+    return code
+
+
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="parent folder of new run folders")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
@@ -330,6 +362,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-vocab", dest="key_vocab", type=int)
     p.add_argument("--eval-sequences", dest="eval_sequences", type=int)
     p.set_defaults(no_dropin=False)
+
+    p = sub.add_parser("report", help="(re)write report.md, report.html and plots of a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py",
+                   help="files that registered the run's own variants (for the pattern plot)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="compare run B against run A; exit 1 on a regression")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--threshold", type=float, default=0.10,
+                   help="relative change that counts (default 0.10 = 10%%)")
+    p.add_argument("--floor-ms", dest="floor_ms", type=float, help="absolute time floor (default 0.05 ms)")
+    p.add_argument("--floor-mib", dest="floor_mib", type=float, help="absolute memory floor (default 1 MiB)")
+    p.add_argument("--floor-bpb", dest="floor_bpb", type=float, help="bits per byte floor (default 0.01)")
+    p.add_argument("--floor-accuracy", dest="floor_accuracy", type=float,
+                   help="recall accuracy floor (default 0.02)")
+    p.add_argument("--allow-device-mismatch", action="store_true",
+                   help="compare runs from different devices anyway")
+    p.add_argument("--all", action="store_true", help="print every compared metric, not only flagged ones")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -33,6 +33,7 @@ CORE_FIELDS = [
 ]
 STATUSES = ("ok", "unsupported", "incorrect", "oom", "error", "timeout", "crash", "skipped_after_oom",
             "diverged")
+ORDER0_MARGIN = 0.5  # bits per byte a trained model must gain over the order-0 entropy
 PACKAGES = ("torch", "triton", "flash-attn", "xformers", "numpy", "pandas", "matplotlib")
 
 
@@ -227,6 +228,13 @@ def quality_tables(rows: list[dict[str, Any]]) -> str:
                  f"trained at L={first['train_len']}, {first['budget']}; columns: eval length"
                  + (f"; order-0 entropy {order0:.3f}" if order0 else ""))
         parts.append(_grid(evals, "eval_len", "bits_per_byte", ".4f", title))
+        if order0:
+            weak = sorted({r["variant"] for r in evals if r["status"] == "ok"
+                           and r["bits_per_byte"] > order0 - ORDER0_MARGIN})
+            parts[-1] += ("\n" + (f"WARNING: within {ORDER0_MARGIN} bits of the order-0 entropy "
+                                  f"(learned nothing?): {', '.join(weak)}" if weak else
+                                  f"every model beats the order-0 entropy by more than "
+                                  f"{ORDER0_MARGIN} bits per byte"))
     trains = [r for r in rows if r["pass"] in ("train", "fit")]
     if trains:
         lines = ["training: status, steps, tokens/s, final train bits per byte"]

@@ -1,0 +1,361 @@
+"""Reports of a run folder, from the stored rows alone: ``report.md`` (renders on GitHub),
+``report.html`` (the same, self-contained: images embedded, readable offline) and ``plots/*.png``.
+
+    python run_bench.py report results/<run_id>
+
+The report is built once as a list of blocks (headings, paragraphs, tables, images) and rendered
+twice, so the Markdown and the HTML always say the same thing. Tables are pandas pivots; a case
+that did not produce a number shows its status (``OOM``, ``unsupported``, ...) in its cell, and
+the reasons are listed under the table, never left blank or zero.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import shlex
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import plots, results
+
+STATUS_TEXT = {"oom": "OOM", "skipped_after_oom": "OOM (skipped)", "unsupported": "unsupported",
+               "incorrect": "INCORRECT", "error": "error", "timeout": "timeout", "crash": "crash",
+               "diverged": "diverged"}
+PLOT_CAPTIONS = {
+    "time": "Time against sequence length, one panel per pass (log-log); an x at the top marks where a "
+            "variant did not run (out of memory, error, timeout).",
+    "memory": "Peak memory of one pass beyond its inputs, against sequence length.",
+    "flops": "Achieved FLOP/s on the attended pairs, with this run's measured matmul ceiling.",
+    "quality": "Held-out bits per byte against evaluation context length, with the n-gram floor "
+               "and the order-0 entropy; right: loss by position within the longest window.",
+    "pareto": "Training step time against bits per byte at the training length; the Pareto front "
+              "is outlined.",
+    "decode": "Decoding one token: latency and the bytes of the KV cache or recurrent state.",
+    "patterns": "Which keys each query sees, for one variant of each family.",
+    "recall": "Multi-query associative recall accuracy by number of key-value pairs, per sequence length.",
+}
+
+
+@dataclass
+class Block:
+    kind: str  # h1 | h2 | h3 | p | code | table | image
+    text: str = ""
+    frame: pd.DataFrame | None = None
+    path: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+def _cell(r: pd.Series, value: str, fmt: str) -> str:
+    if r["status"] != "ok":
+        return STATUS_TEXT.get(r["status"], str(r["status"]))
+    v = r.get(value)
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "–"
+    return format(v, fmt)
+
+
+def pivot(frame: pd.DataFrame, col: str, value: str, fmt: str) -> pd.DataFrame:
+    """variants (rows, in run order) x ``col`` values; cells formatted or their status."""
+    frame = frame.copy()
+    frame["_cell"] = [_cell(r, value, fmt) for _, r in frame.iterrows()]
+    order = list(dict.fromkeys(frame["variant"]))
+    table = frame.groupby(["variant", col], sort=False)["_cell"].first().unstack(col)
+    table = table.reindex(order)
+    table = table[sorted(table.columns)]
+    table.columns = [str(int(c)) if isinstance(c, float) and c.is_integer() else str(c) for c in table.columns]
+    table.index.name = "variant"
+    return table.fillna("–")
+
+
+def _reasons(frame: pd.DataFrame) -> str:
+    bad = frame[frame["status"] != "ok"]
+    if bad.empty:
+        return ""
+    seen = {}
+    for _, r in bad.iterrows():
+        key = (r["variant"], r["status"], str(r.get("reason") or ""))
+        seen.setdefault(key, []).append(r.get("seq_len"))
+    lines = []
+    for (v, st, why), ns in seen.items():
+        at = ", ".join(str(int(n)) for n in sorted({n for n in ns if pd.notna(n)}))
+        lines.append(f"- `{v}` {STATUS_TEXT.get(st, st)}" + (f" at N = {at}" if at else "")
+                     + (f": {why[:300]}" if why else ""))
+    return "\n".join(lines)
+
+
+def crossover(frame: pd.DataFrame, value: str) -> pd.DataFrame:
+    """For each non-exact variant and pass: the smallest N from which it beats the fastest (or
+    leanest) exact variant at every measured N up to the largest (``–`` if it never does)."""
+    from .registry import get_variant
+
+    rows = []
+    op = frame[(frame["level"] == "op") & (frame["status"] == "ok") & frame[value].notna()]
+    for p in [p for p in ("fwd", "fwd_bwd", "decode") if (op["pass"] == p).any()]:
+        sub = op[op["pass"] == p]
+        exact = sub[[_exact(v, get_variant) for v in sub["variant"]]]
+        if exact.empty:
+            continue
+        best = exact.groupby("seq_len")[value].min()
+        for v in dict.fromkeys(sub["variant"]):
+            if _exact(v, get_variant):
+                continue
+            mine = sub[sub["variant"] == v].groupby("seq_len")[value].median()
+            ns = [n for n in mine.index if n in best.index]
+            wins = [mine[n] < best[n] for n in ns]
+            start = None
+            for i in range(len(ns)):
+                if all(wins[i:]):
+                    start = ns[i]
+                    break
+            rows.append({"pass": p, "variant": v,
+                         "from N": "–" if start is None else str(int(start)),
+                         "ratio at largest N": (f"{best[ns[-1]] / mine[ns[-1]]:.2f}×"
+                                                if ns and mine[ns[-1]] > 0 else "–")})
+    return pd.DataFrame(rows)
+
+
+def _exact(spec: str, get_variant) -> bool:
+    try:
+        return bool(get_variant(spec).exact)
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the document
+
+def build(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any], plot_paths: dict[str, Path]) -> list[Block]:
+    env = info.get("environment", {})
+    suite = info.get("suite", {})
+    blocks = [Block("h1", f"attnbench report: {info.get('run_id', run_dir.name)}")]
+    counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
+    blocks.append(Block("p", f"Suite **{suite.get('name', '?')}** ({suite.get('description', '')}); "
+                             f"{len(frame)} rows: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                             + f". Started {info.get('started', '?')}, finished {info.get('finished', 'not yet')}."))
+    blocks.append(Block("h2", "Environment"))
+    blocks.append(Block("table", frame=_environment_table(info)))
+    blocks.append(Block("h2", "Reproduce"))
+    blocks.append(Block("code", _reproduce(info)))
+    op = frame[frame["level"] == "op"] if not frame.empty else frame
+    if not op.empty:
+        blocks.append(Block("h2", "Attention alone (op level)"))
+        shape = op.iloc[0]
+        blocks.append(Block("p", f"B = {shape['batch']}, H = {shape['heads']}, causal; cells: "
+                                 "median time in ms (p20–p80 in results.jsonl); other cells are "
+                                 "statuses, explained below each table."))
+        for (p, dtype, d), sub in op.groupby(["pass", "dtype", "head_dim"], sort=False):
+            blocks.append(Block("h3", f"{plots.PASS_TITLES.get(p, p)}: time (ms), {dtype}, head dim {d}"))
+            blocks.append(Block("table", frame=pivot(sub, "seq_len", "time_ms", ".3f")))
+            if p != "decode":
+                blocks.append(Block("p", "Fraction of the measured matmul ceiling:"))
+                blocks.append(Block("table", frame=pivot(sub, "seq_len", "frac_of_ceiling", ".1%")))
+            blocks.append(Block("p", "Peak memory (MiB):"))
+            blocks.append(Block("table", frame=_mib(sub)))
+            reasons = _reasons(sub)
+            if reasons:
+                blocks.append(Block("p", reasons))
+        for value, what in (("time_ms", "time"), ("peak_mem_bytes", "peak memory")):
+            table = crossover(frame, value)
+            if not table.empty:
+                blocks.append(Block("h3", f"Crossover by {what}"))
+                blocks.append(Block("p", f"The sequence length from which each efficient variant beats the "
+                                         f"best exact variant's {what} at every larger measured N "
+                                         "(– : not within the measured range)."))
+                blocks.append(Block("table", frame=table.set_index(["pass", "variant"])))
+    model = frame[frame["level"] == "model"] if not frame.empty else frame
+    if not model.empty:
+        blocks.append(Block("h2", f"The identical model ({model.iloc[0].get('preset', '?')} preset)"))
+        for p, sub in model.groupby("pass", sort=False):
+            blocks.append(Block("h3", f"{plots.PASS_TITLES.get(p, p)}: time (ms), batch {sub.iloc[0]['batch']}"))
+            blocks.append(Block("table", frame=pivot(sub, "seq_len", "time_ms", ".3f")))
+            reasons = _reasons(sub)
+            if reasons:
+                blocks.append(Block("p", reasons))
+    blocks += _quality_blocks(frame, info)
+    if plot_paths:
+        blocks.append(Block("h2", "Plots"))
+        for name, path in plot_paths.items():
+            blocks.append(Block("p", PLOT_CAPTIONS.get(name, name)))
+            blocks.append(Block("image", path=path, text=name))
+    return blocks
+
+
+def _mib(sub: pd.DataFrame) -> pd.DataFrame:
+    sub = sub.copy()
+    sub["_mib"] = sub["peak_mem_bytes"].astype(float) / 2**20
+    return pivot(sub, "seq_len", "_mib", ".1f")
+
+
+def _quality_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = []
+    if frame.empty:
+        return blocks
+    q = frame[frame["level"] == "quality"]
+    evals = q[(q["pass"] == "eval")] if not q.empty else q
+    if not evals.empty and "eval_len" in evals:
+        evals = evals[evals["eval_len"].notna()]
+        first = evals.iloc[0]
+        ds = info.get("datasets", {}).get(first["dataset"], {})
+        blocks.append(Block("h2", f"Quality on {first['dataset']}"))
+        blocks.append(Block("p", (
+            f"The {first['preset']} model trained per variant on the same budget ({first['budget']}, "
+            f"sequences of {int(first['train_len'])} bytes, batch {int(first['batch'])}, seed "
+            f"{int(first['seed'])}); bits per byte on the {first.get('eval_split', 'val')} split, "
+            f"method `{first.get('eval_method', 'windows')}`, at each evaluation length (columns). "
+            f"Corpus sha256 `{ds.get('sha256', '?')[:16]}…`"
+            + (f", Python {ds['python']}" if ds.get("python") else "")
+            + (f"; order-0 entropy {first['order0_bpb']:.3f} bits per byte." if pd.notna(first.get("order0_bpb")) else "."))))
+        blocks.append(Block("table", frame=pivot(evals, "eval_len", "bits_per_byte", ".4f")))
+        reasons = _reasons(q[q["pass"].isin(["train", "eval"])])
+        if reasons:
+            blocks.append(Block("p", reasons))
+        trains = q[q["pass"] == "train"]
+        if not trains.empty:
+            t = trains[["variant", "status", "train_steps", "tokens_trained", "tokens_per_s", "train_s",
+                        "final_train_bpb"]].copy()
+            t["tokens_per_s"] = t["tokens_per_s"].map(lambda x: f"{x:,.0f}" if pd.notna(x) else "–")
+            t["final_train_bpb"] = t["final_train_bpb"].map(lambda x: f"{x:.4f}" if pd.notna(x) else "–")
+            blocks.append(Block("h3", "Training"))
+            blocks.append(Block("table", frame=t.set_index("variant")))
+    dropin = q[(q["pass"] == "dropin")] if not q.empty else q
+    if not dropin.empty and "eval_len" in dropin:
+        d = dropin[dropin["eval_len"].notna()]
+        if not d.empty:
+            blocks.append(Block("h3", f"Drop-in: the {d.iloc[0]['trained_variant']} checkpoint with each variant"))
+            blocks.append(Block("p", "Bits per byte, then the relative difference to the trained "
+                                     "variant (exact variants and windows at least as wide as the "
+                                     "evaluation length must be below 1e-4)."))
+            blocks.append(Block("table", frame=pivot(d, "eval_len", "bits_per_byte", ".4f")))
+            blocks.append(Block("table", frame=pivot(d, "eval_len", "rel_diff", ".1e")))
+    rec = frame[(frame["level"] == "recall") & (frame["pass"] == "eval")]
+    if not rec.empty:
+        rec = rec.copy()
+        rec["setting"] = [f"N{int(n)} kv{int(k)}" for n, k in zip(rec["seq_len"], rec["kv_pairs"])]
+        blocks.append(Block("h2", "Recall (MQAR)"))
+        blocks.append(Block("p", "Accuracy of the value predicted at each query key, on fresh sequences "
+                                 "(N: sequence length, kv: key-value pairs)."))
+        table = pivot(rec, "setting", "accuracy", ".3f")
+        keys = sorted(table.columns, key=lambda s: tuple(int(x[2:] if x.startswith("kv") else x[1:])
+                                                         for x in s.split()))
+        blocks.append(Block("table", frame=table[keys]))
+    return blocks
+
+
+def _environment_table(info: dict[str, Any]) -> pd.DataFrame:
+    env = info.get("environment", {})
+    ceil = info.get("ceilings") or {}
+    rows = {
+        "device": f"{env.get('device', '?')}: {env.get('device_name', '?')}",
+        "python / platform": f"{env.get('python', '?')} / {env.get('platform', '?')}",
+        "packages": ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v),
+        "threads": f"worker {env.get('worker_threads', '?')}, CPUs {env.get('cpu_count', '?')}",
+        "git": f"{env.get('git_commit', '?')}" + (" (dirty)" if env.get("git_dirty") else ""),
+    }
+    for dtype, value in (ceil.get("matmul_flops_per_s") or {}).items():
+        rows[f"matmul ceiling, {dtype}"] = f"{value / 1e9:.1f} GFLOP/s"
+    if ceil.get("copy_bytes_per_s"):
+        rows["copy bandwidth"] = f"{ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s"
+    if env.get("cuda"):
+        rows["CUDA / driver"] = f"{env.get('cuda')} / {env.get('driver')}"
+    if info.get("distributed"):
+        rows["distributed"] = str(info["distributed"])
+    return pd.DataFrame({"value": rows}).rename_axis("what")
+
+
+def _reproduce(info: dict[str, Any]) -> str:
+    cmd = info.get("command") or ["run_bench.py"]
+    args = list(cmd[1:]) if cmd and cmd[0].endswith(("run_bench.py", "attnbench")) else list(cmd)
+    commit = (info.get("environment") or {}).get("git_commit")
+    line = "python run_bench.py " + " ".join(shlex.quote(str(a)) for a in args)
+    return (f"git checkout {commit}\n" if commit else "") + line
+
+
+# ---------------------------------------------------------------------------------------------
+# renderers
+
+def _md_table(frame: pd.DataFrame) -> str:
+    frame = frame.reset_index()
+    cols = [str(c) for c in frame.columns]
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
+             "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(cols))) + "|"]
+    for _, r in frame.iterrows():
+        lines.append("| " + " | ".join(esc(v) for v in r.values) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(blocks: list[Block], run_dir: Path) -> str:
+    out = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(b.kind[1]) + " " + b.text)
+        elif b.kind == "p":
+            out.append(b.text)
+        elif b.kind == "code":
+            out.append("```bash\n" + b.text + "\n```")
+        elif b.kind == "table":
+            out.append(_md_table(b.frame))
+        elif b.kind == "image":
+            out.append(f"![{b.text}]({b.path.relative_to(run_dir).as_posix()})")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline_md(text: str) -> str:
+    """The little Markdown our paragraphs use (`code`, **bold**, list items) as HTML."""
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    lines = text.split("\n")
+    if all(line.startswith("- ") for line in lines):
+        return "<ul>" + "".join(f"<li>{line[2:]}</li>" for line in lines) + "</ul>"
+    return "<p>" + "<br>".join(lines) + "</p>"
+
+
+def to_html(blocks: list[Block]) -> str:
+    body = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            body.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            body.append(_inline_md(b.text))
+        elif b.kind == "code":
+            body.append(f"<pre><code>{html.escape(b.text)}</code></pre>")
+        elif b.kind == "table":
+            body.append(b.frame.to_html(escape=True, border=0, classes="t"))
+        elif b.kind == "image":
+            data = base64.b64encode(b.path.read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+             "color:#222}table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
+             "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+             "table.t th:first-child,table.t td:first-child{text-align:left}"
+             "img{max-width:100%;margin:.5em 0}pre{background:#f6f6f6;padding:.6em;overflow:auto}"
+             "code{font-size:12px}")
+    title = html.escape(blocks[0].text if blocks else "attnbench report")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(run_dir: str | Path) -> dict[str, Path]:
+    """(Re)write report.md, report.html and plots/*.png of ``run_dir``; returns their paths."""
+    run_dir = Path(run_dir)
+    info = results.read_run_json(run_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a torn last line is reported by the caller, once
+        frame = results.load(run_dir)
+    plot_paths = plots.write_all(frame, info, run_dir / "plots") if not frame.empty else {}
+    blocks = build(run_dir, frame, info, plot_paths)
+    md = run_dir / "report.md"
+    md.write_text(to_markdown(blocks, run_dir))
+    page = run_dir / "report.html"
+    page.write_text(to_html(blocks))
+    return {"markdown": md, "html": page, **{f"plot:{k}": v for k, v in plot_paths.items()}}

@@ -1,0 +1,156 @@
+"""Reports and comparisons, from a small stored run: the smoke suite plus a little quality and
+recall, run once through the command line (which writes the report at its end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnbench import results
+from attnbench.compare import compare, compare_rows
+from attnbench.plots import pareto_front
+from attnbench.report import write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+PNG = b"\x89PNG\r\n\x1a\n"
+PLOTS = {"time", "memory", "flops", "quality", "pareto", "decode", "patterns", "recall"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    if not (SHARED / "SOURCES.md").exists():
+        pytest.skip(f"the shared corpus files are not at {SHARED}")
+    out = tmp_path_factory.mktemp("runs")
+    sets = [
+        "op.variants=[\"naive.softmax\",\"fused.sdpa\",\"fused.flash_attn\",\"sliding_window.blocked:window=64\","
+        "\"linear.elu.chunked:chunk=32\"]",
+        "quality.dataset=\"tinyshakespeare\"",
+        "quality.variants=[\"fused.sdpa\",\"sliding_window.blocked:window=16\",\"linear.elu.chunked:chunk=16\"]",
+        "quality.train_tokens=30000", "quality.train_len=64", "quality.batch=8",
+        "quality.eval_lens=[32,64,128]", "quality.eval_tokens=4096",
+        "recall.variants=[\"fused.sdpa\",\"linear.elu.chunked:chunk=16\"]", "recall.seq_lens=[32,64]",
+        "recall.kv_pairs=[2,4]", "recall.train_steps=10", "recall.eval_sequences=16",
+    ]
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), "run", "--suite", "smoke", "--out", str(out),
+           "--quiet", "--budget", "0.02"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "ATTNBENCH_DATA_DIR": str(SHARED)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "report:" in proc.stdout
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def test_every_file_is_written_and_every_png_is_valid(run_dir):
+    import matplotlib.image
+
+    assert (run_dir / "report.md").exists() and (run_dir / "report.html").exists()  # by `run`
+    written = write_report(run_dir)  # and again, from the stored rows alone
+    plots = {k.split(":", 1)[1] for k in written if k.startswith("plot:")}
+    assert plots == PLOTS
+    for name in PLOTS:
+        path = run_dir / "plots" / f"{name}.png"
+        assert path.read_bytes()[:8] == PNG
+        h, w, _ = matplotlib.image.imread(path).shape
+        assert h > 200 and w > 300
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(PLOTS)
+    assert 'src="http' not in page and "<table" in page
+
+
+def test_markdown_tables_contain_every_case(run_dir):
+    md = (run_dir / "report.md").read_text()
+    rows = results.read_rows(run_dir)
+    for r in rows:
+        if r["level"] in ("op", "model") and r["status"] == "ok":
+            assert f"| {r['variant']} |" in md
+            assert f"{r['time_ms']:.3f}" in md, r["case_id"]
+        if r["level"] == "quality" and r["pass"] in ("eval", "dropin") and "eval_len" in r:
+            assert f"{r['bits_per_byte']:.4f}" in md, r["case_id"]
+        if r["level"] == "recall" and r["pass"] == "eval":
+            assert f"{r['accuracy']:.3f}" in md
+    # a case that did not run is shown as what it is, with its reason
+    assert "| fused.flash_attn | unsupported | unsupported |" in md
+    assert "`fused.flash_attn` unsupported at N = 128, 256: " in md
+    assert "## Reproduce" in md and "run_bench.py run --suite smoke" in md
+    for section in ("Crossover by time", "Quality on tinyshakespeare", "Drop-in", "Recall (MQAR)"):
+        assert section in md
+    for name in PLOTS:
+        assert f"](plots/{name}.png)" in md
+
+
+def test_a_torn_last_line_still_reports(run_dir, tmp_path):
+    copy = tmp_path / "torn"
+    shutil.copytree(run_dir, copy)
+    with open(copy / "results.jsonl", "a") as f:
+        f.write('{"case_id": "op|half-writ')
+    written = write_report(copy)
+    assert written["markdown"].read_text().count("| fused.sdpa |") >= 1
+
+
+def _perturbed(run_dir: Path, dest: Path, factor_all: float, slow: dict[str, float]) -> Path:
+    shutil.copytree(run_dir, dest)
+    rows = results.read_rows(dest)
+    with open(dest / "results.jsonl", "w") as f:
+        for r in rows:
+            if r.get("time_ms") is not None:
+                r["time_ms"] *= slow.get(r["case_id"], factor_all)
+            f.write(json.dumps(r) + "\n")
+    return dest
+
+
+def test_compare_flags_a_planted_slowdown_and_ignores_noise(run_dir, tmp_path):
+    rows = results.read_rows(run_dir)
+    target = next(r for r in rows if r["variant"] == "fused.sdpa" and r["pass"] == "fwd_bwd"
+                  and r["level"] == "op" and r["seq_len"] == 256)
+    noisy = _perturbed(run_dir, tmp_path / "noisy", 1.02, {})
+    code, text = compare(run_dir, noisy)
+    assert code == 0 and "0 regressions" in text, text
+    slow = _perturbed(run_dir, tmp_path / "slow", 1.02, {target["case_id"]: 1.5})
+    code, text = compare(run_dir, slow)
+    assert code == 1, text
+    flagged = [line for line in text.splitlines() if "REGRESSION" in line]
+    assert len(flagged) == 1 and target["case_id"].rsplit("|r", 1)[0] in flagged[0]
+    assert "1.500x" in flagged[0]
+    # the command line: the same verdict as an exit status
+    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "compare", str(run_dir),
+                           str(slow)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "REGRESSION" in proc.stdout
+    # a higher threshold lets the slowdown pass
+    assert compare(run_dir, slow, threshold=0.6)[0] == 0
+
+
+def test_compare_refuses_other_devices_and_lists_unmatched_cases(run_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    info = results.read_run_json(other)
+    info["environment"]["device_name"] = "Some Other CPU"
+    results.write_run_json(other, info)
+    with pytest.raises(ValueError, match="different devices"):
+        compare(run_dir, other)
+    code, text = compare(run_dir, other, allow_device_mismatch=True)
+    assert code == 0 and "WARNING: different devices" in text
+    rows = results.read_rows(run_dir)
+    out = compare_rows(rows, rows[1:])
+    assert out["only_a"] == [rows[0]["case_id"].rsplit("|r", 1)[0]] and not out["only_b"]
+
+
+def test_compare_counts_a_failure_as_a_regression():
+    a = [{"case_id": "op|x|fwd|r0", "status": "ok", "time_ms": 1.0}]
+    b = [{"case_id": "op|x|fwd|r0", "status": "oom", "time_ms": None, "reason": "out of memory"}]
+    out = compare_rows(a, b)
+    assert [c.worse for c in out["changes"]] == [True]
+
+
+def test_pareto_front():
+    pts = [(1.0, 3.0), (2.0, 2.0), (3.0, 2.5), (4.0, 1.0), (2.5, 2.0)]
+    assert pareto_front(pts) == [0, 1, 3]
