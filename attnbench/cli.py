@@ -114,6 +114,8 @@ def _overrides(args: argparse.Namespace, section: str | None) -> dict:
 def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
     from . import results, runner
 
+    if getattr(args, "workers", 1) < 1 or getattr(args, "max_jobs", 1) < 1:
+        raise ValueError(f"--workers and --max-jobs must be >= 1 (got {args.workers}, {args.max_jobs})")
     if args.resume:
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
@@ -125,8 +127,17 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
     start = time.time()
     print(f"attnbench: {len(runner.plan(suite))} cases of suite {suite.name!r} -> {run_dir}",
           file=sys.stderr)
-    runner.run(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
-               progress=not args.quiet)
+    launcher = getattr(args, "launcher", "local")
+    if launcher == "submitit":
+        from .scaleout import launch
+
+        launch(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
+               local=args.submitit_local, max_jobs=args.max_jobs, partition=args.slurm_partition,
+               gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+               timeout_min=args.job_timeout_min, progress=not args.quiet)
+    else:
+        runner.run(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
+                   progress=not args.quiet, workers=getattr(args, "workers", 1))
     rows = results.read_rows(run_dir)
     print(results.summary_table(rows))
     if rows:
@@ -286,6 +297,23 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override any suite field, e.g. --set op.batch=2")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _launcher_args(p)
+
+
+def _launcher_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("launcher (see README: scale-out)")
+    g.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                   help="local (default): worker processes here; submitit: Slurm jobs")
+    g.add_argument("--workers", type=int, default=1,
+                   help="local: worker processes sharing the cases, each pinned to one GPU or a "
+                        "share of the CPU threads")
+    g.add_argument("--submitit-local", action="store_true",
+                   help="submitit's local executor: real job processes on this machine, no Slurm")
+    g.add_argument("--max-jobs", type=int, default=32, help="submitit: jobs to split the cases into")
+    g.add_argument("--slurm-partition", help="submitit: Slurm partition")
+    g.add_argument("--gpus-per-job", type=int, default=0, help="submitit: GPUs per job")
+    g.add_argument("--cpus-per-job", type=int, help="submitit: CPUs per job")
+    g.add_argument("--job-timeout-min", type=int, default=240, help="submitit: job time limit (minutes)")
 
 
 def _level_args(p: argparse.ArgumentParser) -> None:
@@ -399,6 +427,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _launcher_args(p)
     p.set_defaults(func=cmd_training)
 
 

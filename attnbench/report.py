@@ -90,15 +90,21 @@ def _reasons(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def crossover(frame: pd.DataFrame, value: str) -> pd.DataFrame:
+def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """For each non-exact variant and pass: the smallest N from which it beats the fastest (or
-    leanest) exact variant at every measured N up to the largest (``–`` if it never does)."""
+    leanest) exact variant at every measured N up to the largest (``–`` if it never does).
+    ``metric`` is ``time`` or ``memory`` (peak memory; for decode, the cache or state bytes)."""
     from .registry import get_variant
 
     rows = []
-    op = frame[(frame["level"] == "op") & (frame["status"] == "ok") & frame[value].notna()]
-    for p in [p for p in ("fwd", "fwd_bwd", "decode") if (op["pass"] == p).any()]:
+    for p in ("fwd", "fwd_bwd", "decode"):
+        value = "time_ms" if metric == "time" else ("cache_bytes" if p == "decode" else "peak_mem_bytes")
+        if value not in frame:
+            continue
+        op = frame[(frame["level"] == "op") & (frame["status"] == "ok") & frame[value].notna()]
         sub = op[op["pass"] == p]
+        if sub.empty:
+            continue
         exact = sub[[_exact(v, get_variant) for v in sub["variant"]]]
         if exact.empty:
             continue
@@ -114,7 +120,7 @@ def crossover(frame: pd.DataFrame, value: str) -> pd.DataFrame:
                 if all(wins[i:]):
                     start = ns[i]
                     break
-            rows.append({"pass": p, "variant": v,
+            rows.append({"pass": p, "variant": v, "measure": value,
                          "from N": "–" if start is None else str(int(start)),
                          "ratio at largest N": (f"{best[ns[-1]] / mine[ns[-1]]:.2f}×"
                                                 if ns and mine[ns[-1]] > 0 else "–")})
@@ -161,13 +167,16 @@ def build(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any], plot_paths: 
             reasons = _reasons(sub)
             if reasons:
                 blocks.append(Block("p", reasons))
-        for value, what in (("time_ms", "time"), ("peak_mem_bytes", "peak memory")):
-            table = crossover(frame, value)
+        for metric, what in (("time", "time"), ("memory", "memory")):
+            table = crossover(frame, metric)
             if not table.empty:
                 blocks.append(Block("h3", f"Crossover by {what}"))
                 blocks.append(Block("p", f"The sequence length from which each efficient variant beats the "
                                          f"best exact variant's {what} at every larger measured N "
-                                         "(– : not within the measured range)."))
+                                         "(– : not within the measured range); the ratio is the best "
+                                         "exact variant's over this one's at the largest N (above 1: "
+                                         "this one is ahead). Memory is the peak beyond the inputs, "
+                                         "and for decode the bytes of the cache or state."))
                 blocks.append(Block("table", frame=table.set_index(["pass", "variant"])))
     model = frame[frame["level"] == "model"] if not frame.empty else frame
     if not model.empty:

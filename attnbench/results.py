@@ -81,6 +81,9 @@ class ResultWriter:
     """Appends rows to results.jsonl, one flushed line per case."""
 
     def __init__(self, run_dir: str | Path):
+        import threading
+
+        self._lock = threading.Lock()  # workers of one launcher may share a writer
         self.path = Path(run_dir) / RESULTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._drop_torn_tail()
@@ -97,13 +100,14 @@ class ResultWriter:
                 f.truncate(cut)
 
     def write(self, row: dict[str, Any]) -> None:
-        if row["case_id"] in self.done:
-            raise ValueError(f"case {row['case_id']} is already recorded in {self.path}")
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.done.add(row["case_id"])
+        with self._lock:
+            if row["case_id"] in self.done:
+                raise ValueError(f"case {row['case_id']} is already recorded in {self.path}")
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.done.add(row["case_id"])
 
 
 def _git(*args: str) -> str | None:

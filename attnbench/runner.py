@@ -234,23 +234,28 @@ class Progress:
 
 
 def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (), command: list[str] | None = None,
-        resume: bool = False, progress: bool = True,
+        resume: bool = False, progress: bool = True, workers: int = 1,
         on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """Measure every case of ``suite`` not yet in ``run_dir``; returns the run folder."""
+    """Measure every case of ``suite`` not yet in ``run_dir``; returns the run folder.
+    ``workers`` > 1: that many worker processes share the cases (see ``execute``)."""
     run_dir = Path(run_dir)
     for path in plugins:
         load_plugin(path)
     cases = plan(suite)
     writer = results.ResultWriter(run_dir)
     todo = [c for c in cases if c["case_id"] not in writer.done]
-    device = suite.resolved_device()
-    init = {"threads": suite.timing.threads, "plugins": list(plugins), "timing": vars(suite.timing),
-            "suite": suite.to_dict(), "run_dir": str(run_dir)}
-    worker = Worker(init)
-    # training cases measure no memory: a worker without the mmap-everything malloc settings
-    # (which cost page faults on every large allocation)
-    trainer = Worker(init, env={})
-    info: dict[str, Any]
+    info = start_info(suite, run_dir, cases, todo, plugins, command, resume)
+    info["launcher"] = {"kind": "local", "workers": workers}
+    execute(todo, suite, run_dir, writer, info, plugins=plugins, progress=progress, workers=workers,
+            on_row=on_row)
+    info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results.write_run_json(run_dir, info)
+    return run_dir
+
+
+def start_info(suite: Suite, run_dir: Path, cases, todo, plugins, command, resume) -> dict[str, Any]:
+    """run.json's content at the start (or on resume, with the resume recorded); the corpus is
+    loaded here, so a missing one fails at once."""
     if resume and (run_dir / results.RUN_FILE).exists():
         info = results.read_run_json(run_dir)
         info.setdefault("resumed", []).append({"command": command or sys.argv, "time": time.time(),
@@ -259,25 +264,95 @@ def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (), command: 
         info = {"run_id": run_dir.name, "command": command or sys.argv, "suite": suite.to_dict(),
                 "plugins": list(plugins), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "cases_planned": len(cases)}
+    if suite.quality is not None:
+        info.setdefault("datasets", {})[suite.quality.dataset] = corpus_for(suite.quality).info()
+    return info
+
+
+def groups_of(cases: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Cases split by (variant, device), in plan order: compilation and warm-up are paid once per
+    group, and a group's N stay ascending (so skipping after an OOM works)."""
+    out: dict[tuple, list] = {}
+    for c in cases:
+        out.setdefault((c["variant"], c["device"]), []).append(c)
+    return list(out.values())
+
+
+def balance(groups: list[list[dict]], k: int) -> list[list[dict]]:
+    """At most ``k`` bins of whole groups, largest first into the emptiest bin."""
+    bins: list[list[dict]] = [[] for _ in range(min(k, len(groups)))]
+    for g in sorted(groups, key=len, reverse=True):
+        min(bins, key=len).extend(g)
+    return [b for b in bins if b]
+
+
+def execute(todo, suite: Suite, run_dir: Path, writer, info: dict[str, Any], *, plugins=(),
+            progress: bool = True, workers: int = 1, on_row=None) -> None:
+    """Measure ``todo`` into ``writer``: ceilings and environment into ``info`` (and run.json),
+    then the sweep. With ``workers`` = K > 1, K worker processes take whole (variant, device)
+    groups, each pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or to a 1/K share of the CPU threads."""
+    device = suite.resolved_device()
+    k = max(1, min(workers, len(groups_of(todo)) or 1))
+    threads = suite.timing.threads
+    if k > 1 and not device.startswith("cuda"):  # a 1/K share of the CPU each
+        threads = max(1, (threads or os.cpu_count() or 1) // k)
+    init = {"threads": threads, "plugins": list(plugins),
+            "timing": vars(suite.timing), "suite": suite.to_dict(), "run_dir": str(run_dir)}
+    pools = []
+    for i in range(k):
+        pin = {"CUDA_VISIBLE_DEVICES": str(i)} if k > 1 and device.startswith("cuda") else {}
+        # training cases measure no memory: a worker without the mmap-everything malloc settings
+        # (which cost page faults on every large allocation)
+        measurer, trainer = Worker(init, env={**WORKER_ENV, **pin}), Worker(init, env=pin)
+        pools.append({"op": measurer, "model": measurer, "quality": trainer, "recall": trainer})
+    first = pools[0]["op"]
     try:
-        if suite.quality is not None:  # fails at once when the corpus is missing
-            info.setdefault("datasets", {})[suite.quality.dataset] = corpus_for(suite.quality).info()
         if "ceilings" not in info and any(c["level"] in ("op", "model") for c in todo):
-            dtypes = sorted({c["dtype"] for c in cases if c["level"] in ("op", "model")})
-            info["ceilings"] = worker.ask("ceilings", {"dtypes": dtypes, "device": device},
-                                          timeout=600)
+            dtypes = sorted({c["dtype"] for c in todo if c["level"] in ("op", "model")})
+            info["ceilings"] = first.ask("ceilings", {"dtypes": dtypes, "device": device}, timeout=600)
         info["environment"] = results.environment(device)
-        info["environment"]["worker_threads"] = worker.threads or _probe_threads(worker)
+        info["environment"]["worker_threads"] = first.threads or _probe_threads(first)
+        info["environment"]["worker_processes"] = k
         info["environment"]["mem_method"] = "cuda_allocator" if device.startswith("cuda") else "cpu_peak_rss"
         results.write_run_json(run_dir, info)
-        _sweep(todo, {"op": worker, "model": worker, "quality": trainer, "recall": trainer},
-               writer, info, suite, progress, on_row)
+        if k == 1:
+            _sweep(todo, pools[0], writer, info, suite, progress, on_row)
+            return
+        import threading
+
+        bar = Progress(len(todo)) if progress else None
+        lock = threading.Lock()
+
+        def tick(row):
+            with lock:
+                if bar:
+                    bar.tick(row.get("wall_s", 0.0), True)
+                    bar.show(f"{row['variant']} {row['pass']} N={row['seq_len']}")
+                if on_row:
+                    on_row(row)
+
+        errors: list[BaseException] = []
+
+        def work(pool, cases):
+            try:
+                _sweep(cases, pool, writer, info, suite, False, tick)
+            except BaseException as e:  # surfaced after the other workers finish
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(pool, cases), daemon=True)
+                   for pool, cases in zip(pools, balance(groups_of(todo), k))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if bar:
+            bar.close()
+        if errors:
+            raise errors[0]
     finally:
-        worker.stop()
-        trainer.stop()
-    info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    results.write_run_json(run_dir, info)
-    return run_dir
+        for pool in pools:
+            pool["op"].stop()
+            pool["quality"].stop()
 
 
 def _probe_threads(worker: Worker) -> int | None:

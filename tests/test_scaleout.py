@@ -1,0 +1,134 @@
+"""Scale-out: the smoke suite through submitit (its local executor: real job processes, the Slurm
+code path) and through several local workers gives the cases of the plain local launcher; a job
+killed mid-way leaves its finished cases, and --resume submits only what is missing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnbench import results, runner
+from attnbench.suite import load_suite
+
+pytest.importorskip("submitit")
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--quiet", "--budget", "0.02", "--set", "timing.max_reps=3"]
+
+
+def _bench(*args, timeout=600):
+    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _only_run(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def _ids(run: Path) -> list[str]:
+    return [r["case_id"] for r in results.read_rows(run)]
+
+
+def _smoke_ids() -> set[str]:
+    return {c["case_id"] for c in runner.plan(load_suite("smoke"))}
+
+
+def test_two_local_workers_and_two_submitit_jobs_give_the_local_cases(tmp_path):
+    _bench("run", "--suite", "smoke", "--out", str(tmp_path / "one"), *FAST)
+    _bench("run", "--suite", "smoke", "--out", str(tmp_path / "two"), "--workers", "2", *FAST)
+    _bench("run", "--suite", "smoke", "--out", str(tmp_path / "slurm"), "--launcher", "submitit",
+           "--submitit-local", "--max-jobs", "2", *FAST)
+    one, two, slurm = (_only_run(tmp_path / d) for d in ("one", "two", "slurm"))
+    want = _smoke_ids()
+    for run in (one, two, slurm):
+        ids = _ids(run)
+        assert len(ids) == len(set(ids)) and set(ids) >= want, run
+        assert {r["status"] for r in results.read_rows(run)} == {"ok"}
+    assert set(_ids(one)) == set(_ids(two)) == set(_ids(slurm))
+    info = results.read_run_json(two)
+    assert info["environment"]["worker_processes"] == 2 and info["environment"]["worker_threads"] == 1
+    info = results.read_run_json(slurm)
+    (sub,) = info["launcher"]["submissions"]
+    assert len(sub["jobs"]) == 2 and sub["missing_cases"] == 0
+    for job in sub["jobs"]:
+        assert job["job_id"] and job["node"] and Path(job["stdout"]).exists() and job["ceilings"]
+    # whole variants per job: each variant's cases come from one shard
+    shard_of = {}
+    for shard in (slurm / "shards").iterdir():
+        for r in results.read_rows(shard):
+            assert shard_of.setdefault(r["variant"], shard.name) == shard.name
+    assert (slurm / "report.md").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def test_a_killed_job_leaves_its_cases_and_resume_submits_the_rest(tmp_path):
+    out = tmp_path / "runs"
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), "run", "--suite", "smoke", "--out", str(out),
+           "--launcher", "submitit", "--submitit-local", "--max-jobs", "2", *FAST]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+    deadline = time.time() + 300
+    victim = None
+    while time.time() < deadline and victim is None:
+        time.sleep(0.5)
+        runs = [p for p in out.glob("*/run.json")]
+        if not runs:
+            continue
+        info = results.read_run_json(runs[0].parent)
+        subs = info.get("launcher", {}).get("submissions", [])
+        if not subs:
+            continue
+        job = subs[0]["jobs"][0]
+        shard = runs[0].parent / "shards" / job["shard"]
+        if len(results.read_rows(shard)) >= 3:
+            victim = job
+    assert victim is not None, "the first job never wrote three rows"
+    for pid in reversed(_descendants(int(victim["job_id"]))):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, err[-2000:]
+    run = _only_run(out)
+    info = results.read_run_json(run)
+    sub = info["launcher"]["submissions"][0]
+    assert sub["missing_cases"] > 0 and "cases missing" in err
+    killed = next(j for j in sub["jobs"] if j["shard"] == victim["shard"])
+    assert killed.get("error") and killed["state"] != "COMPLETED"
+    kept = set(_ids(run))
+    assert len(kept) >= 3
+    _bench("run", "--resume", str(run), "--launcher", "submitit", "--submitit-local", "--max-jobs", "2",
+           *FAST)
+    ids = _ids(run)
+    assert len(ids) == len(set(ids)) and set(ids) >= _smoke_ids() and kept <= set(ids)
+    info = results.read_run_json(run)
+    assert len(info["launcher"]["submissions"]) == 2
+    assert info["launcher"]["submissions"][1]["missing_cases"] == 0
+    resubmitted = sum(j["cases"] for j in info["launcher"]["submissions"][1]["jobs"])
+    assert resubmitted == len(_smoke_ids()) - len(kept)  # only what was missing
