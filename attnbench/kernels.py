@@ -88,6 +88,12 @@ def prepare_blocked(variant, case) -> None:
     block_plan(variant.pattern, case.seq_len, variant.params["block"], str(case.device))
 
 
+def prepare_banded(variant, case) -> None:
+    from .blocksparse import band_mask
+
+    band_mask(variant.params["window"], variant.params["block"], case.dtype, str(case.device))
+
+
 def import_quietly(module: str):
     """Import an optional package, silencing import-time warnings (xformers warns on CPU)."""
     import importlib

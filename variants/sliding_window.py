@@ -4,6 +4,7 @@
 
 - ``masked``: SDPA with the dense (N, N) mask: quadratic cost, the strawman.
 - ``blocked``: our block-sparse PyTorch (``attnbench.blocksparse``): time and memory linear in N.
+- ``banded``: ours: each query block's keys as one band, all bands in one fused SDPA call.
 - ``flex``: FlexAttention with the window as a BlockMask (no CPU backward in torch 2.13).
 - ``flash_attn``: flash-attn with ``window_size=(window - 1, 0)``.
 - ``xformers``: ``memory_efficient_attention`` with a ``LowerTriangularFromBottomRightLocalAttentionMask``.
@@ -18,8 +19,9 @@ import os
 
 import torch
 
-from attnbench.blocksparse import block_sparse_attention
-from attnbench.kernels import flex, masked_sdpa, prepare_blocked, prepare_dense, prepare_flex
+from attnbench.blocksparse import banded_attention, block_sparse_attention
+from attnbench.kernels import (flex, masked_sdpa, prepare_banded, prepare_blocked, prepare_dense,
+                               prepare_flex)
 from attnbench.patterns import SlidingWindow
 from attnbench.registry import Capabilities, positive, register_variant
 
@@ -39,6 +41,14 @@ def masked(q, k, v, *, window: int = 256):
 def blocked(q, k, v, *, window: int = 256, block: int = 64):
     """Block-sparse PyTorch over the key blocks each query block's window touches (linear in N)."""
     return block_sparse_attention(q, k, v, SlidingWindow(window), block)
+
+
+@register_variant("sliding_window.banded", family=SW, validate=positive("block"),
+                  prepare=prepare_banded)
+def banded(q, k, v, *, window: int = 256, block: int = 64):
+    """Each query block's keys as one band (a strided view), all bands in one fused SDPA call with
+    the band's mask (linear in N; the fused kernel's softmax)."""
+    return banded_attention(q, k, v, window, block)
 
 
 @register_variant(
