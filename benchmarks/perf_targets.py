@@ -2,6 +2,7 @@
 
     python run_bench.py run --suite perf
     python benchmarks/perf_targets.py results/<run_id>        # prints the table, writes perf_targets.md
+    python benchmarks/perf_targets.py results/<a> results/<b>  # rows of later runs replace earlier ones
 
 Every figure comes from the run's rows (float32 unless stated; B=1, H=8, D=64); ratios compare
 cases measured side by side in that one run. "Own" implementations are ours (``blocked``,
@@ -127,15 +128,22 @@ def check(rows: Rows) -> list[tuple[str, str, str, str]]:
 
 def main(argv=None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
-    if len(argv) != 1:
+    if not argv:
         print(__doc__)
         return 2
-    run = Path(argv[0])
-    table = check(Rows(results.read_rows(run)))
+    runs = [Path(a) for a in argv]
+    merged: dict = {}
+    for run in runs:  # a later run's row replaces an earlier one of the same case
+        for r in results.read_rows(run):
+            merged[(r.get("variant"), r.get("pass"), r.get("seq_len"), r.get("dtype"))] = r
+    table = check(Rows(list(merged.values())))
+    run = runs[0]
     info = results.read_run_json(run)
     ceil = info.get("ceilings", {}).get("matmul_flops_per_s", {})
     head = (f"Performance targets, run {run.name} on {info['environment'].get('device_name')} "
             f"(matmul ceiling: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in ceil.items()) + ")")
+    if len(runs) > 1:
+        head += "; rows of " + ", ".join(r.name for r in runs[1:]) + " replace the first run's"
     lines = [head, "", "| what | target | measured | met |", "|:---|:---|---:|:---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table]
     text = "\n".join(lines)

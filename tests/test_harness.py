@@ -166,7 +166,7 @@ def test_bad_suites_are_rejected_before_anything_runs(data, needle):
 
 
 def test_every_committed_suite_loads_and_overrides_apply():
-    for name in ("smoke", "quick", "standard", "gpu"):
+    for name in ("smoke", "quick", "standard", "gpu", "perf"):
         suite = load_suite(name)
         assert runner.plan(suite)
     quick = with_overrides(load_suite("quick"), {"op.seq_lens": [512], "timing.budget_s": 0.1})
@@ -174,7 +174,7 @@ def test_every_committed_suite_loads_and_overrides_apply():
     gpu = load_suite("gpu")
     for c in (c for c in runner.plan(gpu) if c["level"] == "op"):  # constant tokens per batch
         assert c["batch"] == max(1, gpu.op.total_tokens // c["seq_len"])
-    with pytest.raises(ValueError, match="no suite 'nope'; known suites: gpu, quick, smoke, standard"):
+    with pytest.raises(ValueError, match="no suite 'nope'; known suites: gpu, perf, quick, smoke, standard"):
         load_suite("nope")
 
 
