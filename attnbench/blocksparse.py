@@ -109,16 +109,18 @@ def block_sparse_attention(
 # Sliding windows as a band: every query block sees one contiguous run of keys.
 
 @functools.lru_cache(maxsize=32)
-def band_mask(window: int, block: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
-    """(1, 1, block, S) additive mask shared by every band: query ``r`` of a block sees band key
-    ``c`` (S = kb*block keys, the last block being the query's own) when ``r + S - block - window
-    < c <= r + S - block``."""
+def band_mask(window: int, block: int, dtype: torch.dtype, device: str = "cpu",
+              globals_: int = 0) -> torch.Tensor:
+    """(1, 1, block, globals_ + S) additive mask shared by every band: query ``r`` of a block sees
+    band key ``c`` (S = kb*block keys, the last block being the query's own) when ``r + S - block
+    - window < c <= r + S - block``; the ``globals_`` global keys in front are all seen."""
     kb = band_blocks(window, block)
     r = torch.arange(block).view(block, 1)
     c = torch.arange(kb * block).view(1, -1)
     off = (kb - 1) * block
     seen = (c <= r + off) & (c > r + off - window)
-    mask = torch.zeros(block, kb * block, dtype=dtype).masked_fill(~seen, float("-inf"))
+    seen = torch.cat([torch.ones(block, globals_, dtype=torch.bool), seen], dim=1)
+    mask = torch.zeros(seen.shape, dtype=dtype).masked_fill(~seen, float("-inf"))
     return mask[None, None].to(device)
 
 
@@ -127,45 +129,57 @@ def band_blocks(window: int, block: int) -> int:
     return -(-(window - 1) // block) + 1
 
 
-def _window_sdpa(q, k, v, q0: int, k0: int, window: int) -> torch.Tensor:
-    """Dense masked SDPA of queries q0.. against keys k0.. ((B, L, H, D) slices) under the window."""
+def _dense_sdpa(q, k, v, q0: int, k0: int, window: int, globals_: int) -> torch.Tensor:
+    """Dense masked SDPA of queries q0.. against keys k0.. ((B, L, H, D) slices) under the window
+    (and Longformer's global tokens: keys < globals_ seen by all, queries < globals_ see all)."""
     qi = torch.arange(q0, q0 + q.shape[1], device=q.device).view(-1, 1)
     ki = torch.arange(k0, k0 + k.shape[1], device=q.device).view(1, -1)
-    seen = (ki <= qi) & (ki > qi - window)
+    seen = (ki <= qi) & ((ki > qi - window) | (ki < globals_) | (qi < globals_))
     out = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=seen)
     return out.transpose(1, 2)
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
-                     block: int) -> torch.Tensor:
-    """Causal sliding-window softmax attention; q, k, v: (B, N, H, D) -> (B, N, H, D).
+                     block: int, globals_: int = 0) -> torch.Tensor:
+    """Causal sliding-window softmax attention; q, k, v: (B, N, H, D) -> (B, N, H, D). With
+    ``globals_`` > 0, Longformer's pattern: the first ``globals_`` keys are seen by every query,
+    and the first ``globals_`` queries see every earlier key.
 
     Queries are cut into blocks of ``block``; the keys a block's windows reach are one contiguous
     band of S = kb*block keys. The bands are overlapping strided *views* of k and v (nothing is
     copied or padded), the query blocks a view of q, and one call of PyTorch's fused SDPA kernel
     treats the blocks as heads, (H, nb, block, D) x (H, nb, S, D), with one (block, S) mask shared
-    by every band: cost N*S, linear in N, with the kernel's fused softmax. The first kb - 1 blocks
-    (whose band would start before key 0) and a partial last block are small dense masked calls.
+    by every band: cost N*S, linear in N, with the kernel's fused softmax. Global keys are put in
+    front of every band (which then has to be copied). The first blocks (whose band would start
+    before key 0, or overlap the global keys) and a partial last block are small dense calls.
     Backward is the kernel's, through the views (overlapping bands sum their gradients)."""
     bsz, n, heads, d = q.shape
     kb = band_blocks(window, block)
     head = (kb - 1) * block  # queries whose band would start before key 0
+    if globals_:  # ... or whose window still reaches a global key (which the band must not repeat)
+        head = max(head, -(-(globals_ + window - 1) // block) * block)
     full = (n // block) * block  # queries in whole blocks
     nbm = (full - head) // block  # blocks computed as bands
     if nbm <= 0:
-        return _window_sdpa(q, k, v, 0, 0, window)
-    mask = band_mask(window, block, q.dtype, str(q.device))
+        return _dense_sdpa(q, k, v, 0, 0, window, globals_)
+    mask = band_mask(window, block, q.dtype, str(q.device), globals_)
     out = q.new_empty(bsz, n, heads, v.shape[-1])  # every row is written below (one copy each)
-    if head:
-        out[:, :head] = _window_sdpa(q[:, :head], k[:, :head], v[:, :head], 0, 0, window)
+    out[:, :head] = _dense_sdpa(q[:, :head], k[:, :head], v[:, :head], 0, 0, window, globals_)
+    start = head - (kb - 1) * block  # first key of the first band
+
+    def band(x, b):
+        w = x[b, start:full].permute(1, 0, 2).unfold(1, kb * block, block).transpose(-1, -2)
+        if globals_:  # global keys in front of every band: the bands are then materialised
+            g = x[b, :globals_].permute(1, 0, 2)[:, None].expand(heads, nbm, globals_, x.shape[-1])
+            w = torch.cat([g, w], dim=2)
+        return w
+
     for b in range(bsz):  # the fused kernel takes 4-D views; one call per batch element
         qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)  # (H, nbm, block, D)
-        kw = k[b, :full].permute(1, 0, 2).unfold(1, kb * block, block).transpose(-1, -2)
-        vw = v[b, :full].permute(1, 0, 2).unfold(1, kb * block, block).transpose(-1, -2)
-        res = torch.nn.functional.scaled_dot_product_attention(qb, kw, vw, attn_mask=mask)
+        res = torch.nn.functional.scaled_dot_product_attention(qb, band(k, b), band(v, b), attn_mask=mask)
         out[b, head:full] = res.permute(1, 2, 0, 3).reshape(nbm * block, heads, v.shape[-1])
-    if full < n:
-        k0 = max(0, full - window + 1)
-        out[:, full:] = _window_sdpa(q[:, full:], k[:, k0:], v[:, k0:], full, k0, window)
+    if full < n:  # a partial last block: a few rows, dense over the keys they can see
+        k0 = 0 if globals_ else max(0, full - window + 1)
+        out[:, full:] = _dense_sdpa(q[:, full:], k[:, k0:], v[:, k0:], full, k0, window, globals_)
     return out

@@ -91,7 +91,8 @@ def prepare_blocked(variant, case) -> None:
 def prepare_banded(variant, case) -> None:
     from .blocksparse import band_mask
 
-    band_mask(variant.params["window"], variant.params["block"], case.dtype, str(case.device))
+    band_mask(variant.params["window"], variant.params["block"], case.dtype, str(case.device),
+              variant.params.get("globals", 0))
 
 
 def import_quietly(module: str):

@@ -11,7 +11,9 @@ Three patterns (``attnbench.patterns``), each with three implementations:
 - ``longformer`` (Beltagy et al. 2020): a ``window``-token sliding window + ``globals`` global tokens.
 
 Implementations: ``masked`` (SDPA with the dense mask: quadratic), ``blocked`` (our block-sparse
-PyTorch: cost proportional to the attended blocks), ``flex`` (FlexAttention BlockMask).
+PyTorch: cost proportional to the attended blocks), ``flex`` (FlexAttention BlockMask); and for
+longformer ``banded`` (ours: the window as strided key bands plus the global keys, one fused SDPA
+call).
 Decoding keeps a full KV cache and attends to the keys the pattern allows for the new token.
 """
 
@@ -21,8 +23,9 @@ import inspect
 
 import torch
 
-from attnbench.blocksparse import block_sparse_attention
-from attnbench.kernels import flex, masked_sdpa, prepare_blocked, prepare_dense, prepare_flex
+from attnbench.blocksparse import banded_attention, block_sparse_attention
+from attnbench.kernels import (flex, masked_sdpa, prepare_banded, prepare_blocked, prepare_dense,
+                               prepare_flex)
 from attnbench.reference import MATHS
 from attnbench.registry import Capabilities, positive, register_variant
 
@@ -82,3 +85,11 @@ def _register(math: str, impl: str) -> None:
 for _math in PATTERN_PARAMS:
     for _impl in IMPLS:
         _register(_math, _impl)
+
+
+@register_variant("sparse.longformer.banded", family="sparse", math="longformer",
+                  validate=positive("block", "window"), prepare=prepare_banded)
+def longformer_banded(q, k, v, *, window: int = 256, globals: int = 16, block: int = 64):
+    """Ours: the window as strided bands of keys, the global keys in front of every band, all in
+    one fused SDPA call (see sliding_window.banded)."""
+    return banded_attention(q, k, v, window, block, globals)
