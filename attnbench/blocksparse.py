@@ -140,6 +140,43 @@ def _dense_sdpa(q, k, v, q0: int, k0: int, window: int, globals_: int) -> torch.
     return out.transpose(1, 2)
 
 
+class _BandAndGlobals(torch.autograd.Function):
+    """Attention of query blocks over their band of keys *and* a few global keys, as two calls of
+    the CPU flash kernel merged through their log-sum-exps (no band is materialised):
+
+        out = o_band * exp(lse_band - L) + o_glob * exp(lse_glob - L),  L = logaddexp(lse_band, lse_glob)
+
+    Backward: the flash backward of each part, given the *merged* output and L, yields exactly
+    that part's share of dq, dk, dv (P_ij = exp(s_ij - L_i) and delta_i = dO_i . O_i are global)."""
+
+    @staticmethod
+    def forward(ctx, qb, kw, vw, kg, vg, mask):
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        h, nb, blk, d = qb.shape
+        o1, l1 = flash(qb, kw, vw, attn_mask=mask)
+        qg = qb.reshape(h, 1, nb * blk, d)
+        o2, l2 = flash(qg, kg, vg)
+        l2 = l2.view(h, nb, blk)
+        lse = torch.logaddexp(l1, l2)
+        # in place: o1 and o2 are this function's own fresh outputs
+        out = o1.mul_(torch.exp(l1 - lse)[..., None].to(o1.dtype))
+        out.add_(o2.view(h, nb, blk, -1).mul_(torch.exp(l2 - lse)[..., None].to(o2.dtype)))
+        ctx.save_for_backward(qb, kw, vw, kg, vg, mask, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        qb, kw, vw, kg, vg, mask, out, lse = ctx.saved_tensors
+        back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        h, nb, blk, d = qb.shape
+        grad = grad.contiguous()
+        dq1, dk1, dv1 = back(grad, qb, kw, vw, out, lse, 0.0, False, attn_mask=mask)
+        flat = lambda x: x.reshape(h, 1, nb * blk, x.shape[-1])  # noqa: E731
+        dq2, dk2, dv2 = back(flat(grad), qb.reshape(h, 1, nb * blk, d), kg, vg, flat(out),
+                             lse.reshape(h, 1, nb * blk), 0.0, False)
+        return dq1 + dq2.view(h, nb, blk, d), dk1, dv1, dk2, dv2, None
+
+
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
                      block: int, globals_: int = 0) -> torch.Tensor:
     """Causal sliding-window softmax attention; q, k, v: (B, N, H, D) -> (B, N, H, D). With
@@ -150,7 +187,8 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     band of S = kb*block keys. The bands are overlapping strided *views* of k and v (nothing is
     copied or padded), the query blocks a view of q, and one call of PyTorch's fused SDPA kernel
     treats the blocks as heads, (H, nb, block, D) x (H, nb, S, D), with one (block, S) mask shared
-    by every band: cost N*S, linear in N, with the kernel's fused softmax. Global keys are put in
+    by every band: cost N*S, linear in N, with the kernel's fused softmax. Global keys are a second
+    call merged through the log-sum-exps on the CPU (``_BandAndGlobals``), and elsewhere put in
     front of every band (which then has to be copied). The first blocks (whose band would start
     before key 0, or overlap the global keys) and a partial last block are small dense calls.
     Backward is the kernel's, through the views (overlapping bands sum their gradients)."""
@@ -168,16 +206,24 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     out[:, :head] = _dense_sdpa(q[:, :head], k[:, :head], v[:, :head], 0, 0, window, globals_)
     start = head - (kb - 1) * block  # first key of the first band
 
+    merge = globals_ and q.device.type == "cpu"  # the CPU flash op returns its log-sum-exp
+
     def band(x, b):
         w = x[b, start:full].permute(1, 0, 2).unfold(1, kb * block, block).transpose(-1, -2)
-        if globals_:  # global keys in front of every band: the bands are then materialised
+        if globals_ and not merge:  # global keys in front of every band: materialised bands
             g = x[b, :globals_].permute(1, 0, 2)[:, None].expand(heads, nbm, globals_, x.shape[-1])
             w = torch.cat([g, w], dim=2)
         return w
 
     for b in range(bsz):  # the fused kernel takes 4-D views; one call per batch element
         qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)  # (H, nbm, block, D)
-        res = torch.nn.functional.scaled_dot_product_attention(qb, band(k, b), band(v, b), attn_mask=mask)
+        if merge:  # the band and the global keys as two calls, merged by their log-sum-exps
+            kg, vg = (x[b, :globals_].permute(1, 0, 2)[:, None] for x in (k, v))  # (H, 1, g, D)
+            res = _BandAndGlobals.apply(qb, band(k, b), band(v, b), kg, vg,
+                                        band_mask(window, block, q.dtype, str(q.device)))
+        else:
+            res = torch.nn.functional.scaled_dot_product_attention(qb, band(k, b), band(v, b),
+                                                                   attn_mask=mask)
         out[b, head:full] = res.permute(1, 2, 0, 3).reshape(nbm * block, heads, v.shape[-1])
     if full < n:  # a partial last block: a few rows, dense over the keys they can see
         k0 = 0 if globals_ else max(0, full - window + 1)
