@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .patterns import Pattern
+from .patterns import Pattern, SlidingWindow
 
 # Largest number of score elements materialised at once (per group of query blocks).
 DEFAULT_BUDGET = 1 << 24
@@ -111,17 +111,24 @@ def block_sparse_attention(
 @functools.lru_cache(maxsize=32)
 def band_mask(window: int, block: int, dtype: torch.dtype, device: str = "cpu",
               globals_: int = 0) -> torch.Tensor:
-    """(1, 1, block, globals_ + S) additive mask shared by every band: query ``r`` of a block sees
-    band key ``c`` (S = kb*block keys, the last block being the query's own) when ``r + S - block
-    - window < c <= r + S - block``; the ``globals_`` global keys in front are all seen."""
+    """(1, 1, block, globals_ + S) additive mask shared by every band: the window pattern between
+    the queries of block kb-1 and keys 0 .. S-1 (S = kb*block), which is the same for every band
+    (the last key block being the query's own); the ``globals_`` global keys in front are all seen."""
     kb = band_blocks(window, block)
-    r = torch.arange(block).view(block, 1)
+    r = torch.arange((kb - 1) * block, kb * block).view(block, 1)
     c = torch.arange(kb * block).view(1, -1)
-    off = (kb - 1) * block
-    seen = (c <= r + off) & (c > r + off - window)
+    seen = SlidingWindow(window).mask_fn(kb * block)(r, c)
     seen = torch.cat([torch.ones(block, globals_, dtype=torch.bool), seen], dim=1)
     mask = torch.zeros(seen.shape, dtype=dtype).masked_fill(~seen, float("-inf"))
     return mask[None, None].to(device)
+
+
+def band_plan(window: int, block: int, globals_: int, dtype: torch.dtype,
+              device) -> tuple[bool, torch.Tensor]:
+    """(merge, mask): whether global keys are a second call merged through the log-sum-exps (on
+    the CPU, whose flash op returns them) or put in front of every band, and the band's mask."""
+    merge = bool(globals_) and torch.device(device).type == "cpu"
+    return merge, band_mask(window, block, dtype, str(device), 0 if merge else globals_)
 
 
 def band_blocks(window: int, block: int) -> int:
@@ -129,12 +136,11 @@ def band_blocks(window: int, block: int) -> int:
     return -(-(window - 1) // block) + 1
 
 
-def _dense_sdpa(q, k, v, q0: int, k0: int, window: int, globals_: int) -> torch.Tensor:
-    """Dense masked SDPA of queries q0.. against keys k0.. ((B, L, H, D) slices) under the window
-    (and Longformer's global tokens: keys < globals_ seen by all, queries < globals_ see all)."""
+def _dense_sdpa(q, k, v, q0: int, k0: int, pattern: Pattern) -> torch.Tensor:
+    """Dense masked SDPA of queries q0.. against keys k0.. ((B, L, H, D) slices) under ``pattern``."""
     qi = torch.arange(q0, q0 + q.shape[1], device=q.device).view(-1, 1)
     ki = torch.arange(k0, k0 + k.shape[1], device=q.device).view(1, -1)
-    seen = (ki <= qi) & ((ki > qi - window) | (ki < globals_) | (qi < globals_))
+    seen = pattern.mask_fn(max(q0 + q.shape[1], k0 + k.shape[1]), q.device)(qi, ki)
     out = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=seen)
     return out.transpose(1, 2)
@@ -177,11 +183,11 @@ class _BandAndGlobals(torch.autograd.Function):
         return dq1 + dq2.view(h, nb, blk, d), dk1, dv1, dk2, dv2, None
 
 
-def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
-                     block: int, globals_: int = 0) -> torch.Tensor:
-    """Causal sliding-window softmax attention; q, k, v: (B, N, H, D) -> (B, N, H, D). With
-    ``globals_`` > 0, Longformer's pattern: the first ``globals_`` keys are seen by every query,
-    and the first ``globals_`` queries see every earlier key.
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
+                     block: int) -> torch.Tensor:
+    """Softmax attention under a ``SlidingWindow`` or a ``Longformer`` pattern (a window plus
+    ``globals`` global tokens: the first keys are seen by every query, the first queries see
+    every earlier key); q, k, v: (B, N, H, D) -> (B, N, H, D).
 
     Queries are cut into blocks of ``block``; the keys a block's windows reach are one contiguous
     band of S = kb*block keys. The bands are overlapping strided *views* of k and v (nothing is
@@ -193,6 +199,7 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     before key 0, or overlap the global keys) and a partial last block are small dense calls.
     Backward is the kernel's, through the views (overlapping bands sum their gradients)."""
     bsz, n, heads, d = q.shape
+    window, globals_ = pattern.window, getattr(pattern, "globals", 0)
     kb = band_blocks(window, block)
     head = (kb - 1) * block  # queries whose band would start before key 0
     if globals_:  # ... or whose window still reaches a global key (which the band must not repeat)
@@ -200,13 +207,12 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     full = (n // block) * block  # queries in whole blocks
     nbm = (full - head) // block  # blocks computed as bands
     if nbm <= 0:
-        return _dense_sdpa(q, k, v, 0, 0, window, globals_)
-    mask = band_mask(window, block, q.dtype, str(q.device), globals_)
+        return _dense_sdpa(q, k, v, 0, 0, pattern)
     out = q.new_empty(bsz, n, heads, v.shape[-1])  # every row is written below (one copy each)
-    out[:, :head] = _dense_sdpa(q[:, :head], k[:, :head], v[:, :head], 0, 0, window, globals_)
+    out[:, :head] = _dense_sdpa(q[:, :head], k[:, :head], v[:, :head], 0, 0, pattern)
     start = head - (kb - 1) * block  # first key of the first band
 
-    merge = globals_ and q.device.type == "cpu"  # the CPU flash op returns its log-sum-exp
+    merge, mask = band_plan(window, block, globals_, q.dtype, q.device)
 
     def band(x, b):
         w = x[b, start:full].permute(1, 0, 2).unfold(1, kb * block, block).transpose(-1, -2)
@@ -219,13 +225,12 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
         qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)  # (H, nbm, block, D)
         if merge:  # the band and the global keys as two calls, merged by their log-sum-exps
             kg, vg = (x[b, :globals_].permute(1, 0, 2)[:, None] for x in (k, v))  # (H, 1, g, D)
-            res = _BandAndGlobals.apply(qb, band(k, b), band(v, b), kg, vg,
-                                        band_mask(window, block, q.dtype, str(q.device)))
+            res = _BandAndGlobals.apply(qb, band(k, b), band(v, b), kg, vg, mask)
         else:
             res = torch.nn.functional.scaled_dot_product_attention(qb, band(k, b), band(v, b),
                                                                    attn_mask=mask)
         out[b, head:full] = res.permute(1, 2, 0, 3).reshape(nbm * block, heads, v.shape[-1])
     if full < n:  # a partial last block: a few rows, dense over the keys they can see
         k0 = 0 if globals_ else max(0, full - window + 1)
-        out[:, full:] = _dense_sdpa(q[:, full:], k[:, k0:], v[:, k0:], full, k0, window, globals_)
+        out[:, full:] = _dense_sdpa(q[:, full:], k[:, k0:], v[:, k0:], full, k0, pattern)
     return out

@@ -89,10 +89,10 @@ def prepare_blocked(variant, case) -> None:
 
 
 def prepare_banded(variant, case) -> None:
-    from .blocksparse import band_mask
+    from .blocksparse import band_plan
 
-    band_mask(variant.params["window"], variant.params["block"], case.dtype, str(case.device),
-              variant.params.get("globals", 0))
+    band_plan(variant.params["window"], variant.params["block"], variant.params.get("globals", 0),
+              case.dtype, case.device)
 
 
 def import_quietly(module: str):

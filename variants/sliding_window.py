@@ -48,7 +48,7 @@ def blocked(q, k, v, *, window: int = 256, block: int = 64):
 def banded(q, k, v, *, window: int = 256, block: int = 64):
     """Each query block's keys as one band (a strided view), all bands in one fused SDPA call with
     the band's mask (linear in N; the fused kernel's softmax)."""
-    return banded_attention(q, k, v, window, block)
+    return banded_attention(q, k, v, SlidingWindow(window), block)
 
 
 @register_variant(

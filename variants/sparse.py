@@ -26,6 +26,7 @@ import torch
 from attnbench.blocksparse import banded_attention, block_sparse_attention
 from attnbench.kernels import (flex, masked_sdpa, prepare_banded, prepare_blocked, prepare_dense,
                                prepare_flex)
+from attnbench.patterns import Longformer
 from attnbench.reference import MATHS
 from attnbench.registry import Capabilities, positive, register_variant
 
@@ -92,4 +93,4 @@ for _math in PATTERN_PARAMS:
 def longformer_banded(q, k, v, *, window: int = 256, globals: int = 16, block: int = 64):
     """Ours: the window as strided bands of keys, the global keys in front of every band, all in
     one fused SDPA call (see sliding_window.banded)."""
-    return banded_attention(q, k, v, window, block, globals)
+    return banded_attention(q, k, v, Longformer(window, globals), block)
