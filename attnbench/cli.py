@@ -200,11 +200,12 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a count such as 20M, 500K or 100000, got {text!r}")
 
 
-_QUALITY_FLAGS = ("dataset", "data_dir", "preset", "train_tokens", "train_seconds", "train_len",
-                  "batch", "lr", "seed", "eval_lens", "eval_tokens", "eval_method", "stride",
-                  "eval_split", "mode", "checkpoint", "ngram_order", "val_fraction")
-_RECALL_FLAGS = ("preset", "seq_lens", "kv_pairs", "train_steps", "batch", "lr", "seed",
-                 "key_vocab", "eval_sequences")
+# the flags of `quality` and `recall` beyond those `_overrides` knows (variants, seq_lens, batch,
+# preset, device, --set)
+_QUALITY_FLAGS = ("dataset", "data_dir", "train_tokens", "train_seconds", "train_len", "lr", "seed",
+                  "eval_lens", "eval_tokens", "eval_method", "stride", "eval_split", "mode",
+                  "checkpoint", "ngram_order", "val_fraction")
+_RECALL_FLAGS = ("kv_pairs", "train_steps", "lr", "seed", "key_vocab", "eval_sequences")
 
 
 def cmd_training(args: argparse.Namespace) -> int:
@@ -216,20 +217,12 @@ def cmd_training(args: argparse.Namespace) -> int:
     section = args.command
     names = _QUALITY_FLAGS if section == "quality" else _RECALL_FLAGS
     overrides = {f"{section}.{k}": getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    if args.variants:
-        overrides[f"{section}.variants"] = args.variants
     if section == "quality" and args.mode == "dropin" and args.checkpoint and not args.dataset:
         meta = _checkpoint_meta(args.checkpoint)  # evaluate on the corpus it was trained on
         overrides["quality.dataset"] = meta.get("dataset", "pystdlib")
     if args.no_dropin:
         overrides["quality.dropin"] = False
-    if getattr(args, "device", None):
-        overrides["device"] = args.device
-    for text in args.set or []:
-        from .suite import parse_override
-
-        key, value = parse_override(text)
-        overrides[key] = value
+    overrides.update(_overrides(args, section))  # the common flags, then --set, which wins
     if args.resume:
         from .results import read_run_json
         from .suite import from_dict
@@ -240,7 +233,7 @@ def cmd_training(args: argparse.Namespace) -> int:
         base = Suite(name=base.name, description=base.description, device=base.device,
                      timing=base.timing, **{section: getattr(base, section)})
     else:
-        if not args.variants and not args.resume:
+        if not args.variants:
             raise ValueError(f"`{section}` needs --variants (or --suite NAME for a suite's [{section}])")
         base = Suite(name=section, description=f"`{section}` command")
     suite = with_overrides(base, overrides)

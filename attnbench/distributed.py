@@ -71,10 +71,8 @@ def run_quality(suite, args) -> int:
                     sub_rows = out.pop("rows", [])
                     row = {**c, **out, "run_id": run_dir.name, "world_size": world,
                            "wall_s": round(time.time() - t0, 3)}
-                    for sub in sub_rows:
-                        if sub["case_id"] not in writer.done:
-                            writer.write(dict(sub, run_id=run_dir.name, world_size=world))
-                    writer.write(row)
+                    writer.write_case(row, [dict(sub, run_id=run_dir.name, world_size=world)
+                                            for sub in sub_rows])
             dist.barrier()
         if rank == 0:
             info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -114,6 +114,23 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def optimizer_step(net, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                   y: torch.Tensor, lr: float, grad_clip: float) -> torch.Tensor:
+    """One step of the shared recipe at learning rate ``lr``: cross-entropy of ``net(x)`` against
+    ``y`` (targets of -100 are ignored), gradients clipped to ``grad_clip`` over ``model``'s
+    parameters (``net`` may wrap ``model``, e.g. in DDP), AdamW. Returns the detached loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with _autocast(x.device):
+        logits = net(x)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
 def train(data: np.ndarray, variant: str, s: TrainSettings, device="cpu", *,
           rank: int = 0, world: int = 1, on_log: Callable[[list], None] | None = None) -> TrainResult:
     """Train the identical model with attention ``variant`` on ``data`` (uint8 train split)."""
@@ -145,18 +162,10 @@ def train(data: np.ndarray, variant: str, s: TrainSettings, device="cpu", *,
                 break
             progress = step / total_steps
         lr = s.lr_at(progress)
-        for group in opt.param_groups:
-            group["lr"] = lr
         offsets = batch_offsets(len(data), s.train_len, s.batch, s.seed, step)[rank::world]
         x, y = get_batch(data, offsets, s.train_len, device)
-        with _autocast(device):
-            logits = net(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        value = _mean_over_processes(loss.detach(), world)
+        loss = optimizer_step(net, model, opt, x, y, lr, s.grad_clip)
+        value = _mean_over_processes(loss, world)
         step += 1
         tokens += s.batch * s.train_len
         if not math.isfinite(value):

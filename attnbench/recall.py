@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .quality import _autocast, _optimizer, build_model
+from .quality import _autocast, _optimizer, build_model, optimizer_step
 
 FILLER = 0
 KEY_BASE, VALUE_BASE = 1, 128  # keys 1.., values 128..
-IGNORE = -100
+IGNORE = -100  # the targets the loss skips (optimizer_step ignores -100)
 
 
 @dataclass(frozen=True)
@@ -111,20 +110,10 @@ def train_recall(variant: str, s: RecallSettings, device="cpu") -> RecallResult:
         else:
             rest = (progress - s.warmup_frac) / (1 - s.warmup_frac)
             lr = s.lr * (s.min_lr_frac + (1 - s.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * rest)))
-        for group in opt.param_groups:
-            group["lr"] = lr
         n, kv = grid[step % len(grid)]
         x, y = mqar_batch(s.batch, n, kv, key_vocab=s.key_vocab,
                           rng=np.random.default_rng([s.seed, step]))
-        x, y = x.to(device), y.to(device)
-        with _autocast(device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        value = loss.item()
+        value = optimizer_step(model, model, opt, x.to(device), y.to(device), lr, s.grad_clip).item()
         if not math.isfinite(value):
             status, reason = "diverged", f"training loss became {value} at step {step + 1}"
             break

@@ -109,6 +109,14 @@ class ResultWriter:
                 os.fsync(f.fileno())
             self.done.add(row["case_id"])
 
+    def write_case(self, row: dict[str, Any], parts: Iterable[dict[str, Any]] = ()) -> None:
+        """A case's own row after its parts (one row per evaluation length or recall setting).
+        The case's row marks it done, so parts left by an interrupted attempt are not repeated."""
+        for part in parts:
+            if part["case_id"] not in self.done:
+                self.write(part)
+        self.write(row)
+
 
 def _git(*args: str) -> str | None:
     try:

@@ -396,11 +396,8 @@ def _sweep(todo, workers, writer, info, suite, progress, on_row) -> None:
             row["run_id"] = info["run_id"]
             row["threads"] = info["environment"].get("worker_threads")
             row["wall_s"] = round(time.time() - t0, 3)
-            for sub in sub_rows:  # written before the case's own row, which marks it done
-                if sub["case_id"] not in writer.done:
-                    sub.update(run_id=info["run_id"], threads=row["threads"])
-                    writer.write(sub)
-            writer.write(row)
+            writer.write_case(row, [dict(sub, run_id=info["run_id"], threads=row["threads"])
+                                    for sub in sub_rows])
             if on_row:
                 on_row(row)
             if bar:
