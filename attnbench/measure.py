@@ -11,7 +11,10 @@ Peak memory of one run of the timed function, minus what was allocated before it
 - CPU (Linux): the process's resettable peak resident set: write ``5`` to ``/proc/self/clear_refs``,
   run, read ``VmHWM`` from ``/proc/self/status`` (method ``cpu_peak_rss``). The worker process
   starts with ``MALLOC_MMAP_THRESHOLD_`` fixed so that large buffers are returned to the system
-  when freed and every case starts from what it really holds.
+  when freed and every case starts from what it really holds, and with PyTorch's
+  ``THP_MEM_ALLOC_ENABLE=1`` (2 MiB pages for large buffers: first-touch page faults otherwise
+  dominate fresh large tensors on machines whose THP mode is ``madvise``). The worker's
+  environment is written into ``run.json``.
 
 Ceilings, measured once per run on the device in use: dense matmul FLOP/s in each dtype, and copy
 bandwidth. Achieved FLOP/s are reported as a fraction of these, never of a datasheet figure.
