@@ -74,13 +74,16 @@ class Performer(FeatureMap):
         return self._cache[key]
 
     def __call__(self, x, *, is_query, stabilize=True):
+        # exp(W x' - |x'|^2 / 2) / sqrt(F) with x' = x / D^(1/4), written so that the full-size
+        # (..., F) tensor is made once (the matmul) and then updated in place: D^(-1/4) goes into
+        # W, and 1/sqrt(F) into the subtracted term as log sqrt(F).
         d = x.shape[-1]
-        w = self.projection(d, x.dtype, x.device)
-        x = x * (d**-0.25)
-        logits = x @ w.t() - 0.5 * (x * x).sum(-1, keepdim=True)  # (..., F)
+        w = self.projection(d, x.dtype, x.device) * d**-0.25
+        shift = (x * x).sum(-1, keepdim=True) * (0.5 * d**-0.5) + 0.5 * math.log(self.features)
+        logits = (x @ w.t()).sub_(shift)  # (..., F)
         if is_query and stabilize:
-            logits = logits - logits.amax(-1, keepdim=True).detach()
-        return torch.exp(logits) / math.sqrt(self.features)
+            logits = logits.sub_(logits.amax(-1, keepdim=True).detach())
+        return logits.exp_()
 
 
 def _orthogonal_gaussian(rows: int, dim: int, seed: int) -> torch.Tensor:

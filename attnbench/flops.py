@@ -10,6 +10,12 @@ phi(k) v^T and the read-out phi(q)^T S cost 2*F*D each, so a forward pass costs 
 (F = number of features), independent of how an implementation arranges the work. Backward and
 forward+backward use the same 2.5 x and 3.5 x factors.
 
+The chunked form of linear attention executes more than that: inside each chunk of C tokens it also
+forms the full C x C block phi(Q_c) phi(K_c)^T (masked afterwards) and multiplies it with V, 2 C (F + D)
+per token and head. ``chunked_linear_flops`` counts that executed work, ``4 N F D + 2 N C (F + D)``
+per head and pass factor, for judging how close a chunked kernel runs to the matmul ceiling;
+``attention_flops`` (and every row's ``flops``) keeps the implementation-independent count.
+
 A decode step counts the pairs of the new token only (its row of the pattern), or 4*F*D per head
 for linear attention.
 """
@@ -36,6 +42,16 @@ def attention_flops(variant, case) -> int:
     else:
         fwd = 4 * b * h * d * math.attended_pairs(n, causal=case.causal)
     return int(fwd * PASS_FACTOR[case.pass_])
+
+
+def chunked_linear_flops(variant, case) -> int:
+    """FLOPs the chunked linear-attention form executes at ``case`` (chunk size from the variant's
+    ``chunk`` parameter): ``attention_flops`` times (1 + C (F + D) / (2 F D))."""
+    math = variant.math
+    if not isinstance(math, LinearMath) or "chunk" not in variant.params:
+        raise ValueError(f"{variant.label} is not a chunked linear-attention variant")
+    f, d, c = math.feature_map.num_features(case.head_dim), case.head_dim, variant.params["chunk"]
+    return int(attention_flops(variant, case) * (1 + c * (f + d) / (2 * f * d)))
 
 
 def model_flops(cfg, variant, batch: int, seq_len: int, pass_: str) -> int:

