@@ -125,10 +125,11 @@ def band_mask(window: int, block: int, dtype: torch.dtype, device: str = "cpu",
 
 def band_plan(window: int, block: int, globals_: int, dtype: torch.dtype,
               device) -> tuple[bool, torch.Tensor]:
-    """(merge, mask): whether global keys are a second call merged through the log-sum-exps (on
-    the CPU, whose flash op returns them) or put in front of every band, and the band's mask."""
-    merge = bool(globals_) and torch.device(device).type == "cpu"
-    return merge, band_mask(window, block, dtype, str(device), 0 if merge else globals_)
+    """(fused, mask): whether the CPU flash op is called directly (``_BandedFlash``: it returns
+    the log-sum-exps, so global keys are a second call merged through them) or PyTorch's SDPA
+    with global keys put in front of every band; and the band's mask."""
+    fused = torch.device(device).type == "cpu"
+    return fused, band_mask(window, block, dtype, str(device), 0 if fused else globals_)
 
 
 def band_blocks(window: int, block: int) -> int:
@@ -146,41 +147,72 @@ def _dense_sdpa(q, k, v, q0: int, k0: int, pattern: Pattern) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-class _BandAndGlobals(torch.autograd.Function):
-    """Attention of query blocks over their band of keys *and* a few global keys, as two calls of
-    the CPU flash kernel merged through their log-sum-exps (no band is materialised):
+def _bands(x: torch.Tensor, kb: int, block: int) -> torch.Tensor:
+    """(H, L, D) keys -> (H, nb, kb*block, D) overlapping bands, band i starting at key i*block:
+    a strided view, nothing copied."""
+    return x.unfold(1, kb * block, block).transpose(-1, -2)
+
+
+def _fold_bands(dbands: torch.Tensor, kb: int, block: int) -> torch.Tensor:
+    """The gradient of ``_bands``: (H, nb, kb*block, D) -> (H, (nb+kb-1)*block, D), each key
+    block summing the kb band slots it appears in (kb strided adds; autograd's unfold_backward
+    zero-fills and scatters instead, 3-4x slower here)."""
+    h, nb, _, d = dbands.shape
+    out = dbands.new_zeros(h, nb + kb - 1, block, d)
+    slots = dbands.view(h, nb, kb, block, d)
+    for s in range(kb):
+        out[:, s:s + nb].add_(slots[:, :, s])
+    return out.view(h, (nb + kb - 1) * block, d)
+
+
+class _BandedFlash(torch.autograd.Function):
+    """Query blocks (H, nb, block, D) over their bands of keys (overlapping views of (H, L, D)
+    keys, band i starting at key i*block) and optionally a few global keys, with the CPU flash
+    kernel; no band is materialised, in either direction.
+
+    With global keys, the band and the globals are two flash calls merged through their
+    log-sum-exps:
 
         out = o_band * exp(lse_band - L) + o_glob * exp(lse_glob - L),  L = logaddexp(lse_band, lse_glob)
 
     Backward: the flash backward of each part, given the *merged* output and L, yields exactly
-    that part's share of dq, dk, dv (P_ij = exp(s_ij - L_i) and delta_i = dO_i . O_i are global)."""
+    that part's share of dq, dk, dv (P_ij = exp(s_ij - L_i) and delta_i = dO_i . O_i are global).
+    The band gradients (kb times the size of K) are folded back into K's layout by ``_fold_bands``."""
 
     @staticmethod
-    def forward(ctx, qb, kw, vw, kg, vg, mask):
+    def forward(ctx, qb, k, v, kg, vg, mask, kb, block):
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         h, nb, blk, d = qb.shape
-        o1, l1 = flash(qb, kw, vw, attn_mask=mask)
-        qg = qb.reshape(h, 1, nb * blk, d)
-        o2, l2 = flash(qg, kg, vg)
-        l2 = l2.view(h, nb, blk)
-        lse = torch.logaddexp(l1, l2)
-        # in place: o1 and o2 are this function's own fresh outputs
-        out = o1.mul_(torch.exp(l1 - lse)[..., None].to(o1.dtype))
-        out.add_(o2.view(h, nb, blk, -1).mul_(torch.exp(l2 - lse)[..., None].to(o2.dtype)))
-        ctx.save_for_backward(qb, kw, vw, kg, vg, mask, out, lse)
+        out, lse = flash(qb, _bands(k, kb, block), _bands(v, kb, block), attn_mask=mask)
+        if kg is not None:
+            o2, l2 = flash(qb.reshape(h, 1, nb * blk, d), kg, vg)
+            l2 = l2.view(h, nb, blk)
+            merged = torch.logaddexp(lse, l2)
+            # in place: out and o2 are this function's own fresh outputs
+            out.mul_(torch.exp(lse - merged)[..., None].to(out.dtype))
+            out.add_(o2.view(h, nb, blk, -1).mul_(torch.exp(l2 - merged)[..., None].to(o2.dtype)))
+            lse = merged
+        ctx.save_for_backward(qb, k, v, kg, vg, mask, out, lse)
+        ctx.kb, ctx.block = kb, block
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        qb, kw, vw, kg, vg, mask, out, lse = ctx.saved_tensors
+        qb, k, v, kg, vg, mask, out, lse = ctx.saved_tensors
+        kb, block = ctx.kb, ctx.block
         back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
         h, nb, blk, d = qb.shape
         grad = grad.contiguous()
-        dq1, dk1, dv1 = back(grad, qb, kw, vw, out, lse, 0.0, False, attn_mask=mask)
-        flat = lambda x: x.reshape(h, 1, nb * blk, x.shape[-1])  # noqa: E731
-        dq2, dk2, dv2 = back(flat(grad), qb.reshape(h, 1, nb * blk, d), kg, vg, flat(out),
-                             lse.reshape(h, 1, nb * blk), 0.0, False)
-        return dq1 + dq2.view(h, nb, blk, d), dk1, dv1, dk2, dv2, None
+        dq, dkb, dvb = back(grad, qb, _bands(k, kb, block), _bands(v, kb, block), out, lse, 0.0,
+                            False, attn_mask=mask)
+        dk, dv = _fold_bands(dkb, kb, block), _fold_bands(dvb, kb, block)
+        dkg = dvg = None
+        if kg is not None:
+            flat = lambda x: x.reshape(h, 1, nb * blk, x.shape[-1])  # noqa: E731
+            dq2, dkg, dvg = back(flat(grad), flat(qb), kg, vg, flat(out), lse.reshape(h, 1, nb * blk),
+                                 0.0, False)
+            dq.add_(dq2.view(h, nb, blk, d))
+        return dq, dk, dv, dkg, dvg, None, None, None
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
@@ -194,10 +226,11 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     copied or padded), the query blocks a view of q, and one call of PyTorch's fused SDPA kernel
     treats the blocks as heads, (H, nb, block, D) x (H, nb, S, D), with one (block, S) mask shared
     by every band: cost N*S, linear in N, with the kernel's fused softmax. Global keys are a second
-    call merged through the log-sum-exps on the CPU (``_BandAndGlobals``), and elsewhere put in
+    call merged through the log-sum-exps on the CPU (``_BandedFlash``), and elsewhere put in
     front of every band (which then has to be copied). The first blocks (whose band would start
     before key 0, or overlap the global keys) and a partial last block are small dense calls.
-    Backward is the kernel's, through the views (overlapping bands sum their gradients)."""
+    Backward: on the CPU the flash kernel's backward on the same views, the band gradients folded
+    back by kb strided adds (``_BandedFlash``); elsewhere autograd through the views."""
     bsz, n, heads, d = q.shape
     window, globals_ = pattern.window, getattr(pattern, "globals", 0)
     kb = band_blocks(window, block)
@@ -212,20 +245,22 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     out[:, :head] = _dense_sdpa(q[:, :head], k[:, :head], v[:, :head], 0, 0, pattern)
     start = head - (kb - 1) * block  # first key of the first band
 
-    merge, mask = band_plan(window, block, globals_, q.dtype, q.device)
+    fused, mask = band_plan(window, block, globals_, q.dtype, q.device)
 
-    def band(x, b):
-        w = x[b, start:full].permute(1, 0, 2).unfold(1, kb * block, block).transpose(-1, -2)
-        if globals_ and not merge:  # global keys in front of every band: materialised bands
+    def band(x, b):  # (H, nbm, S, D) views; with global keys in front: materialised
+        w = _bands(x[b, start:full].permute(1, 0, 2), kb, block)
+        if globals_:
             g = x[b, :globals_].permute(1, 0, 2)[:, None].expand(heads, nbm, globals_, x.shape[-1])
             w = torch.cat([g, w], dim=2)
         return w
 
     for b in range(bsz):  # the fused kernel takes 4-D views; one call per batch element
         qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)  # (H, nbm, block, D)
-        if merge:  # the band and the global keys as two calls, merged by their log-sum-exps
-            kg, vg = (x[b, :globals_].permute(1, 0, 2)[:, None] for x in (k, v))  # (H, 1, g, D)
-            res = _BandAndGlobals.apply(qb, band(k, b), band(v, b), kg, vg, mask)
+        if fused:  # the CPU flash kernel directly: bands as views both ways, globals merged
+            kw, vw = (x[b, start:full].permute(1, 0, 2) for x in (k, v))  # (H, L, D)
+            kg, vg = ((x[b, :globals_].permute(1, 0, 2)[:, None] if globals_ else None)
+                      for x in (k, v))  # (H, 1, g, D)
+            res = _BandedFlash.apply(qb, kw, vw, kg, vg, mask, kb, block)
         else:
             res = torch.nn.functional.scaled_dot_product_attention(qb, band(k, b), band(v, b),
                                                                    attn_mask=mask)

@@ -45,7 +45,7 @@ def blocked(q, k, v, *, window: int = 256, block: int = 64):
 
 @register_variant("sliding_window.banded", family=SW, validate=positive("block"),
                   prepare=prepare_banded)
-def banded(q, k, v, *, window: int = 256, block: int = 64):
+def banded(q, k, v, *, window: int = 256, block: int = 32):
     """Each query block's keys as one band (a strided view), all bands in one fused SDPA call with
     the band's mask (linear in N; the fused kernel's softmax)."""
     return banded_attention(q, k, v, SlidingWindow(window), block)
