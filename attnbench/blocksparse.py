@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .flashunion import Band, Globals, bands, dense_masked, union_of_pieces
 from .patterns import Pattern, SlidingWindow
 
 # Largest number of score elements materialised at once (per group of query blocks).
@@ -125,7 +126,7 @@ def band_mask(window: int, block: int, dtype: torch.dtype, device: str = "cpu",
 
 def band_plan(window: int, block: int, globals_: int, dtype: torch.dtype,
               device) -> tuple[bool, torch.Tensor]:
-    """(fused, mask): whether the CPU flash op is called directly (``_BandedFlash``: it returns
+    """(fused, mask): whether the CPU flash op is called directly (``flashunion``: it returns
     the log-sum-exps, so global keys are a second call merged through them) or PyTorch's SDPA
     with global keys put in front of every band; and the band's mask."""
     fused = torch.device(device).type == "cpu"
@@ -135,84 +136,6 @@ def band_plan(window: int, block: int, globals_: int, dtype: torch.dtype,
 def band_blocks(window: int, block: int) -> int:
     """Key blocks a query block's windows touch: its own and ceil((window - 1) / block) before."""
     return -(-(window - 1) // block) + 1
-
-
-def _dense_sdpa(q, k, v, q0: int, k0: int, pattern: Pattern) -> torch.Tensor:
-    """Dense masked SDPA of queries q0.. against keys k0.. ((B, L, H, D) slices) under ``pattern``."""
-    qi = torch.arange(q0, q0 + q.shape[1], device=q.device).view(-1, 1)
-    ki = torch.arange(k0, k0 + k.shape[1], device=q.device).view(1, -1)
-    seen = pattern.mask_fn(max(q0 + q.shape[1], k0 + k.shape[1]), q.device)(qi, ki)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=seen)
-    return out.transpose(1, 2)
-
-
-def _bands(x: torch.Tensor, kb: int, block: int) -> torch.Tensor:
-    """(H, L, D) keys -> (H, nb, kb*block, D) overlapping bands, band i starting at key i*block:
-    a strided view, nothing copied."""
-    return x.unfold(1, kb * block, block).transpose(-1, -2)
-
-
-def _fold_bands(dbands: torch.Tensor, kb: int, block: int) -> torch.Tensor:
-    """The gradient of ``_bands``: (H, nb, kb*block, D) -> (H, (nb+kb-1)*block, D), each key
-    block summing the kb band slots it appears in (kb strided adds; autograd's unfold_backward
-    zero-fills and scatters instead, 3-4x slower here)."""
-    h, nb, _, d = dbands.shape
-    out = dbands.new_zeros(h, nb + kb - 1, block, d)
-    slots = dbands.view(h, nb, kb, block, d)
-    for s in range(kb):
-        out[:, s:s + nb].add_(slots[:, :, s])
-    return out.view(h, (nb + kb - 1) * block, d)
-
-
-class _BandedFlash(torch.autograd.Function):
-    """Query blocks (H, nb, block, D) over their bands of keys (overlapping views of (H, L, D)
-    keys, band i starting at key i*block) and optionally a few global keys, with the CPU flash
-    kernel; no band is materialised, in either direction.
-
-    With global keys, the band and the globals are two flash calls merged through their
-    log-sum-exps:
-
-        out = o_band * exp(lse_band - L) + o_glob * exp(lse_glob - L),  L = logaddexp(lse_band, lse_glob)
-
-    Backward: the flash backward of each part, given the *merged* output and L, yields exactly
-    that part's share of dq, dk, dv (P_ij = exp(s_ij - L_i) and delta_i = dO_i . O_i are global).
-    The band gradients (kb times the size of K) are folded back into K's layout by ``_fold_bands``."""
-
-    @staticmethod
-    def forward(ctx, qb, k, v, kg, vg, mask, kb, block):
-        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        h, nb, blk, d = qb.shape
-        out, lse = flash(qb, _bands(k, kb, block), _bands(v, kb, block), attn_mask=mask)
-        if kg is not None:
-            o2, l2 = flash(qb.reshape(h, 1, nb * blk, d), kg, vg)
-            l2 = l2.view(h, nb, blk)
-            merged = torch.logaddexp(lse, l2)
-            # in place: out and o2 are this function's own fresh outputs
-            out.mul_(torch.exp(lse - merged)[..., None].to(out.dtype))
-            out.add_(o2.view(h, nb, blk, -1).mul_(torch.exp(l2 - merged)[..., None].to(o2.dtype)))
-            lse = merged
-        ctx.save_for_backward(qb, k, v, kg, vg, mask, out, lse)
-        ctx.kb, ctx.block = kb, block
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        qb, k, v, kg, vg, mask, out, lse = ctx.saved_tensors
-        kb, block = ctx.kb, ctx.block
-        back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        h, nb, blk, d = qb.shape
-        grad = grad.contiguous()
-        dq, dkb, dvb = back(grad, qb, _bands(k, kb, block), _bands(v, kb, block), out, lse, 0.0,
-                            False, attn_mask=mask)
-        dk, dv = _fold_bands(dkb, kb, block), _fold_bands(dvb, kb, block)
-        dkg = dvg = None
-        if kg is not None:
-            flat = lambda x: x.reshape(h, 1, nb * blk, x.shape[-1])  # noqa: E731
-            dq2, dkg, dvg = back(flat(grad), flat(qb), kg, vg, flat(out), lse.reshape(h, 1, nb * blk),
-                                 0.0, False)
-            dq.add_(dq2.view(h, nb, blk, d))
-        return dq, dk, dv, dkg, dvg, None, None, None
 
 
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
@@ -226,11 +149,11 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     copied or padded), the query blocks a view of q, and one call of PyTorch's fused SDPA kernel
     treats the blocks as heads, (H, nb, block, D) x (H, nb, S, D), with one (block, S) mask shared
     by every band: cost N*S, linear in N, with the kernel's fused softmax. Global keys are a second
-    call merged through the log-sum-exps on the CPU (``_BandedFlash``), and elsewhere put in
+    call merged through the log-sum-exps on the CPU (``flashunion``), and elsewhere put in
     front of every band (which then has to be copied). The first blocks (whose band would start
     before key 0, or overlap the global keys) and a partial last block are small dense calls.
     Backward: on the CPU the flash kernel's backward on the same views, the band gradients folded
-    back by kb strided adds (``_BandedFlash``); elsewhere autograd through the views."""
+    back by kb strided adds (``flashunion.Band``); elsewhere autograd through the views."""
     bsz, n, heads, d = q.shape
     window, globals_ = pattern.window, getattr(pattern, "globals", 0)
     kb = band_blocks(window, block)
@@ -240,32 +163,31 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     full = (n // block) * block  # queries in whole blocks
     nbm = (full - head) // block  # blocks computed as bands
     if nbm <= 0:
-        return _dense_sdpa(q, k, v, 0, 0, pattern)
+        return dense_masked(q, k, v, 0, 0, pattern)
     out = q.new_empty(bsz, n, heads, v.shape[-1])  # every row is written below (one copy each)
-    out[:, :head] = _dense_sdpa(q[:, :head], k[:, :head], v[:, :head], 0, 0, pattern)
+    out[:, :head] = dense_masked(q[:, :head], k[:, :head], v[:, :head], 0, 0, pattern)
     start = head - (kb - 1) * block  # first key of the first band
 
     fused, mask = band_plan(window, block, globals_, q.dtype, q.device)
+    pieces = (Band(kb, mask),) + ((Globals(globals_),) if globals_ else ())
 
     def band(x, b):  # (H, nbm, S, D) views; with global keys in front: materialised
-        w = _bands(x[b, start:full].permute(1, 0, 2), kb, block)
+        w = bands(x[b, start:full].permute(1, 0, 2), kb, block)
         if globals_:
             g = x[b, :globals_].permute(1, 0, 2)[:, None].expand(heads, nbm, globals_, x.shape[-1])
             w = torch.cat([g, w], dim=2)
         return w
 
     for b in range(bsz):  # the fused kernel takes 4-D views; one call per batch element
-        qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)  # (H, nbm, block, D)
         if fused:  # the CPU flash kernel directly: bands as views both ways, globals merged
-            kw, vw = (x[b, start:full].permute(1, 0, 2) for x in (k, v))  # (H, L, D)
-            kg, vg = ((x[b, :globals_].permute(1, 0, 2)[:, None] if globals_ else None)
-                      for x in (k, v))  # (H, 1, g, D)
-            res = _BandedFlash.apply(qb, kw, vw, kg, vg, mask, kb, block)
+            qh, kh, vh = (x[b, :full].permute(1, 0, 2) for x in (q, k, v))  # (H, full, D)
+            res = union_of_pieces(qh, kh, vh, pieces, head, block)
         else:
+            qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)  # (H, nbm, block, D)
             res = torch.nn.functional.scaled_dot_product_attention(qb, band(k, b), band(v, b),
                                                                    attn_mask=mask)
         out[b, head:full] = res.permute(1, 2, 0, 3).reshape(nbm * block, heads, v.shape[-1])
     if full < n:  # a partial last block: a few rows, dense over the keys they can see
         k0 = 0 if globals_ else max(0, full - window + 1)
-        out[:, full:] = _dense_sdpa(q[:, full:], k[:, k0:], v[:, k0:], full, k0, pattern)
+        out[:, full:] = dense_masked(q[:, full:], k[:, k0:], v[:, k0:], full, k0, pattern)
     return out

@@ -95,6 +95,12 @@ def prepare_banded(variant, case) -> None:
               case.dtype, case.device)
 
 
+def prepare_union(variant, case) -> None:
+    from .flashunion import union_plan
+
+    union_plan(variant.math.pattern_for(case.causal), case.seq_len, case.dtype, str(case.device))
+
+
 def import_quietly(module: str):
     """Import an optional package, silencing import-time warnings (xformers warns on CPU)."""
     import importlib

@@ -6,7 +6,7 @@
 
 Every figure comes from the run's rows (float32 unless stated; B=1, H=8, D=64); ratios compare
 cases measured side by side in that one run. "Own" implementations are ours (``blocked``,
-``banded``, ``chunked``); FlexAttention is the peer.
+``banded``, ``union``, ``chunked``); FlexAttention is the peer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from attnbench import results  # noqa: E402
 
 OWN_SW = ("sliding_window.banded", "sliding_window.blocked")
 PATTERNS = ("strided", "bigbird", "longformer")
-OWN_SPARSE = ("blocked", "banded")  # ours; the best of those a pattern has counts
+OWN_SPARSE = ("blocked", "banded", "union")  # ours; the best of those a pattern has counts
 
 
 class Rows:

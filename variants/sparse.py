@@ -11,9 +11,11 @@ Three patterns (``attnbench.patterns``), each with three implementations:
 - ``longformer`` (Beltagy et al. 2020): a ``window``-token sliding window + ``globals`` global tokens.
 
 Implementations: ``masked`` (SDPA with the dense mask: quadratic), ``blocked`` (our block-sparse
-PyTorch: cost proportional to the attended blocks), ``flex`` (FlexAttention BlockMask); and for
-longformer ``banded`` (ours: the window as strided key bands plus the global keys, one fused SDPA
-call).
+PyTorch: cost proportional to the attended blocks), ``flex`` (FlexAttention BlockMask); for
+strided and bigbird ``union`` (ours, CPU: ``attnbench.flashunion``: disjoint dense pieces, one flash
+call each, merged through their log-sum-exps; strided keys become a causal attention over the
+blocks re-ordered by residue), and for longformer ``banded`` (ours: the window as strided key
+bands plus the global keys, merged the same way on the CPU).
 Decoding keeps a full KV cache and attends to the keys the pattern allows for the new token.
 """
 
@@ -24,8 +26,9 @@ import inspect
 import torch
 
 from attnbench.blocksparse import banded_attention, block_sparse_attention
+from attnbench.flashunion import union_attention
 from attnbench.kernels import (flex, masked_sdpa, prepare_banded, prepare_blocked, prepare_dense,
-                               prepare_flex)
+                               prepare_flex, prepare_union)
 from attnbench.patterns import Longformer
 from attnbench.reference import MATHS
 from attnbench.registry import Capabilities, positive, register_variant
@@ -50,6 +53,10 @@ def _flex(q, k, v, pattern, **impl):
     return flex(q, k, v, pattern)
 
 
+def _union(q, k, v, pattern, **impl):
+    return union_attention(q, k, v, pattern)
+
+
 IMPLS = {
     "masked": (_masked, "Dense masked SDPA (quadratic cost)", Capabilities(), prepare_dense),
     "blocked": (_blocked, "Block-sparse PyTorch, cost proportional to the attended blocks",
@@ -57,7 +64,12 @@ IMPLS = {
     "flex": (_flex, "FlexAttention with the pattern's BlockMask",
              Capabilities(cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
              prepare_flex),
+    "union": (_union, "Ours: the pattern as a union of dense pieces (a band of blocks, the global "
+              "blocks, strided blocks re-ordered by residue, gathered random blocks), one CPU "
+              "flash call each, merged through their log-sum-exps",
+              Capabilities(devices=("cpu",)), prepare_union),
 }
+UNION_PATTERNS = ("strided", "bigbird")  # longformer's union is its banded implementation
 
 
 def _register(math: str, impl: str) -> None:
@@ -85,7 +97,8 @@ def _register(math: str, impl: str) -> None:
 
 for _math in PATTERN_PARAMS:
     for _impl in IMPLS:
-        _register(_math, _impl)
+        if _impl != "union" or _math in UNION_PATTERNS:
+            _register(_math, _impl)
 
 
 @register_variant("sparse.longformer.banded", family="sparse", math="longformer",
