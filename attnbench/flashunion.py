@@ -104,7 +104,7 @@ class Globals(Piece):
     keys: int
 
     def forward(self, q, k, v, q0, block):
-        h, np_, d = q.shape
+        h = q.shape[0]
         o, lse = FLASH(q[None, :, q0:], k[None, :, :self.keys], v[None, :, :self.keys])
         return o.view(h, -1, block, v.shape[-1]), lse.view(h, -1, block)
 
@@ -313,7 +313,7 @@ def union_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     plan = union_plan(pattern, n, q.dtype, str(q.device))
     q0 = plan.head * block
     np_ = -(-n // plan.multiple) * plan.multiple
-    if np_ - q0 < plan.multiple or np_ - q0 <= 0:  # too short for the pieces: all dense
+    if np_ - q0 < plan.multiple:  # too short for the pieces: all dense
         return dense_masked(q, k, v, 0, 0, pattern)
     if np_ > n:  # zero-padded keys come after every real query: no real row sees them
         q, k, v = (F.pad(x, (0, 0, 0, 0, 0, np_ - n)) for x in (q, k, v))
