@@ -12,7 +12,7 @@ Public surface::
     def my_idea(q, k, v, *, window: int = 128): ...
 """
 
-from .registry import (
+from attnbench.registry import (
     FAMILIES,
     Capabilities,
     Case,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import registry
+from attnbench import registry
 
 
 def _default_device() -> str:
@@ -84,7 +84,7 @@ def _csv(kind):
 
 def _overrides(args: argparse.Namespace, section: str | None) -> dict:
     """Command-line flags -> suite overrides (``section.key``)."""
-    from .suite import parse_override
+    from attnbench.bench.suite import parse_override
 
     out = {}
     flags = {"variants": "variants", "seq_lens": "seq_lens", "passes": "passes", "dtype": "dtypes",
@@ -112,7 +112,8 @@ def _overrides(args: argparse.Namespace, section: str | None) -> dict:
 
 
 def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
-    from . import results, runner
+    from attnbench.bench import results
+    from attnbench.bench import runner
 
     if getattr(args, "workers", 1) < 1 or getattr(args, "max_jobs", 1) < 1:
         raise ValueError(f"--workers and --max-jobs must be >= 1 (got {args.workers}, {args.max_jobs})")
@@ -129,7 +130,7 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
           file=sys.stderr)
     launcher = getattr(args, "launcher", "local")
     if launcher == "submitit":
-        from .scaleout import launch
+        from attnbench.bench.scaleout import launch
 
         launch(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
                local=args.submitit_local, max_jobs=args.max_jobs, partition=args.slurm_partition,
@@ -141,7 +142,7 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
     rows = results.read_rows(run_dir)
     print(results.summary_table(rows))
     if rows:
-        from .report import write_report
+        from attnbench.report.document import write_report
 
         written = write_report(run_dir)
         print(f"\nreport: {written['markdown']} and {written['html'].name}, "
@@ -156,8 +157,8 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .results import read_run_json
-    from .suite import from_dict, load_suite, with_overrides
+    from attnbench.bench.results import read_run_json
+    from attnbench.bench.suite import from_dict, load_suite, with_overrides
 
     for path in args.plugins:
         registry.load_plugin(path)
@@ -177,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_level(args: argparse.Namespace) -> int:
     """`op` and `model`: a one-section suite built from flags."""
-    from .suite import Suite, with_overrides
+    from attnbench.bench.suite import Suite, with_overrides
 
     for path in args.plugins:
         registry.load_plugin(path)
@@ -210,7 +211,7 @@ _RECALL_FLAGS = ("kv_pairs", "train_steps", "lr", "seed", "key_vocab", "eval_seq
 
 def cmd_training(args: argparse.Namespace) -> int:
     """`quality` and `recall`: a one-section suite built from flags (or a suite's section)."""
-    from .suite import Suite, load_suite, with_overrides
+    from attnbench.bench.suite import Suite, load_suite, with_overrides
 
     for path in args.plugins:
         registry.load_plugin(path)
@@ -224,8 +225,8 @@ def cmd_training(args: argparse.Namespace) -> int:
         overrides["quality.dropin"] = False
     overrides.update(_overrides(args, section))  # the common flags, then --set, which wins
     if args.resume:
-        from .results import read_run_json
-        from .suite import from_dict
+        from attnbench.bench.results import read_run_json
+        from attnbench.bench.suite import from_dict
 
         base = from_dict(read_run_json(args.resume)["suite"])
     elif args.suite:  # a suite's section, flags on top
@@ -237,12 +238,12 @@ def cmd_training(args: argparse.Namespace) -> int:
             raise ValueError(f"`{section}` needs --variants (or --suite NAME for a suite's [{section}])")
         base = Suite(name=section, description=f"`{section}` command")
     suite = with_overrides(base, overrides)
-    from . import distributed
+    from attnbench.bench import torchrun
 
-    if distributed.launched_by_torchrun():
+    if torchrun.launched_by_torchrun():
         if section != "quality":
             raise ValueError("only `quality` trains data-parallel under torchrun")
-        return distributed.run_quality(suite, args)
+        return torchrun.run_quality(suite, args)
     return _run_suite(args, suite, sys.argv)
 
 
@@ -253,7 +254,7 @@ def _checkpoint_meta(path: str) -> dict:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from attnbench.report.document import write_report
 
     for path in args.plugins:
         registry.load_plugin(path)
@@ -264,7 +265,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from attnbench.report.compare import compare
 
     floors = {k: v for k, v in (("time_ms", args.floor_ms), ("bits_per_byte", args.floor_bpb),
                                 ("accuracy", args.floor_accuracy)) if v is not None}

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import get_variant
+from attnbench.registry import get_variant
 
 
 @dataclass(frozen=True)

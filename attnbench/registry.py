@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from .reference import MATHS, LinearMath, Math, SoftmaxMath
+from attnbench.attention.reference import MATHS, LinearMath, Math, SoftmaxMath
 
 FAMILIES = ("naive", "fused", "sparse", "linear", "sliding_window")
 PASSES = ("fwd", "fwd_bwd", "decode")
@@ -164,14 +164,14 @@ def register_variant(
     Args:
         name: dotted name, conventionally ``family.impl`` or ``family.math.impl``.
         family: one of ``FAMILIES``.
-        math: the math it computes (a key of ``attnbench.reference.MATHS``). Default: from the
+        math: the math it computes (a key of ``attnbench.attention.reference.MATHS``). Default: from the
             family (naive and fused: ``causal_softmax``; sliding_window: ``sliding_window``) or
             from the name's middle part (``sparse.bigbird.flex`` -> ``bigbird``).
         supports: capabilities; default: every device and float dtype, backward and decode.
         exact: whether it equals full softmax attention; default: from the math.
         reasons: ``f(case, params) -> list[str]`` for reasons only known at run time.
         decoder: factory ``f(variant, batch, heads, head_dim, max_len, dtype, device)`` of a
-            decoder (see ``attnbench.decode``); default: from the math.
+            decoder (see ``attnbench.attention.decode``); default: from the math.
         validate: ``f(params)`` raising ``ValueError`` for bad implementation parameters.
         prepare: ``f(variant, case)`` that builds what the implementation caches per shape
             (masks, block plans), so the harness can time it apart from the kernel.
@@ -245,11 +245,43 @@ def _ensure_loaded() -> None:
     if _LOADED:
         return
     _LOADED = True
-    importlib.import_module("variants")
+    _import_builtin_variants()
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="attnbench.variants"):
-        ep.load()
+        if ep.value != BUILTIN_VARIANTS:
+            ep.load()
+
+
+BUILTIN_VARIANTS = "attnbench.variants"
+
+
+def _import_builtin_variants() -> None:
+    """``attnbench.variants``: installed from the top-level ``variants/`` folder (setuptools'
+    package-dir mapping). In a source checkout that is not installed, the folder beside the
+    package is loaded under the same name, never as a top-level ``variants`` module."""
+    try:
+        importlib.import_module(BUILTIN_VARIANTS)
+        return
+    except ModuleNotFoundError as e:
+        if e.name != BUILTIN_VARIANTS:
+            raise
+    init = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "variants",
+                        "__init__.py")
+    if not os.path.isfile(init):
+        raise ImportError(f"the built-in variants ({BUILTIN_VARIANTS}) are not installed and "
+                          f"there is no source folder at {os.path.dirname(init)}")
+    spec = importlib.util.spec_from_file_location(
+        BUILTIN_VARIANTS, init, submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[BUILTIN_VARIANTS] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[BUILTIN_VARIANTS]
+        raise
 
 
 _PLUGINS: set[str] = set()
@@ -264,12 +296,12 @@ def load_plugin(path: str) -> None:
     key = os.path.realpath(path)
     if key in _PLUGINS:
         return
-    _PLUGINS.add(key)
     spec = importlib.util.spec_from_file_location(
         f"attnbench_plugin_{os.path.splitext(os.path.basename(path))[0]}", path
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    _PLUGINS.add(key)  # only once it ran: a retry after a failure imports it again
 
 
 def variant_names() -> list[str]:
@@ -446,7 +478,7 @@ class Variant:
     def decoder(self, batch: int, heads: int, head_dim: int, *, max_len: int,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         """A decoder: ``prefill(q, k, v)`` then ``step(q, k, v)`` one token at a time."""
-        from . import decode
+        from attnbench.attention import decode
 
         factory = self.info.decoder or decode.default_decoder
         return factory(self, batch, heads, head_dim, max_len=max_len, dtype=dtype, device=device)
@@ -513,8 +545,8 @@ class Variant:
         return out
 
     def flops(self, case: Case) -> int:
-        """FLOPs of one call at ``case`` (see ``attnbench.flops``)."""
-        from .flops import attention_flops
+        """FLOPs of one call at ``case`` (see ``attnbench.bench.flops``)."""
+        from attnbench.bench.flops import attention_flops
 
         return attention_flops(self, case)
 

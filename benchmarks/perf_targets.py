@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attnbench import results  # noqa: E402
+from attnbench.bench import results  # noqa: E402
 
 OWN_SW = ("sliding_window.banded", "sliding_window.blocked")
 PATTERNS = ("strided", "bigbird", "longformer")
@@ -54,7 +54,7 @@ def _fmt(x, kind):
 
 def _chunked_over_documented(row) -> float:
     """The chunked linear form's executed FLOPs over the row's implementation-independent count."""
-    from attnbench.flops import attention_flops, chunked_linear_flops
+    from attnbench.bench.flops import attention_flops, chunked_linear_flops
     from attnbench.registry import Case, get_variant
 
     variant = get_variant(row["variant"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import attnbench
-from attnbench.reference import reference_error
+from attnbench.attention.reference import reference_error
 from attnbench.registry import dtype_name
 
 # Parameters that make each pattern non-trivial at test sizes (window < N, several blocks).
@@ -61,6 +61,6 @@ def random_qkv(shape, dtype, device="cpu", seed=0, requires_grad=False):
 
 
 def assert_close_to_reference(name, got, plain, ref, dtype, multiple=3.0):
-    """Self-calibrating check (``attnbench.reference.reference_error``, the benchmark gate's rule)."""
+    """Self-calibrating check (``attnbench.attention.reference.reference_error``, the benchmark gate's rule)."""
     why = reference_error(got, plain, ref, dtype, multiple)
     assert why is None, f"{name}: {why}"

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnbench import data
-from attnbench.data import CorpusError, DataStore, Source, load_corpus
-from attnbench.ngram import ByteNGram
+from attnbench.quality import data
+from attnbench.quality.data import CorpusError, DataStore, Source, load_corpus
+from attnbench.quality.ngram import ByteNGram
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "SOURCES.md").exists(),

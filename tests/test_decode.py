@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.decode import KVCacheDecoder, RecurrentDecoder, RingBufferDecoder
+from attnbench.attention.decode import KVCacheDecoder, RecurrentDecoder, RingBufferDecoder
 from attnbench.registry import Case
 
 from helpers import is_flex, random_qkv, small_variant

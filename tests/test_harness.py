@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import attnbench
-from attnbench import results, runner
-from attnbench.suite import Suite, from_dict, load_suite, with_overrides
+from attnbench.bench import results
+from attnbench.bench import runner
+from attnbench.bench.suite import Suite, from_dict, load_suite, with_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = str(Path(__file__).parent / "plugins" / "planted.py")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.blocksparse import block_plan
-from attnbench.patterns import BigBird, Full, Longformer, SlidingWindow, Strided, render
+from attnbench.attention.blocksparse import block_plan
+from attnbench.attention.patterns import BigBird, Full, Longformer, SlidingWindow, Strided, render
 from attnbench.registry import Case
 
 PATTERNS = [Full(), Full(False), SlidingWindow(5), SlidingWindow(1), Strided(4, 3),

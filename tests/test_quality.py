@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from attnbench import recall, results
-from attnbench.data import load_corpus
-from attnbench.quality import (TrainSettings, batch_offsets, build_model, eval_windows, evaluate,
+from attnbench.quality import recall
+
+from attnbench.bench import results
+from attnbench.quality.data import load_corpus
+from attnbench.quality.train import (TrainSettings, batch_offsets, build_model, eval_windows, evaluate,
                                load_checkpoint, train)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -130,8 +130,8 @@ def test_missing_package_is_a_reason_not_an_import_error():
 
 
 def test_user_registration_example_from_the_readme():
-    from attnbench.patterns import SlidingWindow
-    from attnbench.reference import softmax_attention
+    from attnbench.attention.patterns import SlidingWindow
+    from attnbench.attention.reference import softmax_attention
 
     @attnbench.register_variant("sliding_window.my_idea", family="sliding_window")
     def my_idea(q, k, v, *, window: int = 128):
@@ -173,11 +173,12 @@ def test_plugin_file_registers_variants(tmp_path):
     plugin = tmp_path / "my_variants.py"
     plugin.write_text(
         "import attnbench\n"
-        "from attnbench.reference import softmax_attention\n"
+        "from attnbench.attention.patterns import Full\n"
+        "from attnbench.attention.reference import softmax_attention\n"
         "@attnbench.register_variant('naive.plugin_copy', family='naive')\n"
         "def plugin_copy(q, k, v):\n"
         "    n = q.shape[1]\n"
-        "    return softmax_attention(q, k, v, attnbench.patterns.Full().dense_mask(n))\n"
+        "    return softmax_attention(q, k, v, Full().dense_mask(n))\n"
     )
     try:
         attnbench.load_plugin(str(plugin))

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import results
-from attnbench.compare import compare, compare_rows
-from attnbench.plots import pareto_front
-from attnbench.report import write_report
+from attnbench.bench import results
+from attnbench.report.compare import compare, compare_rows
+from attnbench.report.plots import pareto_front
+from attnbench.report.document import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import results, runner
-from attnbench.suite import load_suite
+from attnbench.bench import results
+
+from attnbench.bench import runner
+from attnbench.bench.suite import load_suite
 
 pytest.importorskip("submitit")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnbench.kernels import flex, import_quietly, prepare_flex, probe_reasons
-from attnbench.patterns import Full
+from attnbench.attention.masked import flex, import_quietly, prepare_flex, probe_reasons
+from attnbench.attention.patterns import Full
 from attnbench.registry import Capabilities, register_variant
 
 HALF = (torch.float16, torch.bfloat16)

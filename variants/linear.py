@@ -14,7 +14,7 @@ Implementations of the same math, each for both feature maps:
 - ``recurrent``: token by token (a Python loop): the RNN view, and what decoding does.
 
 States are accumulated in float32 (inputs may be bfloat16). Non-causal attention uses the global
-sums. FLOPs (``attnbench.flops``): every row counts 4 N F D per head (the recurrent form, whatever the
+sums. FLOPs (``attnbench.bench.flops``): every row counts 4 N F D per head (the recurrent form, whatever the
 implementation); the chunked form executes 4 N F D + 2 N C (F + D) (``chunked_linear_flops``), and its
 backward is hand-written (``_ChunkedCausal``).
 """
@@ -27,7 +27,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from attnbench.reference import MATHS, linear_attention
+from attnbench.attention.reference import MATHS, linear_attention
 from attnbench.registry import Capabilities, positive, register_variant
 
 FEATURE_PARAMS = {"elu": {}, "performer": {"features": 128, "seed": 0}}

@@ -3,7 +3,7 @@
     O_i = sum_{j = i-w+1}^{i} softmax_j(q_i . k_j / sqrt(D)) v_j        (query i sees keys i-w+1 .. i)
 
 - ``masked``: SDPA with the dense (N, N) mask: quadratic cost, the strawman.
-- ``blocked``: our block-sparse PyTorch (``attnbench.blocksparse``): time and memory linear in N.
+- ``blocked``: our block-sparse PyTorch (``attnbench.attention.blocksparse``): time and memory linear in N.
 - ``banded``: ours: each query block's keys as one band, all bands in one fused SDPA call.
 - ``flex``: FlexAttention with the window as a BlockMask (no CPU backward in torch 2.13).
 - ``flash_attn``: flash-attn with ``window_size=(window - 1, 0)``.
@@ -19,10 +19,10 @@ import os
 
 import torch
 
-from attnbench.blocksparse import banded_attention, block_sparse_attention
-from attnbench.kernels import (flex, masked_sdpa, prepare_banded, prepare_blocked, prepare_dense,
+from attnbench.attention.blocksparse import banded_attention, block_sparse_attention
+from attnbench.attention.masked import (flex, masked_sdpa, prepare_banded, prepare_blocked, prepare_dense,
                                prepare_flex)
-from attnbench.patterns import SlidingWindow
+from attnbench.attention.patterns import SlidingWindow
 from attnbench.registry import Capabilities, positive, register_variant
 
 from .fused import FLASH_CAPS, xformers_reasons
@@ -84,7 +84,7 @@ def _local_bias(xops, params):
 )
 def xformers_window(q, k, v, *, window: int = 256):
     """xformers memory_efficient_attention with a local (sliding-window) causal bias."""
-    from attnbench.kernels import import_quietly
+    from attnbench.attention.masked import import_quietly
 
     xops = import_quietly("xformers.ops")
     return xops.memory_efficient_attention(q, k, v, attn_bias=_local_bias(xops, {"window": window}))

@@ -2,7 +2,7 @@
 
     O_i = sum_{j in A(i)} softmax_j(q_i . k_j / sqrt(D)) v_j,     A(i) subset of {0..i}
 
-Three patterns (``attnbench.patterns``), each with three implementations:
+Three patterns (``attnbench.attention.patterns``), each with three implementations:
 
 - ``strided`` (Sparse Transformer, Child et al. 2019): query block I sees key block J when
   I-J < stride or (I-J) % stride == 0.   Parameters: ``block``, ``stride``.
@@ -12,7 +12,7 @@ Three patterns (``attnbench.patterns``), each with three implementations:
 
 Implementations: ``masked`` (SDPA with the dense mask: quadratic), ``blocked`` (our block-sparse
 PyTorch: cost proportional to the attended blocks), ``flex`` (FlexAttention BlockMask); for
-strided and bigbird ``union`` (ours, CPU: ``attnbench.flashunion``: disjoint dense pieces, one flash
+strided and bigbird ``union`` (ours, CPU: ``attnbench.attention.flashunion``: disjoint dense pieces, one flash
 call each, merged through their log-sum-exps; strided keys become a causal attention over the
 blocks re-ordered by residue), and for longformer ``banded`` (ours: the window as strided key
 bands plus the global keys, merged the same way on the CPU).
@@ -25,12 +25,12 @@ import inspect
 
 import torch
 
-from attnbench.blocksparse import banded_attention, block_sparse_attention
-from attnbench.flashunion import union_attention
-from attnbench.kernels import (flex, masked_sdpa, prepare_banded, prepare_blocked, prepare_dense,
+from attnbench.attention.blocksparse import banded_attention, block_sparse_attention
+from attnbench.attention.flashunion import union_attention
+from attnbench.attention.masked import (flex, masked_sdpa, prepare_banded, prepare_blocked, prepare_dense,
                                prepare_flex, prepare_union)
-from attnbench.patterns import Longformer
-from attnbench.reference import MATHS
+from attnbench.attention.patterns import Longformer
+from attnbench.attention.reference import MATHS
 from attnbench.registry import Capabilities, positive, register_variant
 
 # Each pattern's parameters with their defaults (the pattern classes validate them).

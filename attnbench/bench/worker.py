@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from . import measure
-from .reference import reference_error
-from .registry import Case, get_variant, load_plugin, parse_dtype
+from attnbench.bench import measure
+from attnbench.attention.reference import reference_error
+from attnbench.registry import Case, get_variant, load_plugin, parse_dtype
 
 
 def _classify(exc: BaseException) -> str:
@@ -117,8 +117,8 @@ def run_op_case(c: dict, timing: dict) -> dict[str, Any]:
 
 
 def run_model_case(c: dict, timing: dict) -> dict[str, Any]:
-    from .flops import model_flops
-    from .model import ModelConfig, TransformerLM
+    from attnbench.bench.flops import model_flops
+    from attnbench.model import ModelConfig, TransformerLM
 
     dtype, device = parse_dtype(c["dtype"]), torch.device(c["device"])
     b, n, pass_ = c["batch"], c["seq_len"], c["pass"]
@@ -170,8 +170,8 @@ def run_model_case(c: dict, timing: dict) -> dict[str, Any]:
 
 
 def _run_training_case(c: dict, init: dict) -> dict[str, Any]:
-    from .quality_cases import run_quality_case, run_recall_case
-    from .suite import from_dict
+    from attnbench.quality.cases import run_quality_case, run_recall_case
+    from attnbench.bench.suite import from_dict
 
     suite = from_dict(init["suite"])
     if c["level"] == "quality":

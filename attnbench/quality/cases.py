@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data as data_mod
-from .model import ModelConfig
-from .quality import (LN2, TrainSettings, checkpoint_name, evaluate, load_checkpoint,
+from attnbench.quality import data as data_mod
+from attnbench.model import ModelConfig
+from attnbench.quality.train import (LN2, TrainSettings, checkpoint_name, evaluate, load_checkpoint,
                       save_checkpoint, train)
-from .recall import RecallSettings, accuracy, train_recall
-from .registry import get_variant
+from attnbench.quality.recall import RecallSettings, accuracy, train_recall
+from attnbench.registry import get_variant
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -140,7 +140,7 @@ def run_quality_case(c: dict[str, Any], q, run_dir: str | Path, *, rank: int = 0
     order0 = data_mod.unigram_entropy_bits(train_split, held_out)
     device = torch.device(c["device"])
     if c["family"] == "baseline":
-        from .ngram import ByteNGram
+        from attnbench.quality.ngram import ByteNGram
 
         ngram = ByteNGram(q.ngram_order).fit(train_split)
         rows = []

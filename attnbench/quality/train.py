@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import ModelConfig, TransformerLM
+from attnbench.model import ModelConfig, TransformerLM
 
 LN2 = math.log(2.0)
 EVAL_METHODS = ("windows", "sliding")

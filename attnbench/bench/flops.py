@@ -22,7 +22,7 @@ for linear attention.
 
 from __future__ import annotations
 
-from .reference import LinearMath
+from attnbench.attention.reference import LinearMath
 
 PASS_FACTOR = {"fwd": 1.0, "fwd_bwd": 3.5, "bwd": 2.5, "decode": 1.0}
 
@@ -57,7 +57,7 @@ def chunked_linear_flops(variant, case) -> int:
 def model_flops(cfg, variant, batch: int, seq_len: int, pass_: str) -> int:
     """FLOPs of the identical LM: 2 * params * tokens for the matmuls (forward) plus each layer's
     attention FLOPs; a train step counts 3x the matmul and 3.5x the attention forward."""
-    from .registry import Case
+    from attnbench.registry import Case
 
     matmul_params = cfg.num_params() - cfg.dim * (2 * cfg.n_layers + 1)  # minus norm weights
     if pass_ == "decode":

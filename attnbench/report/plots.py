@@ -1,5 +1,5 @@
 """The trade-off plots of a run folder (matplotlib, headless). Every function reads a DataFrame
-of stored rows (``attnbench.results.load``) and writes one PNG, or nothing when the run has no
+of stored rows (``attnbench.bench.results.load``) and writes one PNG, or nothing when the run has no
 rows of its kind; ``write_all`` returns {plot name: path}.
 
 Colours are by family, markers and line styles tell variants of a family apart, labels carry the
@@ -302,7 +302,7 @@ def plot_recall(frame, env, path):
 def plot_patterns(frame, env, path, n: int = 512):
     """Which keys each query sees at N = ``n``: one panel per distinct pattern in the run (the
     full causal one once, each sliding window and sparse layout, linear attention's state)."""
-    from .registry import get_variant
+    from attnbench.registry import get_variant
 
     picks: dict[str, tuple[str, str, Any]] = {}
     for v, fam in zip(frame["variant"], frame["family"]):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .quality import _autocast, _optimizer, build_model, optimizer_step
+from attnbench.quality.train import _autocast, _optimizer, build_model, optimizer_step
 
 FILLER = 0
 KEY_BASE, VALUE_BASE = 1, 128  # keys 1.., values 128..

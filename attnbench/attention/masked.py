@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .patterns import Full, Pattern
+from attnbench.attention.patterns import Full, Pattern
 
 FLEX_BLOCK = 128
 
@@ -83,20 +83,20 @@ def prepare_flex(variant, case) -> None:
 
 
 def prepare_blocked(variant, case) -> None:
-    from .blocksparse import block_plan
+    from attnbench.attention.blocksparse import block_plan
 
     block_plan(variant.pattern, case.seq_len, variant.params["block"], str(case.device))
 
 
 def prepare_banded(variant, case) -> None:
-    from .blocksparse import band_plan
+    from attnbench.attention.blocksparse import band_plan
 
     band_plan(variant.params["window"], variant.params["block"], variant.params.get("globals", 0),
               case.dtype, case.device)
 
 
 def prepare_union(variant, case) -> None:
-    from .flashunion import union_plan
+    from attnbench.attention.flashunion import union_plan
 
     union_plan(variant.math.pattern_for(case.causal), case.seq_len, case.dtype, str(case.device))
 

@@ -8,7 +8,7 @@ pattern pictures.
 Every pattern is *prefix-consistent*: whether query ``i`` sees key ``j`` never depends on the
 sequence length, so token-by-token decoding sees exactly the keys the parallel forward sees.
 
-Run ``python -m attnbench.patterns`` to print a small picture of each built-in pattern.
+Run ``python -m attnbench.attention.patterns`` to print a small picture of each built-in pattern.
 
 Conventions (the project's):
 - ``SlidingWindow(w)``: query ``i`` sees keys ``i-w+1 .. i`` (``w`` keys including itself).

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import results
+from attnbench.bench import results
 
 
 @dataclass(frozen=True)

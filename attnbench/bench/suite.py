@@ -24,7 +24,7 @@ A suite has up to two levels and a timing section::
     passes = ["train_step", "prefill", "decode"]
 
     [quality]                        # train the identical LM per variant, then evaluate it
-    dataset = "pystdlib"             # attnbench.data.CORPORA or file:PATH
+    dataset = "pystdlib"             # attnbench.quality.data.CORPORA or file:PATH
     variants = ["fused.sdpa", "linear.elu.chunked"]
     preset = "tiny"; train_len = 256; batch = 16; train_tokens = 2000000   # or train_seconds = 60
     eval_lens = [128, 256, 512]; eval_tokens = 65536; eval_method = "windows"
@@ -57,12 +57,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .quality import EVAL_METHODS, TrainSettings
-from .recall import RecallSettings
-from .registry import DTYPES, PASSES, get_variant
+from attnbench.quality.train import EVAL_METHODS, TrainSettings
+from attnbench.quality.recall import RecallSettings
+from attnbench.registry import DTYPES, PASSES, get_variant
 
 MODEL_PASSES = ("train_step", "prefill", "decode")
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+# the built-in suites ship inside the package (package data), so `--suite NAME` works installed
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,10 @@ class ModelLevelConfig:
 
 @dataclass(frozen=True)
 class QualityConfig(TrainSettings):
-    """Quality runs; the training fields are ``attnbench.quality.TrainSettings``'s."""
+    """Quality runs; the training fields are ``attnbench.quality.train.TrainSettings``'s."""
 
     variants: tuple[str, ...] = ()
-    dataset: str = "pystdlib"  # attnbench.data.CORPORA or file:PATH
+    dataset: str = "pystdlib"  # attnbench.quality.data.CORPORA or file:PATH
     data_dir: str = ""  # folder that already holds the corpus files ("" : ATTNBENCH_DATA_DIR)
     val_fraction: float = 0.1  # held-out share of a file:PATH corpus
     mode: str = "train"  # train: train each variant; dropin: evaluate `checkpoint` with each
@@ -115,7 +116,7 @@ class QualityConfig(TrainSettings):
 
 @dataclass(frozen=True)
 class RecallConfig(RecallSettings):
-    """Recall runs; the fields are ``attnbench.recall.RecallSettings``'s."""
+    """Recall runs; the fields are ``attnbench.quality.recall.RecallSettings``'s."""
 
     variants: tuple[str, ...] = ()
     timeout_s: float = 1800.0  # per trained variant
@@ -231,7 +232,7 @@ def _check_values(suite: Suite) -> None:
                 get_variant(spec)
             except ValueError as e:
                 _fail(f"{sec}.variants", str(e))
-    from .model import PRESETS
+    from attnbench.model import PRESETS
 
     for sec in ("model", "quality", "recall"):
         cfg = getattr(suite, sec)
@@ -263,7 +264,7 @@ def _check_values(suite: Suite) -> None:
 
 
 def _check_quality(q: QualityConfig) -> None:
-    from .data import CorpusError, check_dataset_name
+    from attnbench.quality.data import CorpusError, check_dataset_name
 
     try:
         check_dataset_name(q.dataset)

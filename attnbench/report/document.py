@@ -21,7 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from . import plots, results
+from attnbench.report import plots
+
+from attnbench.bench import results
 
 STATUS_TEXT = {"oom": "OOM", "skipped_after_oom": "OOM (skipped)", "unsupported": "unsupported",
                "incorrect": "INCORRECT", "error": "error", "timeout": "timeout", "crash": "crash",
@@ -94,7 +96,7 @@ def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """For each non-exact variant and pass: the smallest N from which it beats the fastest (or
     leanest) exact variant at every measured N up to the largest (``–`` if it never does).
     ``metric`` is ``time`` or ``memory`` (peak memory; for decode, the cache or state bytes)."""
-    from .registry import get_variant
+    from attnbench.registry import get_variant
 
     rows = []
     for p in ("fwd", "fwd_bwd", "decode"):

@@ -2,7 +2,7 @@
 
 Two forms cover every built-in variant:
 
-- softmax attention restricted to a pattern (``attnbench.patterns``)::
+- softmax attention restricted to a pattern (``attnbench.attention.patterns``)::
 
       O = softmax(Q K^T / sqrt(D) + M) V,   M[i, j] = 0 where query i sees key j, else -inf
 
@@ -26,8 +26,8 @@ from typing import Callable
 
 import torch
 
-from .feature_maps import Elu, FeatureMap, Performer
-from .patterns import BigBird, Full, Longformer, Pattern, SlidingWindow, Strided
+from attnbench.attention.feature_maps import Elu, FeatureMap, Performer
+from attnbench.attention.patterns import BigBird, Full, Longformer, Pattern, SlidingWindow, Strided
 
 
 def softmax_attention(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .patterns import BigBird, Pattern, Strided
+from attnbench.attention.patterns import BigBird, Pattern, Strided
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 FLASH_BACK = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward

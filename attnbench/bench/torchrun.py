@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import results
-from .quality_cases import corpus_for, plan_quality, run_quality_case
+from attnbench.bench import results
+from attnbench.quality.cases import corpus_for, plan_quality, run_quality_case
 
 
 def launched_by_torchrun() -> bool:

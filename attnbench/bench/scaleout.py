@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import results
-from .runner import balance, execute, groups_of, plan, start_info
-from .suite import Suite, from_dict
+from attnbench.bench import results
+from attnbench.bench.runner import balance, execute, groups_of, plan, start_info
+from attnbench.bench.suite import Suite, from_dict
 
 SHARDS = "shards"
 
@@ -31,7 +31,7 @@ SHARDS = "shards"
 def run_shard(suite_dict: dict, case_ids: list[str], run_dir: str, shard: str,
               plugins: list[str]) -> dict[str, Any]:
     """A job's body: measure ``case_ids`` of the suite into ``shards/<shard>/``."""
-    from .registry import load_plugin
+    from attnbench.registry import load_plugin
 
     for path in plugins:
         load_plugin(path)
@@ -43,7 +43,7 @@ def run_shard(suite_dict: dict, case_ids: list[str], run_dir: str, shard: str,
     info = {"run_id": Path(run_dir).name, "shard": shard, "host": platform.node(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if suite.quality is not None:
-        from .quality_cases import corpus_for
+        from attnbench.quality.cases import corpus_for
 
         info["datasets"] = {suite.quality.dataset: corpus_for(suite.quality).info()}
     execute(todo, suite, shard_dir, writer, info, plugins=plugins, progress=False)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .patterns import Full, SlidingWindow
-from .reference import LinearMath
+from attnbench.attention.patterns import Full, SlidingWindow
+from attnbench.attention.reference import LinearMath
 
 
 class Decoder:

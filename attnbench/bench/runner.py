@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 import torch
 
-from . import results
-from .registry import Case, get_variant, load_plugin, parse_dtype
-from .quality_cases import corpus_for, plan_quality, plan_recall
-from .suite import Suite
+from attnbench.bench import results
+from attnbench.registry import Case, get_variant, load_plugin, parse_dtype
+from attnbench.quality.cases import corpus_for, plan_quality, plan_recall
+from attnbench.bench.suite import Suite
 
 # PyTorch's CPU allocator backs buffers of 2 MiB and more with transparent huge pages
 # (madvise): where the kernel's THP mode is "madvise", as on this project's machines, every fresh
@@ -65,7 +65,7 @@ def plan(suite: Suite) -> list[dict[str, Any]]:
                                         head_dim=d, dtype=dtype, device=device, causal=causal,
                                         repeat=r))
     if suite.model is not None:
-        from .model import ModelConfig
+        from attnbench.model import ModelConfig
 
         m = suite.model
         cfg = ModelConfig.from_name(m.preset)
@@ -123,15 +123,15 @@ class Worker:
         self.threads = None
 
     def start(self) -> None:
-        """Start ``python -m attnbench.worker`` with two pipes (never re-imports the caller's
+        """Start ``python -m attnbench.bench.worker`` with two pipes (never re-imports the caller's
         ``__main__``, unlike multiprocessing's spawn)."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = {**os.environ, **self.env}
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "attnbench.worker", str(to_child_r), str(from_child_w)],
+            [sys.executable, "-m", "attnbench.bench.worker", str(to_child_r), str(from_child_w)],
             pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)

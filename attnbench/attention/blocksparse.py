@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .flashunion import Band, Globals, bands, dense_masked, union_of_pieces
-from .patterns import Pattern, SlidingWindow
+from attnbench.attention.flashunion import Band, Globals, bands, dense_masked, union_of_pieces
+from attnbench.attention.patterns import Pattern, SlidingWindow
 
 # Largest number of score elements materialised at once (per group of query blocks).
 DEFAULT_BUDGET = 1 << 24
