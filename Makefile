@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv bench test list clean
+.PHONY: venv bench test list gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ list: venv
 
 test: venv
 	$(PY) -m pytest -rs -q
+
+# The prepared GPU check (attnbench/bench/gpucheck.py): on a GPU machine as it is (its own Python
+# with PyTorch, no network), so it installs nothing; the files go to $(GPU_CHECK_OUT) or results/.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) run_bench.py gpu-check
 
 clean:
 	rm -rf $(VENV)

@@ -12,10 +12,8 @@ Public surface::
     def my_idea(q, k, v, *, window: int = 128): ...
 """
 
+from attnbench.case import FAMILIES, Capabilities, Case
 from attnbench.registry import (
-    FAMILIES,
-    Capabilities,
-    Case,
     Variant,
     get_variant,
     list_variants,

@@ -14,6 +14,7 @@ Commands:
     recall    multi-query associative recall: ``--variants a,b --seq-lens 64,128 --kv-pairs 4,8``.
     report    (re)write ``report.md``, ``report.html`` and ``plots/*.png`` of a run folder.
     compare   ``compare results/A results/B``: ratios B/A per case; exit 1 on a regression.
+    gpu-check every CUDA path in one short run (``attnbench.bench.gpucheck``; ``make gpu-check``).
 """
 
 from __future__ import annotations
@@ -28,21 +29,27 @@ from pathlib import Path
 import torch
 
 from attnbench import registry
+from attnbench.case import DTYPES, FAMILIES, Case, parse_dtype
 
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+LIST_PASSES = ("fwd", "fwd_bwd", "decode")  # what a variant can do (bwd needs what fwd_bwd does)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     for path in args.plugins:
         registry.load_plugin(path)
-    dtype = registry.parse_dtype(args.dtype)
+    dtype = parse_dtype(args.dtype)
     rows = []
     for meta in registry.list_variants(args.family):
         variant = registry.get_variant(meta["name"])
-        case = registry.Case(device=args.device, dtype=dtype, head_dim=args.head_dim)
-        passes = {p: variant.not_supported_reasons(case, pass_=p) for p in registry.PASSES}
+        case = Case(device=args.device, dtype=dtype, head_dim=args.head_dim)
+        passes = {p: variant.not_supported_reasons(case, pass_=p) for p in LIST_PASSES}
         rows.append({**meta, "label": variant.label,
                      "runs": {p: not r for p, r in passes.items()},
                      "reasons": passes["fwd"] or sorted({x for r in passes.values() for x in r})})
@@ -51,25 +58,31 @@ def cmd_list(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"{len(rows)} variants; availability for device={args.device}, dtype={args.dtype}, "
-          f"head_dim={args.head_dim} (fwd / fwd_bwd / decode)\n")
-    width = max(len(r["label"]) for r in rows)
-    header = f"{'variant':<{width}}  {'family':<14} {'math':<14} exact  fwd bwd dec"
-    print(header)
-    print("-" * len(header))
-    for family in registry.FAMILIES:
+          f"head_dim={args.head_dim}\n")
+    table = []
+    for family in FAMILIES:
         for r in (r for r in rows if r["family"] == family):
-            marks = " ".join(f"{'yes' if r['runs'][p] else 'no':<3}" for p in registry.PASSES)
-            print(f"{r['label']:<{width}}  {r['family']:<14} {r['math']:<14} "
-                  f"{'yes' if r['exact'] else 'no':<5}  {marks}")
-            for reason in r["reasons"] if not all(r["runs"].values()) else []:
-                for line in textwrap.wrap(reason, 100, initial_indent="      why not: ",
-                                          subsequent_indent="               "):
-                    print(line)
-    counts = {f: sum(r["family"] == f for r in rows) for f in registry.FAMILIES}
+            table.append([r["label"], r["family"], r["math"], "yes" if r["exact"] else "no",
+                          *("yes" if r["runs"][p] else "no" for p in LIST_PASSES), r["gqa"],
+                          r["decoder"]])
+            if not all(r["runs"].values()):
+                for reason in r["reasons"]:
+                    for line in textwrap.wrap(reason, 100, initial_indent="  why not: ",
+                                              subsequent_indent="           "):
+                        table.append([line] + [""] * 8)
+    print(tabulate(table, headers=["variant", "family", "math", "exact", "fwd", "bwd", "decode",
+                                   "kv heads", "decoder"], disable_numparse=True))
+    counts = {f: sum(r["family"] == f for r in rows) for f in FAMILIES}
     usable = sum(r["runs"]["fwd"] for r in rows)
     print(f"\n{usable} of {len(rows)} run here; per family: "
           + ", ".join(f"{f} {n}" for f, n in counts.items()))
     return 0
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError
+    return text.lower() == "true"
 
 
 def _csv(kind):
@@ -88,8 +101,11 @@ def _overrides(args: argparse.Namespace, section: str | None) -> dict:
 
     out = {}
     flags = {"variants": "variants", "seq_lens": "seq_lens", "passes": "passes", "dtype": "dtypes",
-             "batch": "batch", "heads": "heads", "head_dims": "head_dims",
-             "total_tokens": "total_tokens", "preset": "preset"}
+             "batch": "batch", "heads": "heads", "kv_heads": "kv_heads", "head_dims": "head_dims",
+             "total_tokens": "total_tokens", "model_dim": "model_dim", "causal": "causal",
+             "preset": "preset"}
+    if getattr(args, "hf_config", None):
+        args.preset = f"hf:{args.hf_config}"
     for attr, key in flags.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -112,8 +128,8 @@ def _overrides(args: argparse.Namespace, section: str | None) -> dict:
 
 
 def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
-    from attnbench.bench import results
-    from attnbench.bench import runner
+    from attnbench.bench import results, runner
+    from attnbench.report.tables import summary
 
     if getattr(args, "workers", 1) < 1 or getattr(args, "max_jobs", 1) < 1:
         raise ValueError(f"--workers and --max-jobs must be >= 1 (got {args.workers}, {args.max_jobs})")
@@ -133,14 +149,14 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
         from attnbench.bench.scaleout import launch
 
         launch(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
-               local=args.submitit_local, max_jobs=args.max_jobs, partition=args.slurm_partition,
+               force=args.force, local=args.submitit_local, max_jobs=args.max_jobs, partition=args.slurm_partition,
                gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
                timeout_min=args.job_timeout_min, progress=not args.quiet)
     else:
         runner.run(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
-                   progress=not args.quiet, workers=getattr(args, "workers", 1))
+                   force=args.force, progress=not args.quiet, workers=getattr(args, "workers", 1))
     rows = results.read_rows(run_dir)
-    print(results.summary_table(rows))
+    print(summary(rows))
     if rows:
         from attnbench.report.document import write_report
 
@@ -205,7 +221,7 @@ def _count(text: str) -> int:
 # preset, device, --set)
 _QUALITY_FLAGS = ("dataset", "data_dir", "train_tokens", "train_seconds", "train_len", "lr", "seed",
                   "eval_lens", "eval_tokens", "eval_method", "stride", "eval_split", "mode",
-                  "checkpoint", "ngram_order", "val_fraction")
+                  "checkpoint", "hf_model", "ngram_order", "val_fraction", "seeds")
 _RECALL_FLAGS = ("kv_pairs", "train_steps", "lr", "seed", "key_vocab", "eval_sequences")
 
 
@@ -218,6 +234,8 @@ def cmd_training(args: argparse.Namespace) -> int:
     section = args.command
     names = _QUALITY_FLAGS if section == "quality" else _RECALL_FLAGS
     overrides = {f"{section}.{k}": getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if getattr(args, "hf_model", None) and not args.mode:
+        overrides["quality.mode"] = "dropin"
     if section == "quality" and args.mode == "dropin" and args.checkpoint and not args.dataset:
         meta = _checkpoint_meta(args.checkpoint)  # evaluate on the corpus it was trained on
         overrides["quality.dataset"] = meta.get("dataset", "pystdlib")
@@ -243,7 +261,14 @@ def cmd_training(args: argparse.Namespace) -> int:
     if torchrun.launched_by_torchrun():
         if section != "quality":
             raise ValueError("only `quality` trains data-parallel under torchrun")
-        return torchrun.run_quality(suite, args)
+        run_dir = torchrun.run_quality(suite, args)
+        if run_dir is not None:  # process 0
+            from attnbench.bench import results
+            from attnbench.report.tables import summary
+
+            print(summary(results.read_rows(run_dir)))
+            print(f"run folder: {run_dir}")
+        return 0
     return _run_suite(args, suite, sys.argv)
 
 
@@ -280,6 +305,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="parent folder of new run folders")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept another suite or commit (recorded in run.json)")
     p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py",
                    help="Python files that register more variants")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -287,7 +314,8 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds before a case is killed")
     p.add_argument("--threads", type=int, help="torch threads in the worker")
     p.add_argument("--repeats", type=int, help="measure each case this many times")
-    p.add_argument("--no-gate", action="store_true", help="skip the correctness gate")
+    p.add_argument("--no-gate", action="store_true",
+                   help="skip the correctness gate (every row and the report say so)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override any suite field, e.g. --set op.batch=2")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -323,9 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="list the registered variants and where they run")
-    p.add_argument("--family", choices=registry.FAMILIES)
+    p.add_argument("--family", choices=FAMILIES)
     p.add_argument("--device", default=_default_device())
-    p.add_argument("--dtype", default="float32", choices=list(registry.DTYPES))
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py",
                    help="Python files that register more variants")
@@ -342,15 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("op", help="measure attention alone over sequence lengths")
     _common_run_args(p)
     _level_args(p)
-    p.add_argument("--heads", type=int)
+    p.add_argument("--heads", type=int, help="query heads")
+    p.add_argument("--kv-heads", dest="kv_heads", type=_csv(int),
+                   help="key/value heads (grouped-query attention; each divides --heads)")
     p.add_argument("--head-dims", dest="head_dims", type=_csv(int))
-    p.add_argument("--total-tokens", dest="total_tokens", type=int)
+    p.add_argument("--total-tokens", dest="total_tokens", type=int,
+                   help="batch = total tokens // N at each N (flash-attention's sweep)")
+    p.add_argument("--model-dim", dest="model_dim", type=int,
+                   help="heads = model dim // head dim (flash-attention: 2048)")
+    p.add_argument("--causal", type=_csv(_bool), help="true, false or both: true,false")
     p.set_defaults(func=cmd_level, level="op")
 
-    p = sub.add_parser("model", help="measure the identical LM: train step, prefill, decode")
+    p = sub.add_parser("model", help="measure a language model: train step, prefill, decode")
     _common_run_args(p)
     _level_args(p)
-    p.add_argument("--preset", help="model preset: tiny, small, gpt2")
+    p.add_argument("--preset", help="the identical LM's preset: tiny, small, gpt2")
+    p.add_argument("--hf-config", dest="hf_config", metavar="NAME_OR_DIR",
+                   help="a transformers model instead: a preset of attnbench.hf (llama-tiny, "
+                        "mistral-tiny, qwen2-tiny, llama-small) or a save_pretrained folder")
     p.set_defaults(func=cmd_level, level="model")
 
     p = sub.add_parser("quality", help="train per variant on a corpus; bits per byte by context length")
@@ -373,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngram-order", dest="ngram_order", type=int, help="n-gram floor order (0: none)")
     p.add_argument("--mode", choices=["train", "dropin"])
     p.add_argument("--checkpoint", help="dropin mode: a checkpoint saved by a quality run")
+    p.add_argument("--hf-model", dest="hf_model", metavar="DIR",
+                   help="dropin mode: a transformers model folder (save_pretrained), evaluated "
+                        "with each variant swapped in (per token with its own tokenizer)")
+    p.add_argument("--seeds", type=_csv(int), help="train each variant with each seed (spread)")
     p.add_argument("--no-dropin", action="store_true",
                    help="train mode: skip the drop-in evaluation of the first variant's checkpoint")
 
@@ -417,6 +458,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", default="results", help="parent folder of new run folders")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept another suite or commit (recorded in run.json)")
     p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
@@ -426,6 +469,11 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu-check"]:  # its own parser (attnbench.bench.gpucheck)
+        from attnbench.bench import gpucheck
+
+        return gpucheck.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

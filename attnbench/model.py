@@ -32,6 +32,7 @@ class ModelConfig:
     dim: int = 256  # residual stream width
     n_layers: int = 4  # transformer blocks
     n_heads: int = 4  # attention heads; head_dim = dim // n_heads
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention, dividing n_heads); 0: n_heads
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * dim
     rope_base: float = 10000.0  # rotary frequency base
     norm_eps: float = 1e-5  # RMSNorm epsilon
@@ -43,12 +44,18 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{f} must be >= 1, got {getattr(self, f)}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
+            raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary positions")
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> "ModelConfig":
@@ -62,7 +69,8 @@ class ModelConfig:
 
     def num_params(self) -> int:
         d, h = self.dim, self.mlp_ratio * self.dim
-        per_block = 4 * d * d + 2 * d * h + 2 * d
+        kv = self.kv_heads * self.head_dim
+        per_block = 2 * d * d + 2 * d * kv + 2 * d * h + 2 * d
         return self.vocab_size * d + self.n_layers * per_block + d
 
 
@@ -87,13 +95,17 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.kv_dim = cfg.kv_heads * cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, cfg.dim + 2 * self.kv_dim, bias=False)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.variant = None  # set by TransformerLM.set_attention
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, decoder=None) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.cfg.n_heads, self.cfg.head_dim).unbind(2)
+        cfg = self.cfg
+        q, k, v = self.qkv(x).split([cfg.dim, self.kv_dim, self.kv_dim], dim=-1)
+        q = q.view(b, n, cfg.n_heads, cfg.head_dim)  # (B, N, H, D)
+        k, v = (t.view(b, n, cfg.kv_heads, cfg.head_dim) for t in (k, v))  # (B, N, H_kv, D)
         q, k = rotary(q, positions, self.cfg.rope_base), rotary(k, positions, self.cfg.rope_base)
         if decoder is None:
             y = self.variant(q, k, v)  # (B, N, H, D)
@@ -139,9 +151,11 @@ class TransformerLM(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.cfg.init_std)
 
-    def set_attention(self, spec: str) -> None:
-        """Use variant ``spec`` in every block (weights unchanged)."""
-        variant = get_variant(spec)
+    def set_attention(self, spec) -> None:
+        """Use variant ``spec`` in every block (weights unchanged). ``spec`` is a spec string, a
+        ``Variant``, or any callable ``f(q, k, v) -> out`` with a ``label`` (the benchmark's
+        reference attention, for instance)."""
+        variant = get_variant(spec) if isinstance(spec, str) else spec
         self.attention = variant.label
         for blk in self.blocks:
             blk.attn.variant = variant
@@ -170,7 +184,7 @@ class TransformerLM(nn.Module):
         p = next(self.parameters())
         return [
             self.variant.decoder(batch, self.cfg.n_heads, self.cfg.head_dim, max_len=max_len,
-                                 dtype=p.dtype, device=p.device)
+                                 kv_heads=self.cfg.kv_heads, dtype=p.dtype, device=p.device)
             for _ in self.blocks
         ]
 

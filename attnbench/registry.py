@@ -11,8 +11,10 @@ The name may be shortened to any unambiguous dot-suffix (``elu.chunked`` for ``l
 ``attn(q, k, v, causal=True)``, with its math (pattern or feature map), its float64 reference,
 its capabilities and :meth:`Variant.not_supported_reasons`.
 
-Capabilities are data (:class:`Capabilities`); a missing optional package is a *reason*, never an
-ImportError, and nothing here touches a GPU at import time.
+Capabilities are data (:class:`attnbench.case.Capabilities`); a missing optional package is a
+*reason*, never an ImportError, and nothing here touches a GPU at import time. Reasons that can
+only be learnt by running a kernel (a package's own dispatcher) come from a variant's ``probe``,
+which the harness calls in its measuring worker, never in the launcher.
 """
 
 from __future__ import annotations
@@ -23,80 +25,17 @@ import importlib
 import importlib.util
 import inspect
 import os
-from dataclasses import dataclass, field, replace
+import sys
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
 
+from attnbench.attention.backends import missing_reason
 from attnbench.attention.reference import MATHS, LinearMath, Math, SoftmaxMath
+from attnbench.case import FAMILIES, Capabilities, Case, dtype_name, parse_dtype
 
-FAMILIES = ("naive", "fused", "sparse", "linear", "sliding_window")
-PASSES = ("fwd", "fwd_bwd", "decode")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _FAMILY_MATH = {"naive": "causal_softmax", "fused": "causal_softmax", "sliding_window": "sliding_window"}
-# extras of pyproject.toml that bring each optional package
-EXTRAS = {"triton": "triton", "flash_attn": "flash-attn", "flash_attn_interface": "flash-attn",
-          "xformers": "xformers"}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-@dataclass(frozen=True)
-class Case:
-    """One measurement's shape and setting: (B, N, H, D) x dtype x pass x device x causal."""
-
-    batch: int = 1
-    seq_len: int = 1024
-    heads: int = 8
-    head_dim: int = 64
-    dtype: torch.dtype = torch.float32
-    device: str = "cpu"
-    pass_: str = "fwd"  # one of PASSES
-    causal: bool = True
-
-    def __post_init__(self):
-        if self.pass_ not in PASSES:
-            raise ValueError(f"unknown pass {self.pass_!r}; valid: {', '.join(PASSES)}")
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an implementation supports, as data the harness, CLI and tests all read."""
-
-    devices: tuple[str, ...] = ("cpu", "cuda")
-    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
-    max_head_dim: int | None = None
-    head_dim_multiple: int | None = None
-    backward: bool = True
-    decode: bool = True
-    noncausal: bool = False
-    requires: tuple[str, ...] = ()  # importable module names (optional packages)
-    min_cuda_capability: tuple[int, int] | None = None
-    max_seq_len: int | None = None  # e.g. token-by-token loops that are only meant for small N
-    # the same declarations for a CPU device, where they differ (e.g. no backward)
-    cpu: dict = field(default_factory=dict, hash=False, compare=False)
-
-    def on(self, device: str) -> Capabilities:
-        return replace(self, **self.cpu, cpu={}) if device == "cpu" and self.cpu else self
-
-
-@functools.lru_cache(maxsize=None)
-def has_module(name: str) -> bool:
-    """Whether an optional package can be imported, without importing it."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 ReasonsFn = Callable[["Case", dict], list[str]]
@@ -116,6 +55,7 @@ class VariantInfo:
     exact: bool
     description: str
     reasons: ReasonsFn | None = None
+    probe: ReasonsFn | None = None
     decoder: Callable[..., Any] | None = None
     validate: Callable[[dict], None] | None = None
     prepare: Callable[["Variant", "Case"], None] | None = None
@@ -135,10 +75,20 @@ class VariantInfo:
             "dtypes": [dtype_name(d) for d in caps.dtypes],
             "backward": caps.backward,
             "decode": caps.decode,
+            "decoder": self.decoder_name(),
             "noncausal": caps.noncausal or self.takes_causal,
+            "gqa": "native" if caps.gqa else "expanded",
             "requires": list(caps.requires),
             "cpu_overrides": {k: v for k, v in caps.cpu.items()},
         }
+
+    def decoder_name(self) -> str:
+        """The name of the decoder this variant decodes with (rows record it)."""
+        if self.decoder is not None:
+            return getattr(self.decoder, "name", getattr(self.decoder, "__name__", "custom"))
+        from attnbench.attention import decode
+
+        return decode.default_decoder_class(MATHS[self.math].build(dict(self.defaults))).name
 
 
 _REGISTRY: dict[str, VariantInfo] = {}
@@ -153,6 +103,7 @@ def register_variant(
     supports: Capabilities | None = None,
     exact: bool | None = None,
     reasons: ReasonsFn | None = None,
+    probe: ReasonsFn | None = None,
     decoder: Callable[..., Any] | None = None,
     validate: Callable[[dict], None] | None = None,
     prepare: Callable[["Variant", "Case"], None] | None = None,
@@ -169,9 +120,14 @@ def register_variant(
             from the name's middle part (``sparse.bigbird.flex`` -> ``bigbird``).
         supports: capabilities; default: every device and float dtype, backward and decode.
         exact: whether it equals full softmax attention; default: from the math.
-        reasons: ``f(case, params) -> list[str]`` for reasons only known at run time.
-        decoder: factory ``f(variant, batch, heads, head_dim, max_len, dtype, device)`` of a
-            decoder (see ``attnbench.attention.decode``); default: from the math.
+        reasons: ``f(case, params) -> list[str]``: cheap reasons only known per case.
+        probe: ``f(case, params) -> list[str]``: reasons learnt by running a kernel (an
+            optional package's dispatcher); the harness calls it in its worker process only.
+        decoder: a ``attnbench.attention.decode.Decoder`` class (or a factory with its
+            signature ``f(variant, batch, heads, head_dim, *, kv_heads, max_len, dtype,
+            device)``) that decodes with this implementation's own kernel; default: from the
+            math (SDPA over a KV cache, over the pattern's key blocks, a ring buffer or a
+            recurrent state).
         validate: ``f(params)`` raising ``ValueError`` for bad implementation parameters.
         prepare: ``f(variant, case)`` that builds what the implementation caches per shape
             (masks, block plans), so the harness can time it apart from the kernel.
@@ -224,6 +180,7 @@ def register_variant(
             exact=MATHS[math].exact if exact is None else exact,
             description=description or (doc[0] if doc else ""),
             reasons=reasons,
+            probe=probe,
             decoder=decoder,
             validate=validate,
             prepare=prepare,
@@ -274,8 +231,6 @@ def _import_builtin_variants() -> None:
     spec = importlib.util.spec_from_file_location(
         BUILTIN_VARIANTS, init, submodule_search_locations=[os.path.dirname(init)])
     module = importlib.util.module_from_spec(spec)
-    import sys
-
     sys.modules[BUILTIN_VARIANTS] = module
     try:
         spec.loader.exec_module(module)
@@ -455,13 +410,19 @@ class Variant:
 
     # --- running --------------------------------------------------------------------------
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True):
-        """q, k, v: (B, N, H, D) -> (B, N, H, D)."""
+        """q: (B, N, H, D); k, v: (B, N, H_kv, D) with H_kv dividing H -> (B, N, H, D).
+
+        Grouped-query attention (H_kv < H) goes to the implementation as it is where it declares
+        ``Capabilities(gqa=True)``; otherwise each key/value head is repeated for its group of
+        query heads first (that copy is part of what a benchmark times)."""
         _check_qkv(q, k, v)
         if not causal and not self.info.takes_causal:
             raise ValueError(f"variant {self.label} computes causal attention only (causal=False given)")
         static = self._static_reasons(str(q.device.type), q.dtype, q.shape[-1], causal)
         if static:
             raise ValueError(f"variant {self.label} cannot run here: " + "; ".join(static))
+        if k.shape[2] != q.shape[2] and not self.supports.on(q.device.type).gqa:
+            k, v = expand_kv(k, q.shape[2]), expand_kv(v, q.shape[2])
         if self.info.takes_causal:
             return self.info.fn(q, k, v, causal=causal, **self.params)
         return self.info.fn(q, k, v, **self.params)
@@ -476,23 +437,25 @@ class Variant:
         return self.math.reference(q, k, v, causal=causal, dtype=dtype)
 
     def decoder(self, batch: int, heads: int, head_dim: int, *, max_len: int,
-                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-        """A decoder: ``prefill(q, k, v)`` then ``step(q, k, v)`` one token at a time."""
+                kv_heads: int | None = None, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu"):
+        """This implementation's decoder: ``prefill(q, k, v)`` then ``step(q, k, v)`` one token
+        at a time; its cache holds ``kv_heads`` key/value heads (default: ``heads``)."""
         from attnbench.attention import decode
 
-        factory = self.info.decoder or decode.default_decoder
-        return factory(self, batch, heads, head_dim, max_len=max_len, dtype=dtype, device=device)
+        factory = self.info.decoder or decode.default_decoder_class(self.math)
+        return factory(self, batch, heads, head_dim, kv_heads=kv_heads or heads, max_len=max_len,
+                       dtype=dtype, device=device)
+
+    @property
+    def decoder_name(self) -> str:
+        return self.info.decoder_name()
 
     # --- capabilities ---------------------------------------------------------------------
     @functools.lru_cache(maxsize=256)
     def _static_reasons(self, device: str, dtype: torch.dtype, head_dim: int, causal: bool) -> tuple:
         caps = self.supports.on(device)
-        out = []
-        missing = [m for m in caps.requires if not has_module(m)]
-        for m in missing:
-            extra = EXTRAS.get(m)
-            how = f" (pip install 'attnbench[{extra}]')" if extra else ""
-            out.append(f"needs the optional package '{m}', which is not installed{how}")
+        out = [why for why in map(missing_reason, caps.requires) if why]
         if device not in caps.devices:
             out.append(f"device {device!r} not supported (supported: {', '.join(caps.devices)})")
         if dtype not in caps.dtypes:
@@ -504,15 +467,21 @@ class Variant:
             out.append(f"head_dim {head_dim} > {caps.max_head_dim}, the largest supported")
         if caps.head_dim_multiple and head_dim % caps.head_dim_multiple:
             out.append(f"head_dim {head_dim} is not a multiple of {caps.head_dim_multiple}")
+        if caps.head_dims is not None and head_dim not in caps.head_dims:
+            out.append(f"head_dim {head_dim} not supported (supported: "
+                       f"{', '.join(map(str, caps.head_dims))})")
         if not causal and not (caps.noncausal or self.info.takes_causal):
             out.append("non-causal attention not supported")
         return tuple(out)
 
-    def not_supported_reasons(self, case: Case | None = None, **kwargs: Any) -> list[str]:
+    def not_supported_reasons(self, case: Case | None = None, *, probe: bool = True,
+                              **kwargs: Any) -> list[str]:
         """Why this variant cannot run ``case`` here; an empty list means it runs.
 
         Pass a :class:`Case` or its fields as keywords (``device="cuda", dtype=torch.bfloat16,
-        head_dim=128, pass_="fwd_bwd"``); unspecified fields take ``Case``'s defaults.
+        head_dim=128, pass_="fwd_bwd"``); unspecified fields take ``Case``'s defaults. With
+        ``probe=False`` the variant's kernel probes (which run kernels on the device) are left
+        out: the launcher asks that way, the measuring worker with the probes.
         """
         if case is None:
             if "dtype" in kwargs:
@@ -531,9 +500,10 @@ class Variant:
                 if cap < caps.min_cuda_capability:
                     need = ".".join(map(str, caps.min_cuda_capability))
                     out.append(f"needs CUDA compute capability >= {need}, device has {cap[0]}.{cap[1]}")
-        if case.pass_ == "fwd_bwd" and not caps.backward:
+        wanted = case.attention_pass
+        if wanted == "fwd_bwd" and not caps.backward:
             out.append(f"backward not supported on {device}")
-        if case.pass_ == "decode" and not caps.decode:
+        if wanted == "decode" and not caps.decode:
             out.append("decoding not supported")
         if caps.max_seq_len is not None and case.seq_len > caps.max_seq_len:
             out.append(
@@ -542,13 +512,14 @@ class Variant:
             )
         if not out and self.info.reasons is not None:
             out.extend(self.info.reasons(case, self.params))
+        if not out and probe and self.info.probe is not None:
+            out.extend(self.info.probe(case, self.params))
         return out
 
-    def flops(self, case: Case) -> int:
-        """FLOPs of one call at ``case`` (see ``attnbench.bench.flops``)."""
-        from attnbench.bench.flops import attention_flops
 
-        return attention_flops(self, case)
+def expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, H_kv, D) -> (B, N, heads, D): each key/value head repeated for its query heads."""
+    return x.repeat_interleave(heads // x.shape[2], dim=2)
 
 
 def _check_qkv(q, k, v) -> None:
@@ -557,9 +528,11 @@ def _check_qkv(q, k, v) -> None:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a (B, N, H, D) tensor, got {shape}")
     (b, n, h, d), shapes = q.shape, (tuple(q.shape), tuple(k.shape), tuple(v.shape))
-    if k.shape != (b, n, h, d) or v.shape[:3] != (b, n, h):
+    hk = k.shape[2]
+    if k.shape != (b, n, hk, d) or v.shape[:3] != (b, n, hk) or hk < 1 or h % hk:
         raise ValueError(
-            "q, k, v must share (B, N, H) and q, k the head dim D; got q %s, k %s, v %s" % shapes
+            "q, k, v must share (B, N), q and k the head dim D, and k, v a number of heads that "
+            "divides q's (grouped-query attention); got q %s, k %s, v %s" % shapes
         )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")

@@ -55,7 +55,8 @@ def _fmt(x, kind):
 def _chunked_over_documented(row) -> float:
     """The chunked linear form's executed FLOPs over the row's implementation-independent count."""
     from attnbench.bench.flops import attention_flops, chunked_linear_flops
-    from attnbench.registry import Case, get_variant
+    from attnbench.case import Case
+    from attnbench.registry import get_variant
 
     variant = get_variant(row["variant"])
     case = Case(batch=row["batch"], seq_len=row["seq_len"], heads=row["heads"],

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.registry import Case
+from attnbench.bench.flops import attention_flops
+from attnbench.case import Case
 
 SIZES = [(1, 1024, 8, 64), (1, 4096, 8, 64)]  # (B, N, H, D)
 # too slow on purpose (token loops) or only a correctness path on a CPU (Triton's interpreter)
@@ -44,5 +45,5 @@ def test_attention(benchmark, spec, pass_, shape):
         def run():
             return torch.autograd.grad(variant(q, k, v), (q, k, v), grad)
     run()  # compile / warm caches outside the measurement
-    benchmark.extra_info["flops"] = variant.flops(case)
+    benchmark.extra_info["flops"] = attention_flops(variant, case)
     benchmark(run)

@@ -1,7 +1,8 @@
 """Test configuration.
 
 - Triton kernels run on the CPU under the interpreter: TRITON_INTERPRET=1 is set before anything
-  imports triton (``triton.jit`` reads it when a kernel is defined).
+  imports triton (``triton.jit`` reads it when a kernel is defined), on a machine without CUDA
+  only: with a GPU the kernels are compiled, which is what the GPU tests must check.
 - ``ATTNBENCH_PLUGINS=a.py,b.py`` registers a user's variants before collection, so the tests
   generated from the registry cover them too.
 - Tests marked ``gpu`` skip with a reason where no CUDA device is present.
@@ -9,10 +10,12 @@
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import attnbench  # noqa: E402
 

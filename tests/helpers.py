@@ -6,7 +6,7 @@ import torch
 
 import attnbench
 from attnbench.attention.reference import reference_error
-from attnbench.registry import dtype_name
+from attnbench.case import dtype_name
 
 # Parameters that make each pattern non-trivial at test sizes (window < N, several blocks).
 SMALL_PARAMS = {
@@ -18,9 +18,10 @@ SMALL_PARAMS = {
     "performer": {"chunk": 16, "features": 48, "seed": 1},
 }
 
-# (B, N, H, D): N = 1, N not a multiple of any block, batch > 1, head dim 80.
-SHAPES = [(1, 1, 1, 32), (2, 77, 2, 32), (1, 150, 2, 80)]
-FLEX_SHAPES = [(2, 77, 2, 32)]  # each flex shape compiles a kernel: keep them few
+# (B, N, H, D, H_kv): N = 1, N not a multiple of any block, batch > 1, head dim 80, and
+# grouped-query attention (4 query heads sharing 2 key/value heads).
+SHAPES = [(1, 1, 1, 32, 1), (2, 77, 2, 32, 2), (1, 150, 2, 80, 2), (1, 70, 4, 32, 2)]
+FLEX_SHAPES = [(2, 77, 4, 32, 2)]  # each flex shape compiles a kernel: keep them few
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -47,20 +48,23 @@ def is_flex(spec: str) -> bool:
 
 
 def shape_id(shape, dtype) -> str:
-    b, n, h, d = shape
-    return f"B{b}-N{n}-H{h}-D{d}-{dtype_name(dtype)}"
+    b, n, h, d, kv = shape
+    return f"B{b}-N{n}-H{h}" + (f"-KV{kv}" if kv != h else "") + f"-D{d}-{dtype_name(dtype)}"
 
 
 def random_qkv(shape, dtype, device="cpu", seed=0, requires_grad=False):
+    """q (B, N, H, D) and k, v (B, N, H_kv, D) for a (B, N, H, D[, H_kv]) shape."""
+    b, n, h, d, *kv = shape
     g = torch.Generator().manual_seed(seed)
     out = []
-    for _ in range(3):
-        t = torch.randn(shape, generator=g, dtype=torch.float64)
+    for heads in (h, kv[0] if kv else h, kv[0] if kv else h):
+        t = torch.randn((b, n, heads, d), generator=g, dtype=torch.float64)
         out.append(t.to(device=device, dtype=dtype).requires_grad_(requires_grad))
     return out
 
 
-def assert_close_to_reference(name, got, plain, ref, dtype, multiple=3.0):
-    """Self-calibrating check (``attnbench.attention.reference.reference_error``, the benchmark gate's rule)."""
-    why = reference_error(got, plain, ref, dtype, multiple)
+def assert_close_to_reference(name, got, plain, ref, dtype, multiple=3.0, gradient=False, scale=0.0):
+    """Self-calibrating check (``attnbench.attention.reference.reference_error``, the benchmark
+    gate's rule)."""
+    why = reference_error(got, plain, ref, dtype, multiple, gradient=gradient, scale=scale)
     assert why is None, f"{name}: {why}"

@@ -28,8 +28,10 @@ def test_presets_and_config_errors():
         ModelConfig.from_name("tiny", width=3)
     with pytest.raises(ValueError, match="not divisible"):
         ModelConfig(dim=10, n_heads=3)
-    cfg = ModelConfig.from_name("tiny")
-    assert sum(p.numel() for p in TransformerLM(cfg).parameters()) == cfg.num_params()
+    for cfg in (ModelConfig.from_name("tiny"), ModelConfig.from_name("small", n_kv_heads=2)):
+        assert sum(p.numel() for p in TransformerLM(cfg).parameters()) == cfg.num_params()
+    with pytest.raises(ValueError, match="n_kv_heads=3 must divide n_heads=4"):
+        ModelConfig(n_heads=4, n_kv_heads=3)
 
 
 def test_same_seed_same_weights_whatever_the_attention():
@@ -53,8 +55,10 @@ def test_exact_variants_give_the_same_logits():
 @pytest.mark.parametrize("spec", ["naive.softmax", "fused.sdpa", "sliding_window.blocked:window=8",
                                   "sparse.bigbird.blocked:block=4,window=2,randoms=1",
                                   "linear.elu.chunked:chunk=8", "linear.performer.chunked:chunk=8"])
-def test_greedy_decoding_equals_repeated_forwards(spec):
-    model = _model(spec)
+@pytest.mark.parametrize("kv_heads", [0, 1], ids=["mha", "mqa"])
+def test_greedy_decoding_equals_repeated_forwards(spec, kv_heads):
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig.from_name("tiny", n_kv_heads=kv_heads), attention=spec).eval()
     prompt = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(2))
     cached = model.generate(prompt, 20)
     uncached = model.generate(prompt, 20, use_cache=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.registry import FAMILIES, Case
+from attnbench.case import FAMILIES, Case, QualityCase
 
 
 def test_every_family_has_its_named_implementations():
@@ -19,7 +19,7 @@ def test_every_family_has_its_named_implementations():
         *(f"sparse.{p}.{i}" for p in ("strided", "bigbird", "longformer")
           for i in ("masked", "blocked", "flex")),
         *(f"linear.{m}.{i}" for m in ("elu", "performer")
-          for i in ("quadratic", "cumsum", "chunked", "recurrent")),
+          for i in ("quadratic", "cumsum", "chunked", "recurrent", "fla")),
     }
     assert expected <= names
     assert {m["family"] for m in attnbench.list_variants()} == set(FAMILIES)
@@ -71,12 +71,31 @@ def test_bad_inputs_raise_value_error():
         v(q[0], q[0], q[0])
     with pytest.raises(ValueError, match="share"):
         v(q, q[:, :4], q)
+    with pytest.raises(ValueError, match="divides"):
+        v(torch.randn(1, 8, 3, 16), q, q)  # 2 key/value heads cannot serve 3 query heads
     with pytest.raises(ValueError, match="causal attention only"):
         v(q, q, q, causal=False)
     with pytest.raises(ValueError, match="unknown dtype 'float8'"):
         v.not_supported_reasons(dtype="float8")
     with pytest.raises(ValueError, match="unknown pass 'bwd_only'"):
         Case(pass_="bwd_only")
+    with pytest.raises(ValueError, match="kv_heads=3 must divide heads=8"):
+        Case(heads=8, kv_heads=3)
+
+
+def test_cases_have_one_typed_form_from_plan_to_row():
+    case = Case(variant="fused.sdpa", pass_="bwd", seq_len=512, heads=8, kv_heads=2,
+                dtype=torch.bfloat16)
+    assert case.case_id == "op|fused.sdpa|bwd|B1-N512-H8-KV2-D64|bfloat16|cpu|r0"
+    assert case.attention_pass == "fwd_bwd"
+    row = case.row()
+    assert row["pass"] == "bwd" and row["dtype"] == "bfloat16" and row["kv_heads"] == 2
+    assert Case.from_row(row) == case
+    assert Case(heads=4).kv_heads == 4  # default: one key/value head per query head
+    q = QualityCase(variant="fused.sdpa", dataset="pystdlib", preset="tiny", budget="1000tok",
+                    autocast=True, eval_lens=(32, 64))
+    back = Case.from_row(q.row())
+    assert back == q and isinstance(back, QualityCase) and q.row()["dtype"] == "bfloat16-autocast"
 
 
 def test_not_supported_reasons_are_readable():
@@ -101,9 +120,26 @@ def test_cuda_reasons_without_cuda():
 
 def test_xformers_reasons_come_from_its_dispatcher():
     pytest.importorskip("xformers")
-    reasons = attnbench.get_variant("fused.xformers").not_supported_reasons(device="cpu")
+    variant = attnbench.get_variant("fused.xformers")
+    assert variant.not_supported_reasons(device="cpu", probe=False) == []  # what the launcher asks
+    reasons = variant.not_supported_reasons(device="cpu")  # the worker: the kernel probe runs
     assert reasons and all(r.startswith("xformers: ") for r in reasons)
     assert any("device=cpu" in r for r in reasons), reasons
+
+
+def test_probes_are_cached_and_a_raising_import_is_a_reason():
+    from attnbench.attention import backends
+
+    calls = []
+
+    def run(q, k, v):
+        calls.append(1)
+        raise ImportError("flash build unusable on this device")
+
+    for _ in range(3):  # a new closure each time, as a variant's probe makes: one run
+        reasons = backends.probe(("test", "import-error"), lambda q, k, v: run(q, k, v), "cpu",
+                                 torch.float32, 16, False)
+    assert calls == [1] and reasons == ["ImportError: flash build unusable on this device"]
 
 
 def test_triton_needs_the_interpreter_on_cpu(monkeypatch):
@@ -114,6 +150,8 @@ def test_triton_needs_the_interpreter_on_cpu(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert v.not_supported_reasons(device="cpu") == []
     assert "bfloat16 not supported" in v.not_supported_reasons(device="cpu", dtype="bfloat16")[0]
+    # head dims the kernel would pad (tl.arange needs powers of two) are declared, not padded
+    assert "head_dim 80 not supported" in v.not_supported_reasons(device="cpu", head_dim=80)[0]
 
 
 def test_missing_package_is_a_reason_not_an_import_error():
@@ -127,6 +165,30 @@ def test_missing_package_is_a_reason_not_an_import_error():
         assert reasons == ["needs the optional package 'surely_not_installed_pkg', which is not installed"]
     finally:
         attnbench.unregister_variant("fused.needs_missing_pkg")
+
+
+def test_a_broken_install_is_a_reason_with_its_import_error(tmp_path, monkeypatch):
+    """A package that is present but does not import (built for another torch, say) is that
+    variant's reason, with the error, never an exception in the middle of a sweep."""
+    from attnbench.attention import backends
+
+    (tmp_path / "broken_kernels_pkg").mkdir()
+    (tmp_path / "broken_kernels_pkg" / "__init__.py").write_text(
+        "raise ImportError('undefined symbol: _ZN3c104cuda9SetDeviceEi')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    backends.missing_reason.cache_clear()
+
+    @attnbench.register_variant("fused.needs_broken_pkg", family="fused",
+                                supports=attnbench.Capabilities(requires=("broken_kernels_pkg",)))
+    def needs_broken(q, k, v):
+        return q
+
+    try:
+        (reason,) = attnbench.get_variant("fused.needs_broken_pkg").not_supported_reasons()
+        assert "installed but does not import" in reason and "undefined symbol" in reason
+    finally:
+        attnbench.unregister_variant("fused.needs_broken_pkg")
+        backends.missing_reason.cache_clear()
 
 
 def test_user_registration_example_from_the_readme():

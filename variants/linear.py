@@ -16,32 +16,42 @@ Implementations of the same math, each for both feature maps:
 States are accumulated in float32 (inputs may be bfloat16). Non-causal attention uses the global
 sums. FLOPs (``attnbench.bench.flops``): every row counts 4 N F D per head (the recurrent form, whatever the
 implementation); the chunked form executes 4 N F D + 2 N C (F + D) (``chunked_linear_flops``), and its
-backward is hand-written (``_ChunkedCausal``).
+backward is hand-written (``_ChunkedCausal``). It computes in float32 whatever the inputs, and
+turns autocast off inside (under CUDA or CPU autocast its matmuls would otherwise come out in
+bfloat16 and meet float32 accumulators in place).
+
+``linear.*.fla`` run flash-linear-attention's chunked Triton kernel (``chunk_linear_attn``, CUDA)
+on the same feature maps. Every implementation decodes with the recurrent state (``recurrent``).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 
 import torch
 import torch.nn.functional as F
 
-from attnbench.attention.reference import MATHS, linear_attention
-from attnbench.registry import Capabilities, positive, register_variant
+from attnbench.attention.decode import RecurrentDecoder
+from attnbench.attention.feature_maps import Elu, Performer
+from attnbench.attention.reference import linear_attention
+from attnbench.case import Capabilities
+from attnbench.registry import positive, register_variant
 
-FEATURE_PARAMS = {"elu": {}, "performer": {"features": 128, "seed": 0}}
+ELU = Elu()
 
 
 @functools.lru_cache(maxsize=64)
-def _feature_map(math: str, params: tuple):
-    return MATHS[math].build(dict(params)).feature_map
+def _performer(features: int, seed: int) -> Performer:
+    """One FAVOR+ map per (features, seed): its projection is drawn and cached once."""
+    return Performer(features, seed)
 
 
 def _features(q, k, phi):
-    """(B, N, H, D) -> phi(q), phi(k) as (B, H, N, F) in float32."""
-    q, k = (x.transpose(1, 2).float() for x in (q, k))
-    return phi(q, is_query=True), phi(k, is_query=False)
+    """(B, N, H, D) -> phi(q), phi(k) as (B, H, N, F) in float32 (autocast off: FAVOR+'s
+    projection and exp stay in float32 under mixed precision)."""
+    with torch.autocast(q.device.type, enabled=False):
+        q, k = (x.transpose(1, 2).float() for x in (q, k))
+        return phi(q, is_query=True), phi(k, is_query=False)
 
 
 def _noncausal(fq, fk, v):
@@ -107,6 +117,11 @@ class _ChunkedCausal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fq, fk, v, chunk):
+        with torch.autocast(fq.device.type, enabled=False):
+            return _ChunkedCausal._forward(ctx, fq, fk, v, chunk)
+
+    @staticmethod
+    def _forward(ctx, fq, fk, v, chunk):
         b, h, n, f = fq.shape
         d = v.shape[-1]
         c = n // chunk
@@ -126,6 +141,11 @@ class _ChunkedCausal(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        with torch.autocast(grad.device.type, enabled=False):
+            return _ChunkedCausal._backward(ctx, grad.float())
+
+    @staticmethod
+    def _backward(ctx, grad):
         fq, fk, v1, states, a, den, out = ctx.saved_tensors
         b, h, n, f, d = ctx.shape
         dnum = torch.empty_like(v1)  # d/d[num, den]
@@ -181,38 +201,82 @@ def recurrent(q, k, v, phi, *, causal):
     return torch.stack(outs, dim=2).transpose(1, 2).to(q.dtype)
 
 
-IMPLS = {
-    "quadratic": (quadratic, {}, "Materialised phi(Q) phi(K)^T (the reference form, O(N^2))",
-                  Capabilities()),
-    "cumsum": (cumsum, {}, "Parallel prefix sums of phi(k) v^T (O(N F D) memory)", Capabilities()),
-    "chunked": (chunked, {"chunk": 64}, "Chunkwise parallel form: intra-chunk quadratic, "
-                "inter-chunk state", Capabilities()),
-    "recurrent": (recurrent, {}, "Token-by-token recurrence (a Python loop)",
-                  Capabilities(max_seq_len=4096)),
-}
+def fla_chunked(q, k, v, phi):
+    """flash-linear-attention's chunked kernel on phi(q), phi(k) (its ``normalize`` divides by
+    phi(q) . sum phi(k), so its score scale cancels). (B, N, H, D) in and out."""
+    from fla.ops.linear_attn import chunk_linear_attn
+
+    fq, fk = phi(q, is_query=True), phi(k, is_query=False)
+    out, _ = chunk_linear_attn(fq.contiguous(), fk.contiguous(), v.contiguous(), normalize=True)
+    return out.to(q.dtype)
 
 
-def _register(math: str, impl: str) -> None:
-    run, impl_params, doc, caps = IMPLS[impl]
-    feature_params = FEATURE_PARAMS[math]
-    params = {**feature_params, **impl_params}
-
-    def fn(q, k, v, *, causal=True, **kwargs):
-        phi = _feature_map(math, tuple((n, kwargs[n]) for n in feature_params))
-        return run(q, k, v, phi, causal=causal, **{n: kwargs[n] for n in impl_params})
-
-    P = inspect.Parameter
-    fn.__signature__ = inspect.Signature(
-        [P(x, P.POSITIONAL_OR_KEYWORD) for x in "qkv"]
-        + [P("causal", P.KEYWORD_ONLY, default=True)]
-        + [P(n, P.KEYWORD_ONLY, default=d) for n, d in params.items()]
-    )
-    fn.__doc__ = f"{doc}; {MATHS[math].description}."
-    fn.__name__ = f"{math}_{impl}"
-    register_variant(f"linear.{math}.{impl}", family="linear", supports=caps,
-                     validate=positive(*impl_params) if impl_params else None)(fn)
+RECURRENT_CAPS = Capabilities(max_seq_len=4096)  # a Python loop per token: small N only
+FLA_CAPS = Capabilities(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                        requires=("fla",), backward=True)
+LINEAR = dict(family="linear", decoder=RecurrentDecoder)
 
 
-for _math in FEATURE_PARAMS:
-    for _impl in IMPLS:
-        _register(_math, _impl)
+# --- elu + 1 ----------------------------------------------------------------------------------
+
+@register_variant("linear.elu.quadratic", **LINEAR)
+def elu_quadratic(q, k, v, *, causal: bool = True):
+    """Materialised phi(Q) phi(K)^T (the reference form, O(N^2)); phi = elu + 1."""
+    return quadratic(q, k, v, ELU, causal=causal)
+
+
+@register_variant("linear.elu.cumsum", **LINEAR)
+def elu_cumsum(q, k, v, *, causal: bool = True):
+    """Parallel prefix sums of phi(k) v^T (O(N F D) memory); phi = elu + 1."""
+    return cumsum(q, k, v, ELU, causal=causal)
+
+
+@register_variant("linear.elu.chunked", validate=positive("chunk"), **LINEAR)
+def elu_chunked(q, k, v, *, causal: bool = True, chunk: int = 64):
+    """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = elu + 1."""
+    return chunked(q, k, v, ELU, causal=causal, chunk=chunk)
+
+
+@register_variant("linear.elu.recurrent", supports=RECURRENT_CAPS, **LINEAR)
+def elu_recurrent(q, k, v, *, causal: bool = True):
+    """Token-by-token recurrence (a Python loop); phi = elu + 1."""
+    return recurrent(q, k, v, ELU, causal=causal)
+
+
+@register_variant("linear.elu.fla", supports=FLA_CAPS, **LINEAR)
+def elu_fla(q, k, v):
+    """flash-linear-attention's chunked Triton kernel (chunk_linear_attn); phi = elu + 1."""
+    return fla_chunked(q, k, v, ELU)
+
+
+# --- FAVOR+ (Performer) -----------------------------------------------------------------------
+
+@register_variant("linear.performer.quadratic", **LINEAR)
+def performer_quadratic(q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0):
+    """Materialised phi(Q) phi(K)^T (the reference form, O(N^2)); phi = FAVOR+."""
+    return quadratic(q, k, v, _performer(features, seed), causal=causal)
+
+
+@register_variant("linear.performer.cumsum", **LINEAR)
+def performer_cumsum(q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0):
+    """Parallel prefix sums of phi(k) v^T (O(N F D) memory); phi = FAVOR+."""
+    return cumsum(q, k, v, _performer(features, seed), causal=causal)
+
+
+@register_variant("linear.performer.chunked", validate=positive("chunk"), **LINEAR)
+def performer_chunked(q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0,
+                      chunk: int = 64):
+    """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = FAVOR+."""
+    return chunked(q, k, v, _performer(features, seed), causal=causal, chunk=chunk)
+
+
+@register_variant("linear.performer.recurrent", supports=RECURRENT_CAPS, **LINEAR)
+def performer_recurrent(q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0):
+    """Token-by-token recurrence (a Python loop); phi = FAVOR+."""
+    return recurrent(q, k, v, _performer(features, seed), causal=causal)
+
+
+@register_variant("linear.performer.fla", supports=FLA_CAPS, **LINEAR)
+def performer_fla(q, k, v, *, features: int = 128, seed: int = 0):
+    """flash-linear-attention's chunked Triton kernel (chunk_linear_attn); phi = FAVOR+."""
+    return fla_chunked(q, k, v, _performer(features, seed))

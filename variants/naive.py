@@ -3,17 +3,21 @@
     S = Q K^T / sqrt(D),   S[i, j] = -inf for j > i (causal),   O = softmax(S) V
 
 Scores and probabilities are (B, H, N, N) tensors, so memory grows as N^2: the slow exact
-baseline every other family is measured against.
+baseline every other family is measured against. It decodes the same way: the new token's scores
+over the KV cache, materialised (``kv_cache.naive``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from attnbench.registry import Capabilities, register_variant
+from attnbench.attention.decode import NaiveKVDecoder
+from attnbench.case import Capabilities
+from attnbench.registry import register_variant
 
 
-@register_variant("naive.softmax", family="naive", supports=Capabilities(noncausal=True))
+@register_variant("naive.softmax", family="naive", supports=Capabilities(noncausal=True),
+                  decoder=NaiveKVDecoder)
 def naive_softmax(q, k, v, *, causal: bool = True):
     """Textbook attention: materialised scores, causal mask, softmax, weighted sum (memory ~ N^2)."""
     n, d = q.shape[1], q.shape[-1]

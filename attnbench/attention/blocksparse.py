@@ -23,6 +23,7 @@ import torch
 
 from attnbench.attention.flashunion import Band, Globals, bands, dense_masked, union_of_pieces
 from attnbench.attention.patterns import Pattern, SlidingWindow
+from attnbench.case import device_key
 
 # Largest number of score elements materialised at once (per group of query blocks).
 DEFAULT_BUDGET = 1 << 24
@@ -79,7 +80,7 @@ def block_sparse_attention(
 ) -> torch.Tensor:
     """Softmax attention over ``pattern``; q, k, v: (B, N, H, D) -> (B, N, H, D)."""
     bsz, n, heads, d = q.shape
-    plan = block_plan(pattern, n, block, str(q.device))
+    plan = block_plan(pattern, n, block, device_key(q.device))
     nb, kb = plan.num_blocks, plan.max_keys
     pad = nb * block - n
 
@@ -130,7 +131,7 @@ def band_plan(window: int, block: int, globals_: int, dtype: torch.dtype,
     the log-sum-exps, so global keys are a second call merged through them) or PyTorch's SDPA
     with global keys put in front of every band; and the band's mask."""
     fused = torch.device(device).type == "cpu"
-    return fused, band_mask(window, block, dtype, str(device), 0 if fused else globals_)
+    return fused, band_mask(window, block, dtype, device_key(device), 0 if fused else globals_)
 
 
 def band_blocks(window: int, block: int) -> int:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from attnbench.case import device_key
+
 
 class FeatureMap:
     label: str
@@ -63,7 +65,7 @@ class Performer(FeatureMap):
 
     def projection(self, head_dim: int, dtype: torch.dtype, device) -> torch.Tensor:
         """(F, D) random projection, built in float64 on the CPU from the seed, then cast."""
-        key = (head_dim, dtype, str(device))
+        key = (head_dim, dtype, device_key(device))
         if key not in self._cache:
             w64 = self._cache.get((head_dim, "f64"))
             if w64 is None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.attention.patterns import BigBird, Pattern, Strided
+from attnbench.case import device_key
 
 FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 FLASH_BACK = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -310,7 +311,7 @@ def union_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     plan's pieces (``_Union``), per batch element."""
     bsz, n, heads, d = q.shape
     block = pattern.block
-    plan = union_plan(pattern, n, q.dtype, str(q.device))
+    plan = union_plan(pattern, n, q.dtype, device_key(q.device))
     q0 = plan.head * block
     np_ = -(-n // plan.multiple) * plan.multiple
     if np_ - q0 < plan.multiple:  # too short for the pieces: all dense

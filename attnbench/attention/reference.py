@@ -10,7 +10,8 @@ Two forms cover every built-in variant:
 
       O_i = sum_{j<=i} (phi(q_i) . phi(k_j)) v_j / sum_{j<=i} phi(q_i) . phi(k_j)
 
-Both are written in their plain, materialised form. Called in float64 they are the references that
+Both are written in their plain, materialised form. Grouped-query inputs (k, v with H_kv heads
+dividing q's H) are expanded: each key/value head serves H / H_kv query heads. Called in float64 they are the references that
 every implementation is tested against; called in a lower dtype they are "plain PyTorch", whose
 error sets the tolerance of the self-calibrating tests.
 
@@ -42,7 +43,8 @@ def softmax_attention(
     """Dense masked softmax attention, materialising the (N, N) scores.
 
     Args:
-        q, k, v: (B, N, H, D) queries, keys, values (Nk may differ from Nq).
+        q, k, v: (B, N, H, D) queries, keys, values (Nk may differ from Nq; k and v may have
+            fewer heads, a divisor of H: grouped-query attention).
         mask: (Nq, Nk) bool, True where the query sees the key; None for all keys.
         scale: score scale, default 1/sqrt(D).
         dtype: compute dtype (float64 for the reference); default q's dtype.
@@ -51,6 +53,7 @@ def softmax_attention(
     """
     dtype = dtype or q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    k, v = expand_heads(k, q.shape[2]), expand_heads(v, q.shape[2])
     q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
     scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
     if mask is not None:
@@ -78,6 +81,7 @@ def linear_attention(
         (B, N, H, D) in ``dtype``.
     """
     dtype = dtype or q.dtype
+    k, v = expand_heads(k, q.shape[2]), expand_heads(v, q.shape[2])
     q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
     fq = feature_map(q, is_query=True)  # (B, H, N, F)
     fk = feature_map(k, is_query=False)
@@ -89,22 +93,66 @@ def linear_attention(
     return out.transpose(1, 2)
 
 
+def expand_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, H_kv, D) -> (B, N, heads, D), each key/value head repeated for its query heads."""
+    return x if x.shape[2] == heads else x.repeat_interleave(heads // x.shape[2], dim=2)
+
+
+# The tolerance: an implementation's error may be this multiple of plain PyTorch's error in the
+# same dtype, row by row, plus a rounding floor of FLOOR_EPS units of the dtype's epsilon times a
+# magnitude: the row's own (outputs), or the tensor's largest (gradients: see ``reference_error``).
+MULTIPLE, FLOOR_EPS, TINY = 3.0, 8.0, 1e-3
+
+
 def reference_error(got: torch.Tensor, plain: torch.Tensor, ref: torch.Tensor,
-                    dtype: torch.dtype, multiple: float = 3.0) -> str | None:
+                    dtype: torch.dtype, multiple: float = MULTIPLE, *,
+                    gradient: bool = False, scale: float = 0.0) -> str | None:
     """The self-calibrating tolerance, shared by the tests and the benchmark's correctness gate.
 
-    ``got`` passes when |got - ref| <= multiple * |plain - ref| + 8 eps(dtype) * max(1, |ref|):
-    no worse than a small multiple of plain PyTorch's error in the same dtype, plus a rounding
-    floor. Returns None when it passes, else why not.
+    Judged row by row (a row: the last dimension, e.g. one query's D outputs at one head)::
+
+        max|got - ref| <= multiple * max|plain - ref| + 8 eps(dtype) * M
+
+    where ``plain`` is the same math in plain PyTorch in ``dtype`` and M a magnitude. For outputs
+    M is the row's own (max|ref| of the row, plus 1e-3 of the tensor's largest for rows that are
+    all but zero): a wrong value is caught wherever it is, however small that row's values are
+    next to the largest (a global floor would let small rows be off by a factor of two). For
+    gradients (``gradient=True``) M is the tensor's largest value, or ``scale`` when larger (pass
+    the largest of the call's dq, dk and dv): a gradient row, or a whole gradient, can cancel to
+    zero exactly (the first query's dq, attending to one key), and a kernel then returns the
+    rounding of the terms that cancelled, which is relative to the scale of the call's gradients,
+    not to that row's.
+    Any NaN or inf in ``got``, ``plain`` or ``ref`` is a failure. Returns None when it passes,
+    else why.
     """
-    if not torch.isfinite(got).all():
-        return "non-finite values in the output (unwritten elements?)"
-    err = (got.double() - ref).abs().max().item()
-    base = (plain.double() - ref).abs().max().item()
-    bound = multiple * base + 8 * torch.finfo(dtype).eps * max(1.0, ref.abs().max().item())
-    if err > bound:
-        return (f"max error {err:.3g} vs the float64 reference exceeds {bound:.3g} "
-                f"({multiple:g} x plain PyTorch {base:.3g} + floor)")
+    for what, t in (("output", got), ("plain PyTorch result", plain), ("float64 reference", ref)):
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            return (f"non-finite values in the {what} ({int(bad.sum())} of {t.numel()}, first at "
+                    f"index {where})" + (" (unwritten elements?)" if what == "output" else ""))
+    if got.shape != ref.shape:
+        return f"shape {tuple(got.shape)} differs from the reference's {tuple(ref.shape)}"
+    shape = ref.shape
+    g, p, r = (t.double().reshape(-1, shape[-1] if len(shape) else 1) for t in (got, plain, ref))
+    err = (g - r).abs().amax(-1)
+    base = (p - r).abs().amax(-1)
+    mag = r.abs().amax(-1)
+    if gradient:
+        magnitude = torch.clamp(mag.max(), min=scale).expand_as(mag)
+    else:
+        magnitude = mag + TINY * mag.max()
+    floor = FLOOR_EPS * torch.finfo(dtype).eps * magnitude
+    bound = multiple * base + floor
+    over = err > bound
+    if over.any():
+        worst = int(torch.argmax(err - bound))
+        where = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), shape[:-1])) \
+            if len(shape) > 1 else ()
+        return (f"{int(over.sum())} of {len(err)} rows exceed the tolerance; worst at row {where}: "
+                f"error {err[worst]:.3g} vs the float64 reference > {bound[worst]:.3g} "
+                f"({multiple:g} x plain PyTorch's {base[worst]:.3g} + floor {floor[worst]:.3g}; "
+                f"the row's magnitude {mag[worst]:.3g})")
     return None
 
 
@@ -132,7 +180,8 @@ class SoftmaxMath:
 
     def reference_rows(self, q, k, v, rows: torch.Tensor, *, causal: bool = True,
                        dtype=torch.float64) -> torch.Tensor:
-        """The reference for query rows ``rows`` only: (B, len(rows), H, D), cost O(rows * N)."""
+        """The reference for query rows ``rows`` only: (B, len(rows), H, D), cost O(rows * N).
+        Differentiable: with an upstream gradient on these rows it gives every key's gradient."""
         n = k.shape[1]
         mask = self.pattern_for(causal).mask_fn(n, q.device)(rows[:, None], torch.arange(n, device=q.device)[None, :])
         return softmax_attention(q[:, rows], k, v, mask, dtype=dtype)
@@ -158,6 +207,7 @@ class LinearMath:
                        dtype=torch.float64) -> torch.Tensor:
         """The reference for query rows ``rows`` only: (B, len(rows), H, D), cost O(rows * N)."""
         dtype = dtype or q.dtype
+        k, v = expand_heads(k, q.shape[2]), expand_heads(v, q.shape[2])
         fq = self.feature_map(q[:, rows].to(dtype).transpose(1, 2), is_query=True)  # (B, H, R, F)
         fk = self.feature_map(k.to(dtype).transpose(1, 2), is_query=False)  # (B, H, N, F)
         a = fq @ fk.transpose(-1, -2)  # (B, H, R, N)

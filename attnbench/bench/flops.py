@@ -23,12 +23,14 @@ for linear attention.
 from __future__ import annotations
 
 from attnbench.attention.reference import LinearMath
+from attnbench.case import Case
 
 PASS_FACTOR = {"fwd": 1.0, "fwd_bwd": 3.5, "bwd": 2.5, "decode": 1.0}
 
 
 def attention_flops(variant, case) -> int:
-    """FLOPs of one call of ``variant`` at ``case`` (a ``Case``)."""
+    """FLOPs of one call of ``variant`` at ``case`` (a ``Case``; grouped-query attention does the
+    same work per query head, so ``heads`` counts, not ``kv_heads``)."""
     b, n, h, d = case.batch, case.seq_len, case.heads, case.head_dim
     math = variant.math
     if case.pass_ == "decode":
@@ -54,19 +56,16 @@ def chunked_linear_flops(variant, case) -> int:
     return int(attention_flops(variant, case) * (1 + c * (f + d) / (2 * f * d)))
 
 
-def model_flops(cfg, variant, batch: int, seq_len: int, pass_: str) -> int:
-    """FLOPs of the identical LM: 2 * params * tokens for the matmuls (forward) plus each layer's
-    attention FLOPs; a train step counts 3x the matmul and 3.5x the attention forward."""
-    from attnbench.registry import Case
-
-    matmul_params = cfg.num_params() - cfg.dim * (2 * cfg.n_layers + 1)  # minus norm weights
+def model_flops(lm, batch: int, seq_len: int, pass_: str) -> int:
+    """FLOPs of a language model (``attnbench.bench.lm.LanguageModel``): 2 * (weights multiplied
+    per token) * tokens for the matmuls (forward) plus each layer's attention FLOPs; a train step
+    counts 3x the matmul and 3.5x the attention forward."""
+    matmul = lm.matmul_params()
+    case = Case(batch=batch, seq_len=seq_len, heads=lm.heads, kv_heads=lm.kv_heads,
+                head_dim=lm.head_dim, pass_="decode" if pass_ == "decode" else "fwd")
+    attn = lm.n_layers * attention_flops(lm.variant, case)
     if pass_ == "decode":
-        attn = attention_flops(variant, Case(batch=batch, seq_len=seq_len, heads=cfg.n_heads,
-                                             head_dim=cfg.head_dim, pass_="decode"))
-        return int(2 * matmul_params * batch + cfg.n_layers * attn)
-    case = Case(batch=batch, seq_len=seq_len, heads=cfg.n_heads, head_dim=cfg.head_dim, pass_="fwd")
-    fwd = 2 * matmul_params * batch * seq_len + cfg.n_layers * attention_flops(variant, case)
+        return int(2 * matmul * batch + attn)
     if pass_ == "train_step":
-        return int(3 * 2 * matmul_params * batch * seq_len
-                   + cfg.n_layers * 3.5 * attention_flops(variant, case))
-    return int(fwd)
+        return int(3 * 2 * matmul * batch * seq_len + 3.5 * attn)
+    return int(2 * matmul * batch * seq_len + attn)

@@ -1,23 +1,31 @@
 """Measurement: time, peak memory and the device's own ceilings.
 
-Time. On CUDA: CUDA events around each repetition after a synchronize. On the CPU:
-``time.perf_counter_ns`` around synchronous work, with garbage collection off while timing. Warm-up
-runs (compilation, autotuning, caches) happen before the timed region. Repetitions continue until
-a time budget is spent (between ``min_reps`` and ``max_reps``); the median and the 20th/80th
-percentiles are reported.
+Time (``time_fn``), taken the way a user's program runs the code: the caller has already made the
+first (compiling) call and ``warmup`` more untimed calls of the same pass; repetitions continue
+until a time budget is spent and at least ``min_reps`` are taken; the median and the 20th/80th
+percentiles are reported. A repetition's result is released after its clock stops, so freeing
+the output is not timed.
 
-Peak memory of one run of the timed function, minus what was allocated before it (the inputs):
-- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (method ``cuda_allocator``);
+- CUDA: ``torch.cuda.set_device`` first (events on another device would time an idle stream);
+  repetitions are launched back to back, each between its own pair of CUDA events, with a buffer
+  larger than L2 zeroed before each (``l2_flush``: at N = 512 q, k and v fit in an H100's 50 MB L2
+  and would be timed warm), and the host synchronises once per batch of repetitions, not after
+  each, so launch overhead is not inside small-N samples. With ``cuda_graphs`` the pass is
+  captured once and each repetition replays the graph (launch overhead removed; what
+  ``triton.testing.do_bench_cudagraph`` measures).
+- CPU: ``time.perf_counter_ns`` around synchronous work, garbage collection off while timing.
+
+Peak memory of one call beyond what was allocated before it (the inputs):
+- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (``cuda_allocator``);
 - CPU (Linux): the process's resettable peak resident set: write ``5`` to ``/proc/self/clear_refs``,
-  run, read ``VmHWM`` from ``/proc/self/status`` (method ``cpu_peak_rss``). The worker process
-  starts with ``MALLOC_MMAP_THRESHOLD_`` fixed so that large buffers are returned to the system
-  when freed and every case starts from what it really holds, and with PyTorch's
-  ``THP_MEM_ALLOC_ENABLE=1`` (2 MiB pages for large buffers: first-touch page faults otherwise
-  dominate fresh large tensors on machines whose THP mode is ``madvise``). The worker's
-  environment is written into ``run.json``.
+  run, read ``VmHWM`` from ``/proc/self/status`` (``cpu_peak_rss``). The harness measures it in a
+  separate worker process whose allocator returns large blocks to the system when they are freed
+  (``MEMORY_ENV``), so every case starts from what it really holds; those settings cost page
+  faults and never apply to the process that times.
 
-Ceilings, measured once per run on the device in use: dense matmul FLOP/s in each dtype, and copy
-bandwidth. Achieved FLOP/s are reported as a fraction of these, never of a datasheet figure.
+Ceilings, measured on the device in use with the same statistic as the cases (the median), at the
+start and at the end of a run: dense matmul FLOP/s in each dtype, and copy bandwidth. Achieved
+FLOP/s are reported as a fraction of these, and also (on a known GPU) of the published peak.
 """
 
 from __future__ import annotations
@@ -31,6 +39,31 @@ from typing import Callable
 
 import torch
 
+# glibc: mmap every block of 64 KiB and more, and give it back when freed (peak RSS per case)
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+# Dense (no sparsity) bfloat16/float16 tensor-core peaks from the vendors' datasheets, TFLOP/s,
+# matched by substring of the device name (most specific first).
+PUBLISHED_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM5
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+)
+
+
+def published_peak(device_name: str, dtype: str) -> float | None:
+    """FLOP/s of the device's published dense bf16/fp16 peak, or None (unknown device or dtype)."""
+    if dtype not in ("bfloat16", "float16"):
+        return None
+    for key, tflops in PUBLISHED_PEAK_TFLOPS:
+        if key in (device_name or ""):
+            return tflops * 1e12
+    return None
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -38,6 +71,11 @@ class Timing:
     p20_ms: float
     p80_ms: float
     reps: int
+
+    @property
+    def spread(self) -> float:
+        """(p80 - p20) / median: above the suite's ``noisy`` threshold a row is marked noisy."""
+        return (self.p80_ms - self.p20_ms) / self.median_ms if self.median_ms > 0 else 0.0
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -49,18 +87,27 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def summarize(times: list[float]) -> Timing:
+    times = sorted(times)
+    return Timing(statistics.median(times), _percentile(times, 0.2), _percentile(times, 0.8),
+                  len(times))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", *, warmup: int = 1,
-            budget_s: float = 0.5, min_reps: int = 3, max_reps: int = 200) -> Timing:
-    """Time ``fn()``: ``warmup`` untimed calls, then repetitions until ``budget_s`` is spent."""
+            budget_s: float = 0.5, min_reps: int = 5, max_reps: int = 200, l2_flush: bool = True,
+            cuda_graphs: bool = False) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then repetitions until ``budget_s`` is spent
+    (between ``min_reps`` and ``max_reps``)."""
     device = torch.device(device)
+    if device.type == "cuda":
+        return _time_cuda(fn, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda_graphs)
     for _ in range(warmup):
         fn()
-    sync(device)
     times: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -69,22 +116,62 @@ def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", *, war
         while len(times) < max_reps and (
             len(times) < min_reps or time.perf_counter() - start_all < budget_s
         ):
-            if device.type == "cuda":
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(begin.elapsed_time(end))
-            else:
-                t0 = time.perf_counter_ns()
-                fn()
-                times.append((time.perf_counter_ns() - t0) / 1e6)
+            t0 = time.perf_counter_ns()
+            out = fn()
+            t1 = time.perf_counter_ns()
+            del out  # freed after the clock stopped
+            times.append((t1 - t0) / 1e6)
     finally:
         if gc_was_enabled:
             gc.enable()
-    times.sort()
-    return Timing(statistics.median(times), _percentile(times, 0.2), _percentile(times, 0.8), len(times))
+    return summarize(times)
+
+
+def _l2_buffer(device: torch.device) -> torch.Tensor | None:
+    size = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or (64 << 20)
+    return torch.empty(2 * size // 4, dtype=torch.int32, device=device)
+
+
+def _time_cuda(fn, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda_graphs) -> Timing:
+    torch.cuda.set_device(device)
+    run = fn
+    if cuda_graphs:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(max(1, warmup)):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        run = graph.replay
+    else:
+        for _ in range(warmup):
+            fn()
+    flush = _l2_buffer(device) if l2_flush else None
+    torch.cuda.synchronize(device)
+    # an estimate of one repetition sizes the batches launched between host synchronisations
+    t0 = time.perf_counter()
+    run()
+    torch.cuda.synchronize(device)
+    estimate = max(time.perf_counter() - t0, 1e-6)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start_all < budget_s):
+        left = max(min_reps - len(times), int((budget_s - (time.perf_counter() - start_all)) / estimate))
+        batch = max(1, min(max_reps - len(times), left, 100))
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(batch)]
+        for begin, end in events:
+            if flush is not None:
+                flush.zero_()
+            begin.record()
+            run()
+            end.record()
+        torch.cuda.synchronize(device)
+        times.extend(b.elapsed_time(e) for b, e in events)
+    return summarize(times)
 
 
 def _status_kib(field: str) -> int:
@@ -128,23 +215,49 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
 
 def matmul_ceiling(dtype: torch.dtype, device: torch.device | str = "cpu", n: int | None = None,
                    budget_s: float = 2.0) -> float:
-    """FLOP/s a large square matmul in ``dtype`` sustains on ``device``: from the 20th percentile
-    of its times, not the median. A ceiling is what the device can do; on a shared machine a
-    median of a few repetitions was seen 15% low (185 against 217 GFLOP/s), which would inflate
-    every fraction of it."""
+    """FLOP/s of a large square matmul in ``dtype`` on ``device``, from the median of at least 10
+    timings (the cases' statistic, so a fraction compares like with like). Without ``n``, the
+    size is the largest power of two up to 2048 (CPU) or 8192 (CUDA) whose product takes at most
+    about 0.2 s here: a CPU without native bfloat16 runs it at a few GFLOP/s, where 2048^3 would
+    take seconds per repetition."""
     device = torch.device(device)
-    n = n or (8192 if device.type == "cuda" else 2048)
+    if n is None:
+        n = 8192 if device.type == "cuda" else 2048
+        probe = 256
+        a = torch.randn(probe, probe, device=device).to(dtype)
+        a @ a  # warm
+        sync(device)
+        t0 = time.perf_counter()
+        a @ a
+        sync(device)
+        rate = 2 * probe**3 / max(time.perf_counter() - t0, 1e-9)  # FLOP/s at the probe size
+        while n > probe and 2 * n**3 / rate > 0.2:
+            n //= 2
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    t = time_fn(lambda: a @ b, device, warmup=3, budget_s=budget_s, min_reps=10)
-    return 2 * n**3 / (t.p20_ms / 1e3)
+    t = time_fn(lambda: a @ b, device, warmup=3, budget_s=budget_s, min_reps=10, max_reps=1000)
+    return 2 * n**3 / (t.median_ms / 1e3)
 
 
 def copy_bandwidth(device: torch.device | str = "cpu", nbytes: int = 256 << 20,
                    budget_s: float = 1.0) -> float:
-    """Achieved bytes/s of a large tensor copy (read + write counted)."""
+    """Achieved bytes/s of a large tensor copy (read + write counted), median of its timings."""
     device = torch.device(device)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    t = time_fn(lambda: dst.copy_(src), device, warmup=2, budget_s=budget_s, min_reps=3)
+    t = time_fn(lambda: dst.copy_(src), device, warmup=2, budget_s=budget_s, min_reps=5,
+                l2_flush=False)
     return 2 * nbytes / (t.median_ms / 1e3)
+
+
+CEILING_METHOD = ("square matmul (up to 2048 on CPU, 8192 on CUDA, as large as takes <= 0.2 s) and a "
+                  "256 MiB copy, median of their timings (the cases' statistic), on this device, at "
+                  "the start and the end of the run")
+
+
+def ceilings(dtypes: list[str], device: str) -> dict:
+    """The run's ceilings on ``device``: matmul FLOP/s per dtype name and copy bytes/s."""
+    from attnbench.case import parse_dtype
+
+    return {"matmul_flops_per_s": {name: matmul_ceiling(parse_dtype(name), device) for name in dtypes},
+            "copy_bytes_per_s": copy_bandwidth(device), "method": CEILING_METHOD}

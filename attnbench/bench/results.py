@@ -33,8 +33,8 @@ CORE_FIELDS = [
 ]
 STATUSES = ("ok", "unsupported", "incorrect", "oom", "error", "timeout", "crash", "skipped_after_oom",
             "diverged")
-ORDER0_MARGIN = 0.5  # bits per byte a trained model must gain over the order-0 entropy
-PACKAGES = ("torch", "triton", "flash-attn", "xformers", "numpy", "pandas", "matplotlib")
+PACKAGES = ("torch", "triton", "flash-attn", "flash_attn_3", "xformers", "fla-core",
+            "transformers", "numpy", "pandas", "matplotlib")
 
 
 def new_run_id(suite_name: str) -> str:
@@ -127,8 +127,15 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def git_state() -> dict[str, Any]:
+    """The commit of the code that runs, and whether it has uncommitted changes (None outside a
+    git checkout, e.g. an installed package)."""
+    return {"git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def environment(device: str) -> dict[str, Any]:
-    """Provenance: versions, device, driver/CUDA, threads, git state."""
+    """Provenance: versions, device, driver/CUDA, threads, git state, host."""
     versions = {}
     for pkg in PACKAGES:
         try:
@@ -143,8 +150,7 @@ def environment(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "packages": versions,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        **git_state(),
         "device": device,
         "device_name": _cpu_name(),
         "hostname": platform.node(),
@@ -190,103 +196,3 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"{run_dir} is not a run folder (no {RUN_FILE})")
     return json.loads(path.read_text())
-
-
-def summary_table(rows: Iterable[dict[str, Any]]) -> str:
-    """Short text tables: speed and memory (one line per case), then quality and recall."""
-    rows = list(rows)
-    speed = [r for r in rows if r.get("level") in ("op", "model")]
-    parts = [speed_table(speed)] if speed else []
-    quality = [r for r in rows if r.get("level") == "quality"]
-    if quality:
-        parts.append(quality_tables(quality))
-    recall = [r for r in rows if r.get("level") == "recall"]
-    if recall:
-        parts.append(recall_table(recall))
-    return "\n\n".join(parts)
-
-
-def _cell(r: dict[str, Any] | None, field: str, fmt: str) -> str:
-    if r is None:
-        return "-"
-    if r.get("status") != "ok":
-        return r.get("status", "?")
-    value = r.get(field)
-    return "-" if value is None else format(value, fmt)
-
-
-def _grid(rows: list[dict[str, Any]], col: str, field: str, fmt: str, title: str) -> str:
-    """variant x ``col`` table of ``field`` (statuses shown as what they are)."""
-    cols = sorted({r[col] for r in rows})
-    names = list(dict.fromkeys(r["variant"] for r in rows))
-    cells = {(r["variant"], r[col]): r for r in rows}
-    width = max(len(n) for n in names + ["variant"])
-    lines = [title, f"{'variant':<{width}} " + " ".join(f"{str(c):>10}" for c in cols)]
-    for n in names:
-        lines.append(f"{n:<{width}} " + " ".join(f"{_cell(cells.get((n, c)), field, fmt):>10}"
-                                                  for c in cols))
-    return "\n".join(lines)
-
-
-def quality_tables(rows: list[dict[str, Any]]) -> str:
-    """Bits per byte by evaluation length (trained variants and the n-gram floor), training
-    throughput, and the drop-in table."""
-    evals = [r for r in rows if r["pass"] == "eval" and "eval_len" in r]
-    parts = []
-    if evals:
-        first = evals[0]
-        order0 = next((r["order0_bpb"] for r in evals if r.get("order0_bpb")), None)
-        title = (f"quality: bits per byte on {first['dataset']} ({first.get('eval_split', 'val')}), "
-                 f"trained at L={first['train_len']}, {first['budget']}; columns: eval length"
-                 + (f"; order-0 entropy {order0:.3f}" if order0 else ""))
-        parts.append(_grid(evals, "eval_len", "bits_per_byte", ".4f", title))
-        if order0:
-            weak = sorted({r["variant"] for r in evals if r["status"] == "ok"
-                           and r["bits_per_byte"] > order0 - ORDER0_MARGIN})
-            parts[-1] += ("\n" + (f"WARNING: within {ORDER0_MARGIN} bits of the order-0 entropy "
-                                  f"(learned nothing?): {', '.join(weak)}" if weak else
-                                  f"every model beats the order-0 entropy by more than "
-                                  f"{ORDER0_MARGIN} bits per byte"))
-    trains = [r for r in rows if r["pass"] in ("train", "fit")]
-    if trains:
-        lines = ["training: status, steps, tokens/s, final train bits per byte"]
-        for r in trains:
-            tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else "-"
-            bpb = f"{r['final_train_bpb']:.4f}" if r.get("final_train_bpb") is not None else "-"
-            lines.append(f"  {r['variant']:<44} {r['status']:<9} {r.get('train_steps', '-')!s:>6} "
-                         f"{tps:>9} {bpb:>8}  {r.get('reason', '')}")
-        parts.append("\n".join(lines))
-    dropin = [r for r in rows if r["pass"] == "dropin" and "eval_len" in r]
-    failed = [r for r in rows if r["pass"] == "dropin" and "eval_len" not in r and r["status"] != "ok"]
-    for r in failed:
-        parts.append(f"drop-in {r['variant']}: {r['status']} {r.get('reason', '')}")
-    if dropin:
-        title = (f"drop-in: checkpoint of {dropin[0]['trained_variant']}, bits per byte with each "
-                 "variant swapped in")
-        parts.append(_grid(dropin, "eval_len", "bits_per_byte", ".4f", title) + "\n"
-                     + _grid(dropin, "eval_len", "rel_diff", ".1e", "relative difference to the trained variant"))
-    return "\n\n".join(parts)
-
-
-def recall_table(rows: list[dict[str, Any]]) -> str:
-    evals = [dict(r, setting=f"N{r['seq_len']}/kv{r['kv_pairs']}") for r in rows if r["pass"] == "eval"]
-    failed = [f"recall {r['variant']}: {r['status']} {r.get('reason', '')}" for r in rows
-              if r["pass"] == "train" and r["status"] != "ok"]
-    if not evals:
-        return "\n".join(["recall: no evaluated settings"] + failed)
-    return _grid(evals, "setting", "accuracy", ".3f",
-                 "recall (MQAR): accuracy by sequence length N and key-value pairs kv")
-
-
-def speed_table(rows: Iterable[dict[str, Any]]) -> str:
-    """A short text table: one line per case (variant, pass, N, status, time, GFLOP/s, memory)."""
-    lines = [f"{'variant':<44} {'pass':<10} {'N':>6} {'status':<11} {'ms':>9} {'GFLOP/s':>8} "
-             f"{'%ceil':>6} {'peak MiB':>9}"]
-    for r in rows:
-        t = f"{r['time_ms']:.3f}" if r.get("time_ms") is not None else "-"
-        g = f"{r['flops_per_s'] / 1e9:.1f}" if r.get("flops_per_s") else "-"
-        c = f"{100 * r['frac_of_ceiling']:.0f}" if r.get("frac_of_ceiling") else "-"
-        m = f"{r['peak_mem_bytes'] / 2**20:.1f}" if r.get("peak_mem_bytes") is not None else "-"
-        lines.append(f"{r['variant'][:44]:<44} {r['pass']:<10} {r['seq_len']:>6} {r['status']:<11} "
-                     f"{t:>9} {g:>8} {c:>6} {m:>9}")
-    return "\n".join(lines)

@@ -1,89 +1,79 @@
-"""The local launcher: plans a suite's cases and measures them in an isolated worker process.
+"""The local launcher: plans a suite's cases and measures them in isolated worker processes.
 
-    plan(suite) -> [case dicts]        every (variant, shape, dtype, pass, repeat), smallest N first
+    plan(suite) -> [Case]               every (variant, shape, dtype, pass, repeat), smallest N first
     run(suite, run_dir)                 writes run.json, then one results.jsonl row per case
 
 Failures are results: an unsupported case is recorded with its reasons; an exception in the worker
 is an ``error`` / ``oom`` row; a case that outlives ``timing.timeout_s`` is killed (``timeout``);
 a worker that dies (segfault, abort) is a ``crash`` row, and a fresh worker takes the next case.
 After an ``oom``, the same variant at larger N is recorded as ``skipped_after_oom``.
-Resuming a run folder measures only the cases it lacks.
+Resuming a run folder measures only the cases it lacks, and refuses a different suite or code
+(git commit) unless forced, which run.json records.
+
+Each launcher slot has three workers (``attnbench.bench.worker``): one that times (the default
+allocator and the suite's ``timing.env``, nothing else), one that measures peak memory on the CPU
+(allocator settings that return memory to the system: they cost page faults and never touch a
+timing), and one that trains (quality and recall cases).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import signal
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from tqdm import tqdm
 
-from attnbench.bench import results
-from attnbench.registry import Case, get_variant, load_plugin, parse_dtype
-from attnbench.quality.cases import corpus_for, plan_quality, plan_recall
+from attnbench.bench import measure, results
 from attnbench.bench.suite import Suite
-
-# PyTorch's CPU allocator backs buffers of 2 MiB and more with transparent huge pages
-# (madvise): where the kernel's THP mode is "madvise", as on this project's machines, every fresh
-# large tensor otherwise costs a page fault per 4 KiB (≈ 7 ms per 32 MiB here, half the time of a
-# 64x64 batched matmul that writes it). Applies to every variant and to the ceiling alike.
-ALLOC_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
-# glibc: always mmap large blocks and give them back on free, so peak RSS per case is honest
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536", **ALLOC_ENV}
+from attnbench.case import Case
+from attnbench.quality.cases import corpus_for, plan_quality, plan_recall
+from attnbench.registry import get_variant, load_plugin
 
 
-def case_id(c: dict[str, Any]) -> str:
-    shape = f"B{c['batch']}-N{c['seq_len']}-H{c['heads']}-D{c['head_dim']}"
-    extra = f"|{c['preset']}" if c["level"] == "model" else ""
-    causal = "" if c.get("causal", True) else "|noncausal"
-    return f"{c['level']}|{c['variant']}|{c['pass']}|{shape}|{c['dtype']}|{c['device']}{extra}{causal}|r{c['repeat']}"
-
-
-def plan(suite: Suite) -> list[dict[str, Any]]:
+def plan(suite: Suite) -> list[Case]:
     """Every case of ``suite``, grouped by variant with N ascending (so OOM skipping works)."""
     device = suite.resolved_device()
-    cases = []
+    cases: list[Case] = []
+    reps = range(suite.timing.repeats)
     if suite.op is not None:
         op = suite.op
         for spec in op.variants:
-            variant = get_variant(spec)
+            v = get_variant(spec)
+            ident = dict(variant=v.label, family=v.family, math=v.info.math, impl=v.impl,
+                         exact=v.exact, device=device)
             for dtype in op.dtypes:
                 for d in op.head_dims:
-                    for causal in op.causal:
-                        for pass_ in op.passes:
-                            for n in sorted(op.seq_lens):
-                                for r in range(suite.timing.repeats):
-                                    cases.append(dict(
-                                        level="op", variant=variant.label, family=variant.family,
-                                        math=variant.info.math, impl=variant.impl, pass_=pass_,
-                                        batch=op.batch_for(n), seq_len=n, heads=op.heads,
-                                        head_dim=d, dtype=dtype, device=device, causal=causal,
-                                        repeat=r))
+                    heads = op.heads_for(d)
+                    for kv in op.kv_heads or (heads,):
+                        for causal in op.causal:
+                            for pass_ in op.passes:
+                                for n in sorted(op.seq_lens):
+                                    cases += [Case(level="op", **ident, pass_=pass_,
+                                                   batch=op.batch_for(n), seq_len=n, heads=heads,
+                                                   kv_heads=kv, head_dim=d, dtype=dtype,
+                                                   causal=causal, repeat=r) for r in reps]
     if suite.model is not None:
-        from attnbench.model import ModelConfig
-
         m = suite.model
-        cfg = ModelConfig.from_name(m.preset)
+        heads, kv_heads, head_dim = model_shape(m.preset)
         for spec in m.variants:
-            variant = get_variant(spec)
+            v = get_variant(spec)
             for dtype in m.dtypes:
                 for pass_ in m.passes:
                     for n in sorted(m.seq_lens):
-                        for r in range(suite.timing.repeats):
-                            cases.append(dict(
-                                level="model", variant=variant.label, family=variant.family,
-                                math=variant.info.math, impl=variant.impl, pass_=pass_,
-                                batch=m.batch, seq_len=n, heads=cfg.n_heads,
-                                head_dim=cfg.head_dim, dtype=dtype, device=device, causal=True,
-                                preset=m.preset, repeat=r))
-    for c in cases:
-        c["pass"] = c.pop("pass_")
-        c["case_id"] = case_id(c)
+                        cases += [Case(level="model", variant=v.label, family=v.family,
+                                       math=v.info.math, impl=v.impl, exact=v.exact, pass_=pass_,
+                                       batch=m.batch, seq_len=n, heads=heads,
+                                       kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
+                                       device=device, preset=m.preset, repeat=r) for r in reps]
     if suite.quality is not None:
         cases += plan_quality(suite.quality, device)
     if suite.recall is not None:
@@ -91,44 +81,53 @@ def plan(suite: Suite) -> list[dict[str, Any]]:
     return cases
 
 
-# what a case's pass asks of the attention variant
-_NEEDS = {"train_step": "fwd_bwd", "prefill": "fwd", "train": "fwd_bwd", "dropin": "fwd"}
+def model_shape(preset: str) -> tuple[int, int, int]:
+    """(heads, kv_heads, head_dim) of a model preset: attnbench's (``attnbench.model.PRESETS``) or
+    a transformers model's (``hf:NAME`` or ``hf:FOLDER``)."""
+    if preset.startswith("hf:"):
+        from attnbench import hf
+
+        cfg = hf.config(preset[3:])
+        heads = cfg.num_attention_heads
+        return (heads, getattr(cfg, "num_key_value_heads", None) or heads,
+                getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    from attnbench.model import ModelConfig
+
+    cfg = ModelConfig.from_name(preset)
+    return cfg.n_heads, cfg.kv_heads, cfg.head_dim
 
 
-def unsupported_reasons(c: dict[str, Any]) -> list[str]:
-    if c["family"] == "baseline":  # the n-gram floor: no attention
+def unsupported_reasons(case: Case) -> list[str]:
+    """What the launcher can tell without running a kernel (probes run in the worker)."""
+    if case.family == "baseline":  # the n-gram floor: no attention
         return []
-    variant = get_variant(c["variant"])
-    pass_ = _NEEDS.get(c["pass"], c["pass"])
-    dtype = "bfloat16" if c["dtype"] == "bfloat16-autocast" else c["dtype"]
-    case = Case(batch=c["batch"], seq_len=c["seq_len"], heads=c["heads"], head_dim=c["head_dim"],
-                dtype=parse_dtype(dtype), device=c["device"], pass_=pass_, causal=c["causal"])
-    return variant.not_supported_reasons(case)
+    return get_variant(case.variant).not_supported_reasons(case, probe=False)
 
 
-def _timeout(c: dict[str, Any], suite: Suite) -> float:
-    if c["level"] in ("quality", "recall"):
-        return getattr(suite, c["level"]).timeout_s
+def _timeout(case: Case, suite: Suite) -> float:
+    if case.level in ("quality", "recall"):
+        return getattr(suite, case.level).timeout_s
     return suite.timing.timeout_s
 
 
 class Worker:
     """A worker process and its pipes; restarted after a crash or a timeout."""
 
-    def __init__(self, init: dict[str, Any], env: dict[str, str] | None = None):
+    def __init__(self, init: dict[str, Any], env: dict[str, str]):
         self.init = init
-        self.env = WORKER_ENV if env is None else env
+        self.env = env
         self.proc = None
         self.conn = None
+        self.send_conn = None
         self.threads = None
 
     def start(self) -> None:
-        """Start ``python -m attnbench.bench.worker`` with two pipes (never re-imports the caller's
-        ``__main__``, unlike multiprocessing's spawn)."""
+        """Start ``python -m attnbench.bench.worker`` with two pipes (never re-imports the
+        caller's ``__main__``, unlike multiprocessing's spawn)."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = {**os.environ, **self.env}
-        root = str(Path(__file__).resolve().parents[2])
+        root = str(Path(__file__).resolve().parents[2])  # a source checkout that is not installed
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "attnbench.bench.worker", str(to_child_r), str(from_child_w)],
@@ -181,7 +180,7 @@ class Worker:
         return {"status": "crash", "reason": why}
 
     def _close(self) -> None:
-        for c in (self.conn, getattr(self, "send_conn", None)):
+        for c in (self.conn, self.send_conn):
             if c is not None:
                 c.close()
         self.conn = self.send_conn = None
@@ -204,52 +203,41 @@ class Worker:
         self.kill()
 
 
-class Progress:
-    """One status line on stderr: count, percentage, ETA, current case."""
+class _Lines:
+    """tqdm's output when stderr is not a terminal (a CI log): one plain line per update."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.done, self.start, self.stream = total, 0, time.time(), stream
-        self.measured, self.measure_time = 0, 0.0
+    def __init__(self, stream):
+        self.stream = stream
 
-    def show(self, label: str) -> None:
-        if not self.total:
-            return
-        tty = self.stream.isatty()
-        if not tty and self.done % max(1, self.total // 10):
-            return  # in a log: a line every tenth of the run, not a redrawn bar
-        pct = 100 * self.done / self.total
-        left = self.total - self.done
-        eta = (self.measure_time / self.measured) * left if self.measured else float("nan")
-        eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
-        bar = "#" * int(pct / 5)
-        line = f"[{bar:<20}] {self.done}/{self.total} {pct:3.0f}% ETA {eta_s}  {label[:70]:<70}"
-        self.stream.write("\r" + line if tty else line.rstrip() + "\n")
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n")
+        if text.strip():
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
         self.stream.flush()
 
-    def tick(self, seconds: float, measured: bool) -> None:
-        self.done += 1
-        if measured:
-            self.measured += 1
-            self.measure_time += seconds
 
-    def close(self) -> None:
-        if self.total and self.stream.isatty():
-            self.stream.write(f"\r{' ' * 120}\r")
-            self.stream.flush()
+def progress_bar(total: int, enabled: bool, unit: str = "case") -> tqdm:
+    """A tqdm bar with ETA on a terminal; in a log, a line every tenth of the run."""
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, disable=not enabled or not total, unit=unit, dynamic_ncols=tty,
+                file=sys.stderr if tty else _Lines(sys.stderr), mininterval=0.5 if tty else 0,
+                miniters=1 if tty else max(1, total // 10), ascii=not tty)
 
 
 def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (), command: list[str] | None = None,
-        resume: bool = False, progress: bool = True, workers: int = 1,
+        resume: bool = False, force: bool = False, progress: bool = True, workers: int = 1,
         on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Measure every case of ``suite`` not yet in ``run_dir``; returns the run folder.
-    ``workers`` > 1: that many worker processes share the cases (see ``execute``)."""
+    ``workers`` > 1: that many worker slots share the cases (see ``execute``)."""
     run_dir = Path(run_dir)
     for path in plugins:
         load_plugin(path)
     cases = plan(suite)
     writer = results.ResultWriter(run_dir)
-    todo = [c for c in cases if c["case_id"] not in writer.done]
-    info = start_info(suite, run_dir, cases, todo, plugins, command, resume)
+    todo = [c for c in cases if c.case_id not in writer.done]
+    info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)
     info["launcher"] = {"kind": "local", "workers": workers}
     execute(todo, suite, run_dir, writer, info, plugins=plugins, progress=progress, workers=workers,
             on_row=on_row)
@@ -258,13 +246,35 @@ def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (), command: 
     return run_dir
 
 
-def start_info(suite: Suite, run_dir: Path, cases, todo, plugins, command, resume) -> dict[str, Any]:
+def _suite_json(suite: Suite) -> str:
+    return json.dumps(suite.to_dict(), sort_keys=True, default=str)
+
+
+def start_info(suite: Suite, run_dir: Path, cases, todo, plugins, command, resume,
+               force: bool = False) -> dict[str, Any]:
     """run.json's content at the start (or on resume, with the resume recorded); the corpus is
-    loaded here, so a missing one fails at once."""
+    loaded here, so a missing one fails at once. A resume with another suite or another commit
+    is refused unless ``force``, and then recorded."""
     if resume and (run_dir / results.RUN_FILE).exists():
         info = results.read_run_json(run_dir)
+        changes = []
+        if json.loads(_suite_json(suite)) != json.loads(json.dumps(info.get("suite"), sort_keys=True,
+                                                                   default=str)):
+            changes.append("the suite differs from the run's")
+        env = info.get("environment") or {}
+        was, was_dirty = env.get("git_commit"), env.get("git_dirty")
+        now = results.git_state()
+        if was and now["git_commit"] and (was != now["git_commit"] or (now["git_dirty"] and not was_dirty)):
+            changes.append(f"the code differs: the run was measured at commit {was[:12]}"
+                           + (" with uncommitted changes" if was_dirty else "") + f", this is "
+                           f"{now['git_commit'][:12]}" + (" with uncommitted changes" if now["git_dirty"] else ""))
+        if changes and not force:
+            raise ValueError(f"--resume {run_dir}: " + "; ".join(changes)
+                             + ". Its rows would mix settings; resume with the same suite and "
+                               "commit, or pass --force (recorded in run.json)")
         info.setdefault("resumed", []).append({"command": command or sys.argv, "time": time.time(),
-                                               "cases_left": len(todo)})
+                                               "cases_left": len(todo), "forced": bool(changes),
+                                               "changes": changes, **now})
     else:
         info = {"run_id": run_dir.name, "command": command or sys.argv, "suite": suite.to_dict(),
                 "plugins": list(plugins), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -274,91 +284,126 @@ def start_info(suite: Suite, run_dir: Path, cases, todo, plugins, command, resum
     return info
 
 
-def groups_of(cases: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def groups_of(cases: list[Case]) -> list[list[Case]]:
     """Cases split by (variant, device), in plan order: compilation and warm-up are paid once per
     group, and a group's N stay ascending (so skipping after an OOM works)."""
     out: dict[tuple, list] = {}
     for c in cases:
-        out.setdefault((c["variant"], c["device"]), []).append(c)
+        out.setdefault((c.variant, c.device), []).append(c)
     return list(out.values())
 
 
-def balance(groups: list[list[dict]], k: int) -> list[list[dict]]:
+def balance(groups: list[list[Case]], k: int) -> list[list[Case]]:
     """At most ``k`` bins of whole groups, largest first into the emptiest bin."""
-    bins: list[list[dict]] = [[] for _ in range(min(k, len(groups)))]
+    bins: list[list[Case]] = [[] for _ in range(min(k, len(groups)))]
     for g in sorted(groups, key=len, reverse=True):
         min(bins, key=len).extend(g)
     return [b for b in bins if b]
 
 
-def execute(todo, suite: Suite, run_dir: Path, writer, info: dict[str, Any], *, plugins=(),
-            progress: bool = True, workers: int = 1, on_row=None) -> None:
-    """Measure ``todo`` into ``writer``: ceilings and environment into ``info`` (and run.json),
-    then the sweep. With ``workers`` = K > 1, K worker processes take whole (variant, device)
-    groups, each pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or to a 1/K share of the CPU threads."""
+class Slot:
+    """One launcher slot: its timing, memory and training workers, its host and ceilings."""
+
+    def __init__(self, init: dict[str, Any], timing_env: dict[str, str], pin: dict[str, str]):
+        self.timing_env = {**timing_env, **pin}
+        self.time = Worker(init, env=self.timing_env)
+        self.memory = Worker(init, env={**measure.MEMORY_ENV, **self.timing_env})
+        self.train = Worker(init, env=self.timing_env)
+        self.ceilings: dict[str, Any] = {}
+
+    def worker_for(self, case: Case) -> Worker:
+        return self.train if case.level in ("quality", "recall") else self.time
+
+    def measure_ceilings(self, dtypes: list[str], device: str) -> dict[str, Any]:
+        return self.time.ask("ceilings", {"dtypes": dtypes, "device": device}, timeout=600)
+
+    def stop(self) -> None:
+        for w in (self.time, self.memory, self.train):
+            w.stop()
+
+
+def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[str, Any], *,
+            plugins=(), progress: bool = True, workers: int = 1, on_row=None) -> None:
+    """Measure ``todo`` into ``writer``: each slot's ceilings (at its start and end) and the
+    environment into ``info`` (and run.json), then the sweep. With ``workers`` = K > 1, K slots
+    take whole (variant, device) groups, each pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or to a
+    1/K share of the CPU threads."""
     device = suite.resolved_device()
-    k = max(1, min(workers, len(groups_of(todo)) or 1))
+    groups = groups_of(todo)
+    k = max(1, min(workers, len(groups) or 1))
     threads = suite.timing.threads
     if k > 1 and not device.startswith("cuda"):  # a 1/K share of the CPU each
         threads = max(1, (threads or os.cpu_count() or 1) // k)
-    init = {"threads": threads, "plugins": list(plugins),
-            "timing": vars(suite.timing), "suite": suite.to_dict(), "run_dir": str(run_dir)}
-    pools = []
-    for i in range(k):
-        pin = {"CUDA_VISIBLE_DEVICES": str(i)} if k > 1 and device.startswith("cuda") else {}
-        # training cases measure no memory: a worker without the mmap-everything malloc settings
-        # (which cost page faults on every large allocation)
-        measurer, trainer = Worker(init, env={**WORKER_ENV, **pin}), Worker(init, env={**ALLOC_ENV, **pin})
-        pools.append({"op": measurer, "model": measurer, "quality": trainer, "recall": trainer})
-    first = pools[0]["op"]
+    init = {"threads": threads, "plugins": list(plugins), "timing": vars(suite.timing),
+            "suite": suite.to_dict(), "run_dir": str(run_dir)}
+    slots = [Slot(init, dict(suite.timing.env),
+                  {"CUDA_VISIBLE_DEVICES": str(i)} if k > 1 and device.startswith("cuda") else {})
+             for i in range(k)]
+    dtypes = sorted({c.dtype_label for c in todo if c.level in ("op", "model")})
+    session = info["resumed"][-1] if info.get("resumed") else info
     try:
-        if "ceilings" not in info and any(c["level"] in ("op", "model") for c in todo):
-            dtypes = sorted({c["dtype"] for c in todo if c["level"] in ("op", "model")})
-            info["ceilings"] = first.ask("ceilings", {"dtypes": dtypes, "device": device}, timeout=600)
-        info["environment"] = results.environment(device)
-        info["environment"]["worker_threads"] = first.threads or _probe_threads(first)
-        info["environment"]["worker_processes"] = k
-        info["environment"]["mem_method"] = "cuda_allocator" if device.startswith("cuda") else "cpu_peak_rss"
-        info["environment"]["worker_env"] = dict(WORKER_ENV)
+        if dtypes:
+            for slot in slots:
+                slot.ceilings = slot.measure_ceilings(dtypes, device)
+            session["ceilings"] = {**slots[0].ceilings, "by_slot": [s.ceilings for s in slots]}
+        env = results.environment(device)
+        env.update(worker_threads=slots[0].time.threads or _probe_threads(slots[0].time),
+                   worker_processes=k, timing_env=dict(suite.timing.env),
+                   memory_env=dict(measure.MEMORY_ENV),
+                   mem_method="cuda_allocator" if device.startswith("cuda") else "cpu_peak_rss")
+        session["environment"] = env
         results.write_run_json(run_dir, info)
-        if k == 1:
-            _sweep(todo, pools[0], writer, info, suite, progress, on_row)
-            return
-        import threading
-
-        bar = Progress(len(todo)) if progress else None
+        bar = progress_bar(len(todo), progress)
         lock = threading.Lock()
 
-        def tick(row):
+        def done(row):
             with lock:
-                if bar:
-                    bar.tick(row.get("wall_s", 0.0), True)
-                    bar.show(f"{row['variant']} {row['pass']} N={row['seq_len']}")
+                bar.update(1)
+                bar.set_postfix_str(f"{row['variant'][:40]} {row['pass']} N={row['seq_len']}",
+                                    refresh=False)
                 if on_row:
                     on_row(row)
 
-        errors: list[BaseException] = []
+        sweeps = [(slot, cases) for slot, cases in zip(slots, balance(groups, k))]
+        if k == 1:
+            _sweep(todo, slots[0], writer, info, suite, env, done)
+        else:
+            errors: list[BaseException] = []
 
-        def work(pool, cases):
-            try:
-                _sweep(cases, pool, writer, info, suite, False, tick)
-            except BaseException as e:  # surfaced after the other workers finish
-                errors.append(e)
+            def work(slot, cases):
+                try:
+                    _sweep(cases, slot, writer, info, suite, env, done)
+                except BaseException as e:  # surfaced after the other slots finish
+                    errors.append(e)
 
-        threads = [threading.Thread(target=work, args=(pool, cases), daemon=True)
-                   for pool, cases in zip(pools, balance(groups_of(todo), k))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if bar:
-            bar.close()
-        if errors:
-            raise errors[0]
+            threads_ = [threading.Thread(target=work, args=sc, daemon=True) for sc in sweeps]
+            for t in threads_:
+                t.start()
+            for t in threads_:
+                t.join()
+            if errors:
+                raise errors[0]
+        bar.close()
+        if dtypes:
+            end = [slot.measure_ceilings(dtypes, device) for slot in slots]
+            session["ceilings"]["end"] = end[0]
+            session["ceilings"]["drift"] = _drift(slots[0].ceilings, end[0])
+        results.write_run_json(run_dir, info)
     finally:
-        for pool in pools:
-            pool["op"].stop()
-            pool["quality"].stop()
+        for slot in slots:
+            slot.stop()
+
+
+def _drift(start: dict, end: dict) -> dict[str, float]:
+    """end / start - 1 of each ceiling: how much the machine moved while the run measured."""
+    out = {}
+    for name, value in (start.get("matmul_flops_per_s") or {}).items():
+        other = (end.get("matmul_flops_per_s") or {}).get(name)
+        if value and other:
+            out[f"matmul_{name}"] = other / value - 1
+    if start.get("copy_bytes_per_s") and end.get("copy_bytes_per_s"):
+        out["copy"] = end["copy_bytes_per_s"] / start["copy_bytes_per_s"] - 1
+    return out
 
 
 def _probe_threads(worker: Worker) -> int | None:
@@ -367,47 +412,66 @@ def _probe_threads(worker: Worker) -> int | None:
     return worker.threads
 
 
-def _sweep(todo, workers, writer, info, suite, progress, on_row) -> None:
-    ceilings = info.get("ceilings", {}).get("matmul_flops_per_s", {})
+def _sweep(todo: list[Case], slot: Slot, writer, info, suite: Suite, env: dict, done) -> None:
+    ceilings = slot.ceilings.get("matmul_flops_per_s", {})
     oom_at: dict[tuple, int] = {}
-    bar = Progress(len(todo)) if progress else None
-    try:
-        for c in todo:
-            group = (c["level"], c["variant"], c["pass"], c["dtype"], c["head_dim"], c["causal"])
-            label = f"{c['variant']} {c['pass']} N={c['seq_len']}"
-            if bar:
-                bar.show(label)
-            t0 = time.time()
-            measured = False
-            reasons = unsupported_reasons(c)
-            if reasons:
-                out = {"status": "unsupported", "reason": "; ".join(reasons)}
-            elif group in oom_at and c["seq_len"] > oom_at[group]:
-                out = {"status": "skipped_after_oom",
-                       "reason": f"out of memory at N={oom_at[group]} for this variant and pass"}
-            else:
-                out = workers[c["level"]].ask("case", c, timeout=_timeout(c, suite))
-                measured = True
-                if out["status"] == "oom":
-                    oom_at[group] = min(oom_at.get(group, c["seq_len"]), c["seq_len"])
-            sub_rows = out.pop("rows", [])
-            row = {**c, **out}
-            row.setdefault("reason", "")
-            if row.get("status") == "ok" and row.get("flops_per_s") and ceilings.get(c["dtype"]):
-                row["frac_of_ceiling"] = row["flops_per_s"] / ceilings[c["dtype"]]
-            if row.get("status") != "ok":  # no number of a failed or incorrect case is a result
-                for f in ("time_ms", "time_ms_p20", "time_ms_p80", "flops_per_s", "tokens_per_s",
-                          "frac_of_ceiling", "peak_mem_bytes"):
-                    row[f] = None
-            row["run_id"] = info["run_id"]
-            row["threads"] = info["environment"].get("worker_threads")
-            row["wall_s"] = round(time.time() - t0, 3)
-            writer.write_case(row, [dict(sub, run_id=info["run_id"], threads=row["threads"])
-                                    for sub in sub_rows])
-            if on_row:
-                on_row(row)
-            if bar:
-                bar.tick(time.time() - t0, measured)
-    finally:
-        if bar:
-            bar.close()
+    host = platform.node()
+    for case in todo:
+        group = (case.level, case.variant, case.pass_, case.dtype_label, case.head_dim,
+                 case.kv_heads, case.causal)
+        t0 = time.time()
+        reasons = unsupported_reasons(case)
+        if reasons:
+            out = {"status": "unsupported", "reason": "; ".join(reasons)}
+        elif group in oom_at and case.seq_len > oom_at[group]:
+            out = {"status": "skipped_after_oom",
+                   "reason": f"out of memory at N={oom_at[group]} for this variant and pass"}
+        else:
+            out = slot.worker_for(case).ask("case", case, timeout=_timeout(case, suite))
+            if out["status"] == "oom":
+                oom_at[group] = min(oom_at.get(group, case.seq_len), case.seq_len)
+            if out["status"] == "ok" and case.level in ("op", "model") and suite.timing.memory \
+                    and not case.device.startswith("cuda"):
+                out.update(_memory(slot, case, suite))
+        parts = out.pop("rows", [])
+        row = {**case.row(), **out}
+        row.setdefault("reason", "")
+        if case.level in ("op", "model"):
+            row.setdefault("gated", suite.timing.gate)
+            row["timing_env"] = dict(suite.timing.env)
+            _efficiency(row, ceilings, slot.ceilings.get("copy_bytes_per_s"),
+                        env.get("device_name", ""))
+        if row.get("status") != "ok":  # no number of a failed or incorrect case is a result
+            for f in ("time_ms", "time_ms_p20", "time_ms_p80", "flops_per_s", "tokens_per_s",
+                      "frac_of_ceiling", "peak_mem_bytes", "bytes_per_s"):
+                row[f] = None
+        stamp = dict(run_id=info["run_id"], host=host, threads=slot.time.threads)
+        row.update(stamp, wall_s=round(time.time() - t0, 3))
+        writer.write_case(row, [dict(part, **stamp) for part in parts])
+        done(row)
+
+
+def _memory(slot: Slot, case: Case, suite: Suite) -> dict[str, Any]:
+    """Peak memory of the case, measured in the slot's memory worker."""
+    mem = slot.memory.ask("memory", case, timeout=suite.timing.timeout_s)
+    if "peak_mem_bytes" in mem:
+        return mem
+    return {"peak_mem_bytes": None, "mem_method": "failed",
+            "mem_reason": f"{mem.get('status')}: {mem.get('reason', '')}"}
+
+
+def _efficiency(row: dict[str, Any], ceilings: dict[str, float], copy_bw: float | None,
+                device_name: str) -> None:
+    """Fractions of the ceilings of the process and host that measured the row, and of the
+    device's published peak."""
+    ceiling = ceilings.get(row["dtype"])
+    row["ceiling_flops_per_s"] = ceiling
+    if row.get("status") != "ok":
+        return
+    if row.get("flops_per_s") and ceiling:
+        row["frac_of_ceiling"] = row["flops_per_s"] / ceiling
+    peak = measure.published_peak(device_name, row["dtype"])
+    if peak and row.get("flops_per_s"):
+        row["frac_of_peak"] = row["flops_per_s"] / peak
+    if row.get("bytes_per_s") and copy_bw:
+        row["frac_of_bandwidth"] = row["bytes_per_s"] / copy_bw

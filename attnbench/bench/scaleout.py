@@ -39,7 +39,7 @@ def run_shard(suite_dict: dict, case_ids: list[str], run_dir: str, shard: str,
     wanted = set(case_ids)
     shard_dir = Path(run_dir) / SHARDS / shard
     writer = results.ResultWriter(shard_dir)
-    todo = [c for c in plan(suite) if c["case_id"] in wanted and c["case_id"] not in writer.done]
+    todo = [c for c in plan(suite) if c.case_id in wanted and c.case_id not in writer.done]
     info = {"run_id": Path(run_dir).name, "shard": shard, "host": platform.node(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if suite.quality is not None:
@@ -64,7 +64,8 @@ def merge_shards(run_dir: Path) -> int:
     return added
 
 
-def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=False, local=False,
+def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=False, force=False,
+           local=False,
            max_jobs: int = 32, partition: str | None = None, gpus_per_job: int = 0,
            cpus_per_job: int | None = None, timeout_min: int = 240, progress: bool = True,
            slurm_args: dict[str, Any] | None = None) -> Path:
@@ -77,8 +78,8 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
         merge_shards(run_dir)
     cases = plan(suite)
     done = results.ResultWriter(run_dir).done
-    todo = [c for c in cases if c["case_id"] not in done]
-    info = start_info(suite, run_dir, cases, todo, plugins, command, resume)
+    todo = [c for c in cases if c.case_id not in done]
+    info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)
     attempt = len(info.get("launcher", {}).get("submissions", []))
     jobs_cases = balance(groups_of(todo), max(1, max_jobs))
     executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster="local" if local else None)
@@ -95,12 +96,15 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
     jobs = []
     with executor.batch():
         for shard, group in zip(shards, jobs_cases):
-            jobs.append(executor.submit(run_shard, suite_dict, [c["case_id"] for c in group],
+            jobs.append(executor.submit(run_shard, suite_dict, [c.case_id for c in group],
                                         str(run_dir), shard, list(plugins)))
     submission = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "local": local, "jobs": [
         {"job_id": str(j.job_id), "shard": shard, "cases": len(group),
-         "variants": sorted({c["variant"] for c in group}), "stdout": str(j.paths.stdout),
+         "variants": sorted({c.variant for c in group}), "stdout": str(j.paths.stdout),
          "stderr": str(j.paths.stderr)} for j, shard, group in zip(jobs, shards, jobs_cases)]}
+    # the launching host's environment; each job's own node, environment and ceilings are in
+    # its record below
+    info.setdefault("environment", results.environment(suite.resolved_device()))
     launcher = info.setdefault("launcher", {"kind": "submitit", "submissions": []})
     launcher["kind"] = "submitit"
     launcher.setdefault("submissions", []).append(submission)
@@ -118,9 +122,10 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
         if shard_info.exists():
             shard = results.read_run_json(shard_info.parent)
             record["node"] = shard.get("host", record.get("node"))
+            # every job's own node, environment and ceilings: its rows divide by those (each
+            # row also carries its host and the ceiling it was divided by)
             record["ceilings"] = shard.get("ceilings")
-            info.setdefault("environment", shard.get("environment"))
-            info.setdefault("ceilings", shard.get("ceilings"))
+            record["environment"] = shard.get("environment")
     added = merge_shards(run_dir)
     missing = len(cases) - len(results.ResultWriter(run_dir).done)
     submission["merged_rows"] = added

@@ -1,4 +1,4 @@
-"""Suites: TOML files that say which cases a run measures (``suites/*.toml``).
+"""Suites: TOML files that say which cases a run measures (``attnbench/suites/*.toml``, or any path).
 
 A suite has up to two levels and a timing section::
 
@@ -9,11 +9,12 @@ A suite has up to two levels and a timing section::
     variants = ["fused.sdpa", "sliding_window.blocked:window=256"]
     seq_lens = [1024, 4096]
     batch = 1                        # or total_tokens = 16384: batch = total_tokens // N
-    heads = 8
+    heads = 8                        # or model_dim = 2048: heads = model_dim // head_dim
+    kv_heads = [8, 2]                # grouped-query attention (default: heads)
     head_dims = [64]
     dtypes = ["float32"]
-    passes = ["fwd", "fwd_bwd", "decode"]
-    causal = [true]
+    passes = ["fwd", "bwd", "fwd_bwd", "decode"]
+    causal = [true, false]
 
     [model]                          # the identical LM at a preset
     preset = "tiny"
@@ -35,10 +36,15 @@ A suite has up to two levels and a timing section::
     seq_lens = [64, 128, 256]; kv_pairs = [4, 8, 16]; train_steps = 600
 
     [timing]
-    warmup = 1; budget_s = 0.3; min_reps = 3; max_reps = 50; timeout_s = 300
+    warmup = 1; budget_s = 0.3; min_reps = 5; max_reps = 50; timeout_s = 300
     threads = 0                      # 0: PyTorch's default; recorded in run.json either way
     repeats = 1                      # measure every case this many times (noise)
-    gate = true                      # correctness gate against the float64 reference
+    gate = true                      # every timed pass checked against the float64 reference
+    [timing.env]                     # the timing worker's environment (every variant, the ceiling)
+    THP_MEM_ALLOC_ENABLE = "1"
+
+The sections are the dataclasses of ``attnbench.settings``; a value is checked against its
+field's type.
 
 Unknown keys and bad values are rejected with the key's name and the valid values before
 anything runs. Every field can be overridden from the command line (``--set op.batch=2``).
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -57,85 +64,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from attnbench.quality.train import EVAL_METHODS, TrainSettings
-from attnbench.quality.recall import RecallSettings
-from attnbench.registry import DTYPES, PASSES, get_variant
+from attnbench.case import DTYPES, MODEL_PASSES, OP_PASSES
+from attnbench.registry import get_variant
+from attnbench.settings import (
+    EVAL_METHODS,
+    QUALITY_MODES,
+    ModelLevelConfig,
+    OpConfig,
+    QualityConfig,
+    RecallConfig,
+    TimingConfig,
+)
 
-MODEL_PASSES = ("train_step", "prefill", "decode")
 # the built-in suites ship inside the package (package data), so `--suite NAME` works installed
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
-
-
-@dataclass(frozen=True)
-class OpConfig:
-    variants: tuple[str, ...] = ()  # variant specs
-    seq_lens: tuple[int, ...] = (1024,)  # N
-    batch: int = 1  # B (ignored when total_tokens > 0)
-    total_tokens: int = 0  # > 0: B = max(1, total_tokens // N), flash-attention's benchmark shape
-    heads: int = 8  # H
-    head_dims: tuple[int, ...] = (64,)  # D
-    dtypes: tuple[str, ...] = ("float32",)
-    passes: tuple[str, ...] = ("fwd", "fwd_bwd", "decode")
-    causal: tuple[bool, ...] = (True,)
-
-    def batch_for(self, n: int) -> int:
-        return max(1, self.total_tokens // n) if self.total_tokens > 0 else self.batch
-
-
-@dataclass(frozen=True)
-class ModelLevelConfig:
-    variants: tuple[str, ...] = ()
-    preset: str = "tiny"  # attnbench.model.PRESETS
-    seq_lens: tuple[int, ...] = (256,)
-    batch: int = 4
-    dtypes: tuple[str, ...] = ("float32",)
-    passes: tuple[str, ...] = MODEL_PASSES
-
-
-@dataclass(frozen=True)
-class QualityConfig(TrainSettings):
-    """Quality runs; the training fields are ``attnbench.quality.train.TrainSettings``'s."""
-
-    variants: tuple[str, ...] = ()
-    dataset: str = "pystdlib"  # attnbench.quality.data.CORPORA or file:PATH
-    data_dir: str = ""  # folder that already holds the corpus files ("" : ATTNBENCH_DATA_DIR)
-    val_fraction: float = 0.1  # held-out share of a file:PATH corpus
-    mode: str = "train"  # train: train each variant; dropin: evaluate `checkpoint` with each
-    checkpoint: str = ""  # dropin mode: a checkpoint file
-    dropin: bool = True  # train mode: then evaluate the first variant's checkpoint with each variant
-    dropin_variants: tuple[str, ...] = ()  # swapped in for the drop-in table (default: variants)
-    eval_lens: tuple[int, ...] = (128, 256, 512)
-    eval_split: str = "val"
-    eval_tokens: int = 65536  # bytes of the held-out split scored per length (0: all of it)
-    eval_method: str = "windows"  # windows | sliding
-    stride: int = 0  # sliding: bytes between windows (0: eval_len // 2)
-    position_buckets: int = 8
-    ngram_order: int = 4  # the n-gram floor (0: none)
-    timeout_s: float = 3600.0  # per trained variant
-
-
-@dataclass(frozen=True)
-class RecallConfig(RecallSettings):
-    """Recall runs; the fields are ``attnbench.quality.recall.RecallSettings``'s."""
-
-    variants: tuple[str, ...] = ()
-    timeout_s: float = 1800.0  # per trained variant
-
-
-QUALITY_MODES = ("train", "dropin")
-
-
-@dataclass(frozen=True)
-class TimingConfig:
-    warmup: int = 1  # untimed calls after the first (compiling) one
-    budget_s: float = 0.3  # time spent repeating each case
-    min_reps: int = 3
-    max_reps: int = 50
-    timeout_s: float = 300.0  # a case running longer is killed and recorded as `timeout`
-    threads: int = 0  # torch threads in the worker (0: PyTorch's default)
-    repeats: int = 1  # measure each case this many times
-    gate: bool = True  # check each (variant, shape) against the float64 reference first
-    gate_rows: int = 48  # query rows compared per gate (first, last and spread rows)
 
 
 @dataclass(frozen=True)
@@ -168,32 +110,38 @@ def _fail(where: str, msg: str) -> None:
     raise ValueError(f"suite {where}: {msg}")
 
 
-def _coerce(where: str, key: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the type of the field's default."""
-    full = f"{where}{key}"
-    if isinstance(default, tuple):
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _coerce(full: str, value: Any, kind: Any, default: Any) -> Any:
+    """Check ``value`` against the field's type ``kind`` (``int``, ``tuple[int, ...]``, ...)."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        item = typing.get_args(kind)[0]
         if not isinstance(value, (list, tuple)) or (not value and default):
             _fail(full, f"must be a non-empty list, got {value!r}")
-        kind = type(default[0]) if default else str
-        out = []
-        for item in value:
-            if kind is int and (not isinstance(item, int) or isinstance(item, bool) or item < 1):
-                _fail(full, f"items must be positive integers, got {item!r}")
-            if kind is bool and not isinstance(item, bool):
-                _fail(full, f"items must be true or false, got {item!r}")
-            if kind is str and not isinstance(item, str):
-                _fail(full, f"items must be strings, got {item!r}")
-            out.append(item)
-        return tuple(out)
-    if isinstance(default, bool):
+        for x in value:
+            if item is int and (not _is_int(x) or x < 1):
+                _fail(full, f"items must be positive integers, got {x!r}")
+            if item is bool and not isinstance(x, bool):
+                _fail(full, f"items must be true or false, got {x!r}")
+            if item is str and not isinstance(x, str):
+                _fail(full, f"items must be strings, got {x!r}")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+            _fail(full, f"must be a table of names to values, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if kind is bool:
         if not isinstance(value, bool):
             _fail(full, f"must be true or false, got {value!r}")
         return value
-    if isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if kind is int:
+        if not _is_int(value) or value < 0:
             _fail(full, f"must be a non-negative integer, got {value!r}")
         return value
-    if isinstance(default, float):
+    if kind is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
                 or (value == 0 and default != 0):
             _fail(full, f"must be a positive number, got {value!r}")
@@ -204,18 +152,27 @@ def _coerce(where: str, key: str, value: Any, default: Any) -> Any:
 
 
 def _build(cls, where: str, data: dict[str, Any]):
-    valid = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
     defaults = cls()
     out = {}
     for key, value in data.items():
         if key not in valid:
             _fail(where + key, f"unknown key; valid keys: {', '.join(valid)}")
-        out[key] = _coerce(where, key, value, getattr(defaults, key))
+        out[key] = _coerce(where + key, value, hints[key], getattr(defaults, key))
     return cls(**out)
 
 
+def _check_variants(where: str, specs) -> None:
+    for spec in specs:
+        try:
+            get_variant(spec)
+        except ValueError as e:
+            _fail(where, str(e))
+
+
 def _check_values(suite: Suite) -> None:
-    for sec, allowed_passes in (("op", PASSES), ("model", MODEL_PASSES)):
+    for sec, allowed_passes in (("op", OP_PASSES), ("model", MODEL_PASSES)):
         cfg = getattr(suite, sec)
         if cfg is None:
             continue
@@ -227,27 +184,37 @@ def _check_values(suite: Suite) -> None:
                 _fail(f"{sec}.dtypes", f"unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
         if not cfg.variants:
             _fail(f"{sec}.variants", "must name at least one variant")
-        for spec in cfg.variants:
-            try:
-                get_variant(spec)
-            except ValueError as e:
-                _fail(f"{sec}.variants", str(e))
+        _check_variants(f"{sec}.variants", cfg.variants)
+    if suite.op is not None:
+        op = suite.op
+        for d in op.head_dims:
+            h = op.heads_for(d)
+            bad = [kv for kv in op.kv_heads if h % kv]
+            if bad:
+                _fail("op.kv_heads", f"{bad[0]} does not divide heads={h} (head dim {d}); valid: "
+                      f"divisors of {h}: {', '.join(str(x) for x in range(1, h + 1) if h % x == 0)}")
     from attnbench.model import PRESETS
 
     for sec in ("model", "quality", "recall"):
         cfg = getattr(suite, sec)
-        if cfg is not None and cfg.preset not in PRESETS:
-            _fail(f"{sec}.preset", f"unknown preset {cfg.preset!r}; valid: {', '.join(PRESETS)}")
+        if cfg is None:
+            continue
+        if sec == "model" and cfg.preset.startswith("hf:"):  # a transformers model
+            try:
+                from attnbench import hf
+
+                hf.config(cfg.preset[3:])
+            except (ValueError, ImportError, OSError) as e:
+                _fail("model.preset", str(e))
+        elif cfg.preset not in PRESETS:
+            _fail(f"{sec}.preset", f"unknown preset {cfg.preset!r}; valid: {', '.join(PRESETS)}"
+                  + (", or hf:NAME / hf:FOLDER (a transformers model)" if sec == "model" else ""))
     for sec in ("quality", "recall"):
         cfg = getattr(suite, sec)
         if cfg is not None:
             if not cfg.variants:
                 _fail(f"{sec}.variants", "must name at least one variant")
-            for spec in cfg.variants + getattr(cfg, "dropin_variants", ()):
-                try:
-                    get_variant(spec)
-                except ValueError as e:
-                    _fail(f"{sec}.variants", str(e))
+            _check_variants(f"{sec}.variants", cfg.variants + getattr(cfg, "dropin_variants", ()))
     if suite.quality is not None:
         _check_quality(suite.quality)
     if suite.recall is not None and not suite.recall.grid():
@@ -256,8 +223,10 @@ def _check_values(suite: Suite) -> None:
     if all(getattr(suite, sec) is None for sec in ("op", "model", "quality", "recall")):
         _fail("", "needs an [op], [model], [quality] or [recall] section")
     t = suite.timing
-    if t.min_reps < 1 or t.max_reps < t.min_reps or t.repeats < 1:
-        _fail("timing", f"needs 1 <= min_reps <= max_reps and repeats >= 1 (got {t})")
+    if t.min_reps < 5 or t.max_reps < t.min_reps or t.repeats < 1 or t.warmup < 1:
+        _fail("timing", f"needs warmup >= 1 untimed call of the timed pass, 5 <= min_reps <= "
+              f"max_reps and repeats >= 1 (got warmup={t.warmup}, min_reps={t.min_reps}, "
+              f"max_reps={t.max_reps}, repeats={t.repeats})")
     dev = suite.device
     if dev not in ("auto", "cpu", "cuda") and not dev.startswith("cuda:"):
         _fail("device", f"unknown device {dev!r}; valid: auto, cpu, cuda, cuda:N")
@@ -272,8 +241,11 @@ def _check_quality(q: QualityConfig) -> None:
         _fail("quality.dataset", str(e))
     if q.mode not in QUALITY_MODES:
         _fail("quality.mode", f"unknown mode {q.mode!r}; valid: {', '.join(QUALITY_MODES)}")
-    if q.mode == "dropin" and not q.checkpoint:
-        _fail("quality.checkpoint", "dropin mode needs a checkpoint file")
+    if q.mode == "dropin" and not (q.checkpoint or q.hf_model):
+        _fail("quality.checkpoint", "dropin mode needs a checkpoint file (or hf_model: a "
+              "transformers model folder)")
+    if q.hf_model and q.mode != "dropin":
+        _fail("quality.hf_model", "a transformers model is evaluated in dropin mode only")
     if q.eval_method not in EVAL_METHODS:
         _fail("quality.eval_method", f"unknown method {q.eval_method!r}; valid: {', '.join(EVAL_METHODS)}")
     if q.eval_split not in ("val", "test", "train"):
@@ -295,7 +267,7 @@ def from_dict(data: dict[str, Any], where: str = "") -> Suite:
                 _fail(f"{where}{key}", "must be a table ([section])")
             kwargs[key] = _build(_SECTIONS[key], f"{where}{key}.", value)
         else:
-            kwargs[key] = _coerce(where, key, value, "")
+            kwargs[key] = _coerce(f"{where}{key}", value, str, "")
     suite = Suite(**kwargs)
     _check_values(suite)
     return suite
@@ -348,9 +320,8 @@ def with_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
             if section not in _SECTIONS:
                 _fail(path, f"unknown section {section!r}; valid: {', '.join(_SECTIONS)}")
             target = data.setdefault(section, {})
-        defaults = _SECTIONS[section]() if section else None
-        if defaults is not None and isinstance(getattr(defaults, key, None), tuple) \
-                and not isinstance(value, (list, tuple)):
+        hints = typing.get_type_hints(_SECTIONS[section]) if section else {}
+        if typing.get_origin(hints.get(key)) is tuple and not isinstance(value, (list, tuple)):
             value = [value]
         target[key] = value
     return from_dict(data, where="override ")

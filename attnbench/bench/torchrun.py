@@ -11,6 +11,7 @@ writes the checkpoints, the rows and ``run.json``; the others wait for it betwee
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -33,15 +34,26 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def run_quality(suite, args) -> int:
-    use_cuda = torch.cuda.is_available() and suite.device != "cpu"
-    backend = "nccl" if use_cuda else "gloo"
-    dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
+def init(use_cuda: bool) -> tuple[int, int, str, str]:
+    """(rank, world, device, backend): the process's GPU is set *before* the process group is
+    created (NCCL binds its communicator to the current device), and NCCL is told which one."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = f"cuda:{local}" if use_cuda else "cpu"
     if use_cuda:
         torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+        dist.init_process_group("nccl", device_id=torch.device(device))
+        backend = "nccl"
+    else:
+        device, backend = "cpu", "gloo"
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device, backend
+
+
+def run_quality(suite, args) -> Path | None:
+    """Train and evaluate the suite's quality cases data-parallel; process 0 returns the run
+    folder (the others None)."""
+    use_cuda = torch.cuda.is_available() and suite.device != "cpu"
+    rank, world, device, backend = init(use_cuda)
     try:
         q = suite.quality
         run_dir = None
@@ -51,7 +63,7 @@ def run_quality(suite, args) -> int:
         cases = plan_quality(q, "cuda" if use_cuda else "cpu")
         writer = results.ResultWriter(run_dir) if rank == 0 else None
         done = _broadcast(sorted(writer.done) if writer else None)
-        todo = [c for c in cases if c["case_id"] not in done]
+        todo = [c for c in cases if c.case_id not in done]
         if rank == 0:
             info = results.read_run_json(run_dir) if (run_dir / results.RUN_FILE).exists() else {
                 "run_id": run_dir.name, "command": sys.argv, "suite": suite.to_dict(),
@@ -62,23 +74,22 @@ def run_quality(suite, args) -> int:
             results.write_run_json(run_dir, info)
             print(f"attnbench: {len(todo)} quality cases on {world} processes ({backend}) -> {run_dir}",
                   file=sys.stderr)
-        for c in todo:
-            c = dict(c, device=device)
-            if c["pass"] == "train" or rank == 0:
+        for case in todo:
+            case = case.replace(device=device)
+            if case.pass_ == "train" or rank == 0:
                 t0 = time.time()
-                out = run_quality_case(c, q, run_dir, rank=rank, world=world)
+                out = run_quality_case(case, q, run_dir, rank=rank, world=world)
                 if rank == 0:
                     sub_rows = out.pop("rows", [])
-                    row = {**c, **out, "run_id": run_dir.name, "world_size": world,
-                           "wall_s": round(time.time() - t0, 3)}
+                    row = {**case.row(), **out, "run_id": run_dir.name, "world_size": world,
+                           "host": platform.node(), "wall_s": round(time.time() - t0, 3)}
                     writer.write_case(row, [dict(sub, run_id=run_dir.name, world_size=world)
                                             for sub in sub_rows])
             dist.barrier()
         if rank == 0:
             info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             results.write_run_json(run_dir, info)
-            print(results.summary_table(results.read_rows(run_dir)))
-            print(f"run folder: {run_dir}")
+            return run_dir
     finally:
         dist.destroy_process_group()
-    return 0
+    return None

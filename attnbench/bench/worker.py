@@ -1,13 +1,23 @@
 """The worker: measures cases in a separate process, one at a time, and reports a row for each.
 
-The runner (``attnbench.runner``) starts it with ``multiprocessing`` (spawn) and sends it case
-dicts over a pipe. A case that raises becomes a row with status ``error`` or ``oom``; a case that
-hangs or kills the process is recorded by the runner (``timeout``, ``crash``), which then starts a
-fresh worker and goes on.
+The launcher (``attnbench.bench.runner``) starts ``python -m attnbench.bench.worker`` with
+``subprocess.Popen`` and two pipes, and sends it one request at a time. A case that raises becomes
+a row with status ``error`` or ``oom``; a case that hangs or kills the process is recorded by the
+launcher (``timeout``, ``crash``), which then starts a fresh worker and goes on.
 
-For each case: build inputs; build masks/plans (``mask_ms``); first call (compilation,
-``first_call_ms``); correctness gate against the float64 reference on a subset of query rows
-(``incorrect`` rows keep no timing); timing; peak memory.
+A worker has a role, fixed when it starts:
+
+- ``time``: the default allocator, plus the suite's ``timing.env`` (the same for every variant
+  and the ceiling). For each op or model case: the variant's probes (a kernel that cannot take the
+  case is ``unsupported``), inputs, masks and plans (``mask_ms``), the first call of the timed
+  pass (compilation, ``first_call_ms``), the correctness gate of that pass against the float64
+  reference (``attnbench.bench.gate``: ``incorrect`` rows keep no timing), ``warmup`` more untimed
+  calls, then the timing. On CUDA it also takes the allocator's peak.
+- ``memory`` (CPU): the glibc settings that return freed blocks to the system
+  (``measure.MEMORY_ENV``): builds the same case, runs the pass once, then measures the peak
+  resident set of one more call. Nothing is timed in it.
+- ``train``: quality and recall cases (training and evaluation; nothing timed but the training
+  throughput they report).
 """
 
 from __future__ import annotations
@@ -15,13 +25,14 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from attnbench.bench import measure
-from attnbench.attention.reference import reference_error
-from attnbench.registry import Case, get_variant, load_plugin, parse_dtype
+from attnbench.bench import gate, measure
+from attnbench.bench.flops import attention_flops, model_flops
+from attnbench.case import Case
+from attnbench.registry import get_variant, load_plugin
 
 
 def _classify(exc: BaseException) -> str:
@@ -32,166 +43,207 @@ def _classify(exc: BaseException) -> str:
     return "error"
 
 
-def gate(variant, q, k, v, out, case: Case, rows: int) -> str | None:
-    """None if ``out`` (batch 0) matches the float64 reference on a subset of query rows, else why not."""
-    n = case.seq_len
-    pick = torch.unique(torch.cat([
-        torch.arange(min(n, rows // 3)),
-        torch.arange(max(0, n - rows // 3), n),
-        torch.linspace(0, n - 1, steps=max(1, rows // 3)).long(),
-    ])).to(q.device)
-    q1, k1, v1 = q[:1].detach(), k[:1].detach(), v[:1].detach()
-    ref = variant.math.reference_rows(q1, k1, v1, pick, causal=case.causal)
-    plain = variant.math.reference_rows(q1, k1, v1, pick, causal=case.causal, dtype=q.dtype)
-    return reference_error(out[:1, pick].detach(), plain, ref, q.dtype)
+class Prepared:
+    """A case ready to run: ``fn()`` runs the pass once; ``check(result)`` gates a result of it."""
+
+    def __init__(self, fn: Callable[[], Any], check: Callable[[Any], str | None], tokens: int,
+                 flops: int, extra: dict[str, Any]):
+        self.fn, self.check, self.tokens, self.flops, self.extra = fn, check, tokens, flops, extra
 
 
-def _measure(fn, device, timing: dict, flops: int, tokens: int) -> dict[str, Any]:
-    """Time ``fn`` to the suite's budget, then its peak memory: the fields of an ``ok`` row."""
-    t = measure.time_fn(fn, device, warmup=timing["warmup"], budget_s=timing["budget_s"],
-                        min_reps=timing["min_reps"], max_reps=timing["max_reps"])
-    peak, method = measure.peak_memory(fn, device)
-    return dict(status="ok", reason="", time_ms=t.median_ms, time_ms_p20=t.p20_ms,
-                time_ms_p80=t.p80_ms, reps=t.reps, peak_mem_bytes=peak, mem_method=method,
-                flops=flops, flops_per_s=flops / (t.median_ms / 1e3),
-                tokens_per_s=tokens / (t.median_ms / 1e3))
+def _inputs(case: Case, device: torch.device, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(heads):
+        x = torch.randn(case.batch, case.seq_len, heads, case.head_dim, generator=g)
+        return x.to(device=device, dtype=case.dtype)
+
+    return rand(case.heads), rand(case.kv_heads), rand(case.kv_heads), g
 
 
-def run_op_case(c: dict, timing: dict) -> dict[str, Any]:
-    variant = get_variant(c["variant"])
-    dtype, device = parse_dtype(c["dtype"]), torch.device(c["device"])
-    b, n, h, d, pass_ = c["batch"], c["seq_len"], c["heads"], c["head_dim"], c["pass"]
-    case = Case(batch=b, seq_len=n, heads=h, head_dim=d, dtype=dtype, device=c["device"],
-                pass_=pass_, causal=c["causal"])
-    g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(b, n, h, d, generator=g).to(device=device, dtype=dtype) for _ in range(3))
-    row: dict[str, Any] = {}
+def prepare_op(case: Case, rows: int) -> Prepared:
+    """Inputs, masks and plans of an op case, and its pass as a function (``mask_ms`` covers what
+    the variant builds per shape, and for decode the decoder with its cache)."""
+    variant = get_variant(case.variant)
+    device = torch.device(case.device)
+    q, k, v, g = _inputs(case, device)
+    b, n, h, d = case.batch, case.seq_len, case.heads, case.head_dim
+    kw = {} if case.causal else {"causal": False}
+    extra: dict[str, Any] = {}
     t0 = time.perf_counter()
     variant.prepare(case)
-    measure.sync(device)
-    row["mask_ms"] = (time.perf_counter() - t0) * 1e3
-
-    if pass_ == "decode":
-        dec = variant.decoder(b, h, d, max_len=n + 1, dtype=dtype, device=device)
+    if case.pass_ == "decode":
+        dec = variant.decoder(b, h, d, kv_heads=case.kv_heads, max_len=n + 1, dtype=case.dtype,
+                              device=device)
         dec.fill(k, v)
-        q1, k1, v1 = q[:, :1], k[:, :1], v[:, :1]
-
+        q1, k1, v1 = (torch.randn(b, 1, x.shape[2], d, generator=g).to(device=device, dtype=case.dtype)
+                      for x in (q, k, v))
+    measure.sync(device)
+    extra["mask_ms"] = (time.perf_counter() - t0) * 1e3
+    if case.pass_ == "decode":
         def fn():
             dec.position = n  # every repetition decodes token n with n tokens of context
             return dec.step(q1, k1, v1)
 
-        t0 = time.perf_counter()
-        fn()
-        measure.sync(device)
-        row["first_call_ms"] = (time.perf_counter() - t0) * 1e3
-        tokens = b
-    else:
-        causal = c["causal"]
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            out = variant(q, k, v, causal=causal) if not causal else variant(q, k, v)
-            measure.sync(device)
-            row["first_call_ms"] = (time.perf_counter() - t0) * 1e3
-        if timing["gate"]:
-            why = gate(variant, q, k, v, out, case, timing["gate_rows"])
-            if why:
-                return {**row, "status": "incorrect", "reason": why}
-        del out
-        kw = {} if causal else {"causal": False}
-        if pass_ == "fwd":
-            def fn():
-                with torch.no_grad():
-                    return variant(q, k, v, **kw)
-        else:
-            qg, kg, vg = (x.requires_grad_() for x in (q, k, v))
-            grad_out = torch.randn(b, n, h, d, generator=g).to(device=device, dtype=dtype)
+        full = [torch.cat([x, x1], dim=1) for x, x1 in ((q, q1), (k, k1), (v, v1))]
+        check = lambda out: gate.check_decode_step(variant, *full, out)  # noqa: E731
+        extra.update(decoder=dec.name, cache_bytes=dec.cache_bytes(), read_bytes=dec.read_bytes())
+        return Prepared(fn, check, b, attention_flops(variant, case), extra)
+    if case.pass_ == "fwd":
+        def fn():
+            with torch.no_grad():
+                return variant(q, k, v, **kw)
 
-            def fn():
-                out = variant(qg, kg, vg, **kw)
-                return torch.autograd.grad(out, (qg, kg, vg), grad_out)
-        tokens = b * n
-    row.update(_measure(fn, device, timing, variant.flops(case), tokens))
-    if pass_ == "decode":
-        row["cache_bytes"] = dec.cache_bytes()
-    return row
-
-
-def run_model_case(c: dict, timing: dict) -> dict[str, Any]:
-    from attnbench.bench.flops import model_flops
-    from attnbench.model import ModelConfig, TransformerLM
-
-    dtype, device = parse_dtype(c["dtype"]), torch.device(c["device"])
-    b, n, pass_ = c["batch"], c["seq_len"], c["pass"]
-    cfg = ModelConfig.from_name(c["preset"])
-    torch.manual_seed(0)
-    model = TransformerLM(cfg, attention=c["variant"]).to(device=device, dtype=dtype)
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, cfg.vocab_size, (b, n + 1), generator=g).to(device)
-    row: dict[str, Any] = {}
-    if pass_ == "train_step":
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        check = lambda out: gate.check_forward(variant, q, k, v, out, case.causal, rows)  # noqa: E731
+        return Prepared(fn, check, b * n, attention_flops(variant, case), extra)
+    inputs = [x.requires_grad_() for x in (q, k, v)]
+    grad_out = torch.randn(b, n, h, d, generator=g).to(device=device, dtype=case.dtype)
+    check = lambda _: gate.check_gradients(variant, q, k, v, case.causal, rows)  # noqa: E731
+    if case.pass_ == "fwd_bwd":
+        def fn():
+            out = variant(*inputs, **kw)
+            return torch.autograd.grad(out, inputs, grad_out)
+    else:  # bwd: the backward alone, from one forward whose graph is kept
+        holder = {}
 
         def fn():
-            loss = model.loss(idx[:, :-1], idx[:, 1:])
+            if "out" not in holder:
+                holder["out"] = variant(*inputs, **kw)
+            return torch.autograd.grad(holder["out"], inputs, grad_out, retain_graph=True)
+    return Prepared(fn, check, b * n, attention_flops(variant, case), extra)
+
+
+def prepare_model(case: Case, gate_on: bool) -> Prepared:
+    """A language model with the variant (``attnbench.bench.lm``: the identical LM at a preset,
+    or ``hf:NAME`` for a transformers model): train step, prefill or decode."""
+    from attnbench.bench.lm import LanguageModel
+
+    device = torch.device(case.device)
+    b, n = case.batch, case.seq_len
+    lm = LanguageModel.build(case)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, lm.vocab_size, (b, n + 1), generator=g).to(device)
+    extra: dict[str, Any] = {"model_params": lm.num_params(), "model_kind": lm.kind}
+    flops = model_flops(lm, b, n, case.pass_)
+    if case.pass_ == "train_step":
+        lm.train()
+        got = before = None
+        if gate_on:  # loss and gradient norm before any optimizer step changes the weights
+            before = lm.with_attention(lm.variant, case.dtype)
+            loss = lm.loss(idx[:, :-1], idx[:, 1:])
+            grads = torch.autograd.grad(loss, list(lm.module.parameters()))
+            norm = torch.linalg.vector_norm(torch.stack([x.double().norm() for x in grads]))
+            got = (loss.item(), norm.item())
+        opt = torch.optim.AdamW(lm.module.parameters(), lr=1e-4)
+
+        def fn():
+            loss = lm.loss(idx[:, :-1], idx[:, 1:])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             return loss.detach()
-        tokens = b * n
-    elif pass_ == "prefill":
-        model.eval()
 
+        check = lambda _: gate.check_model(before, "train_step", idx, n, got)  # noqa: E731
+        return Prepared(fn, check, b * n, flops, extra)
+    lm.train(False)
+    if case.pass_ == "prefill":
         def fn():
             with torch.no_grad():
-                return model(idx[:, :n])
-        tokens = b * n
-    else:
-        model.eval()
-        decoders = model.new_decoders(b, n + 1)
+                return lm.logits(idx[:, :n])
+
+        check = lambda out: gate.check_model(lm, "prefill", idx, n, out)  # noqa: E731
+        return Prepared(fn, check, b * n, flops, extra)
+    with torch.no_grad():
+        state = lm.prefill(idx[:, :n])
+    nxt = idx[:, n : n + 1]
+
+    def fn():
         with torch.no_grad():
-            model(idx[:, :n], decoders)
-        nxt = idx[:, n:]
+            return lm.step(state, nxt, n)
 
-        def fn():
-            with torch.no_grad():
-                for dec in decoders:
-                    dec.position = n
-                return model(nxt, decoders, start=n)
-        tokens = b
+    check = lambda out: gate.check_model(lm, "decode", idx, n, out)  # noqa: E731
+    extra.update(decoder=lm.decoder_name(state), cache_bytes=lm.cache_bytes(state))
+    return Prepared(fn, check, b, flops, extra)
+
+
+def prepare(case: Case, timing: dict) -> Prepared:
+    if case.level == "op":
+        return prepare_op(case, timing["gate_rows"])
+    return prepare_model(case, timing["gate"])
+
+
+def time_case(case: Case, timing: dict) -> dict[str, Any]:
+    """The ``time`` role: probes, setup, first call, gate, warm-up, timing (and on CUDA memory)."""
+    variant = get_variant(case.variant)
+    reasons = variant.not_supported_reasons(case)  # with the kernel probes: here, not in the launcher
+    if reasons:
+        return {"status": "unsupported", "reason": "; ".join(reasons)}
+    device = torch.device(case.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    p = prepare(case, timing)
+    row: dict[str, Any] = dict(p.extra)
     t0 = time.perf_counter()
-    fn()
+    first = p.fn()
     measure.sync(device)
     row["first_call_ms"] = (time.perf_counter() - t0) * 1e3
-    row.update(_measure(fn, device, timing, model_flops(cfg, model.variant, b, n, pass_), tokens),
-               model_params=cfg.num_params())
-    if pass_ == "decode":
-        row["cache_bytes"] = sum(d.cache_bytes() for d in decoders)
+    row["gated"] = bool(timing["gate"])
+    if timing["gate"]:
+        why = p.check(first)
+        if why:
+            return {**row, "status": "incorrect", "reason": why}
+    del first
+    t = measure.time_fn(p.fn, device, warmup=timing["warmup"], budget_s=timing["budget_s"],
+                        min_reps=timing["min_reps"], max_reps=timing["max_reps"],
+                        l2_flush=timing["l2_flush"], cuda_graphs=timing["cuda_graphs"])
+    seconds = t.median_ms / 1e3
+    row.update(status="ok", reason="", time_ms=t.median_ms, time_ms_p20=t.p20_ms,
+               time_ms_p80=t.p80_ms, reps=t.reps, spread=t.spread, noisy=t.spread > timing["noisy"],
+               flops=p.flops, flops_per_s=p.flops / seconds, tokens_per_s=p.tokens / seconds)
+    if "read_bytes" in row:
+        row["bytes_per_s"] = row["read_bytes"] / seconds
+    if device.type == "cuda" and timing["memory"]:
+        row["peak_mem_bytes"], row["mem_method"] = measure.peak_memory(p.fn, device)
+    if timing["cooldown_s"]:
+        time.sleep(timing["cooldown_s"])
     return row
 
 
-def _run_training_case(c: dict, init: dict) -> dict[str, Any]:
-    from attnbench.quality.cases import run_quality_case, run_recall_case
+def memory_case(case: Case, timing: dict) -> dict[str, Any]:
+    """The ``memory`` role: the peak of one call of the pass, after one unmeasured call."""
+    p = prepare(case, dict(timing, gate=False))
+    device = torch.device(case.device)
+    del_first = p.fn()
+    del del_first
+    peak, method = measure.peak_memory(p.fn, device)
+    return {"peak_mem_bytes": peak, "mem_method": method}
+
+
+def _training_case(case: Case, init: dict) -> dict[str, Any]:
     from attnbench.bench.suite import from_dict
+    from attnbench.quality.cases import run_quality_case, run_recall_case
 
     suite = from_dict(init["suite"])
-    if c["level"] == "quality":
-        return run_quality_case(c, suite.quality, init["run_dir"])
-    return run_recall_case(c, suite.recall)
+    if case.level == "quality":
+        return run_quality_case(case, suite.quality, init["run_dir"])
+    return run_recall_case(case, suite.recall)
 
 
-def measure_ceilings(dtypes: list[str], device: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"matmul_flops_per_s": {}, "method": "square matmul (2048 on CPU, 8192 on "
-                           "CUDA), 20th percentile of >= 10 timings over 2 s; median of a 256 MiB "
-                           "copy; on this device"}
-    for name in dtypes:
-        out["matmul_flops_per_s"][name] = measure.matmul_ceiling(parse_dtype(name), device)
-    out["copy_bytes_per_s"] = measure.copy_bandwidth(device)
-    return out
+def handle(kind: str, payload: Any, init: dict) -> dict[str, Any]:
+    if kind == "ceilings":
+        return measure.ceilings(payload["dtypes"], payload["device"])
+    case: Case = payload
+    if case.level in ("quality", "recall"):
+        return _training_case(case, init)
+    if kind == "memory":
+        return memory_case(case, init["timing"])
+    return time_case(case, init["timing"])
 
 
 def main(recv_conn, conn) -> None:
-    """Worker loop. First message: the init dict; then ('case', dict) -> row dict;
-    ('ceilings', {...}) -> dict; ('stop', None) ends it."""
+    """Worker loop. First message: the init dict; then (kind, payload) -> a dict, for kind
+    ``case`` (a Case: its row's measured fields), ``memory`` (a Case: its peak memory),
+    ``ceilings`` ({dtypes, device}); ``stop`` ends it."""
     init = recv_conn.recv()
     if init.get("threads"):
         torch.set_num_threads(init["threads"])
@@ -203,21 +255,14 @@ def main(recv_conn, conn) -> None:
         if kind == "stop":
             return
         try:
-            if kind == "ceilings":
-                result = measure_ceilings(payload["dtypes"], payload["device"])
-            elif payload["level"] == "op":
-                result = run_op_case(payload, init["timing"])
-            elif payload["level"] in ("quality", "recall"):
-                result = _run_training_case(payload, init)
-            else:
-                result = run_model_case(payload, init["timing"])
+            result = handle(kind, payload, init)
         except BaseException as exc:  # a failing case is a result, not the end of the sweep
             if isinstance(exc, KeyboardInterrupt):
                 raise
             last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" (at {os.path.basename(last.filename)}:{last.lineno})" if last else ""
-            result = {"status": _classify(exc),
-                      "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500] + where}
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            result = {"status": _classify(exc), "reason": f"{type(exc).__name__}: {first}"[:500] + where}
         conn.send(result)
 
 

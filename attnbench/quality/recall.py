@@ -26,35 +26,13 @@ import numpy as np
 import torch
 
 from attnbench.quality.train import _autocast, _optimizer, build_model, optimizer_step
+from attnbench.settings import RecallSettings, fits
+
+__all__ = ["RecallSettings", "fits", "mqar_batch", "train_recall", "accuracy"]
 
 FILLER = 0
 KEY_BASE, VALUE_BASE = 1, 128  # keys 1.., values 128..
 IGNORE = -100  # the targets the loss skips (optimizer_step ignores -100)
-
-
-@dataclass(frozen=True)
-class RecallSettings:
-    preset: str = "tiny"
-    seq_lens: tuple[int, ...] = (64, 128, 256)
-    kv_pairs: tuple[int, ...] = (4, 8, 16)
-    key_vocab: int = 64  # distinct keys (and values) to draw from; <= 127
-    train_steps: int = 600
-    batch: int = 32
-    lr: float = 3e-3
-    min_lr_frac: float = 0.1
-    warmup_frac: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    eval_sequences: int = 256
-
-    def grid(self) -> list[tuple[int, int]]:
-        """The (seq_len, kv_pairs) settings that fit: the pairs and their queries need 4 * kv."""
-        return [(n, kv) for n in self.seq_lens for kv in self.kv_pairs if fits(n, kv)]
-
-
-def fits(seq_len: int, kv_pairs: int) -> bool:
-    return seq_len >= 4 * kv_pairs
 
 
 def mqar_batch(batch: int, seq_len: int, kv_pairs: int, *, key_vocab: int = 64,

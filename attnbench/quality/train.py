@@ -33,38 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.model import ModelConfig, TransformerLM
+from attnbench.settings import EVAL_METHODS, TrainSettings
 
 LN2 = math.log(2.0)
-EVAL_METHODS = ("windows", "sliding")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    preset: str = "tiny"
-    train_len: int = 256  # training sequence length
-    batch: int = 16  # global batch (sequences per optimizer step)
-    train_tokens: int = 1_000_000  # token budget (ignored when train_seconds > 0)
-    train_seconds: float = 0.0  # > 0: a wall-clock budget instead
-    lr: float = 3e-3  # peak learning rate
-    min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
-    warmup_frac: float = 0.05  # linear warm-up, fraction of the budget
-    weight_decay: float = 0.1  # AdamW, on matrices only
-    grad_clip: float = 1.0  # global gradient norm
-    seed: int = 0  # initial weights and data order
-    log_every: int = 25  # steps between loss-curve points
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps of a token budget."""
-        return max(1, self.train_tokens // (self.batch * self.train_len))
-
-    def lr_at(self, progress: float) -> float:
-        """Learning rate at ``progress`` in [0, 1] of the budget."""
-        if progress < self.warmup_frac:
-            return self.lr * (progress + 1e-9) / self.warmup_frac
-        rest = (progress - self.warmup_frac) / max(1e-9, 1 - self.warmup_frac)
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, rest)))
-        return self.lr * (self.min_lr_frac + (1 - self.min_lr_frac) * cos)
+__all__ = ["EVAL_METHODS", "TrainSettings", "train", "evaluate", "build_model", "optimizer_step"]
 
 
 @dataclass
@@ -154,7 +126,7 @@ def train(data: np.ndarray, variant: str, s: TrainSettings, device="cpu", *,
     while True:
         elapsed = time.perf_counter() - start
         if budget_s > 0:
-            if _agree_done(elapsed >= budget_s, world):
+            if _agree_done(elapsed >= budget_s, world, device):
                 break
             progress = elapsed / budget_s
         else:
@@ -197,13 +169,14 @@ def _mean_over_processes(value: torch.Tensor, world: int) -> float:
     return value.item()
 
 
-def _agree_done(done: bool, world: int) -> bool:
-    """With a wall-clock budget, every process stops at the same step (rank 0's clock decides)."""
+def _agree_done(done: bool, world: int, device: torch.device) -> bool:
+    """With a wall-clock budget, every process stops at the same step (rank 0's clock decides).
+    The flag lives on the training device: NCCL broadcasts CUDA tensors only."""
     if world == 1:
         return done
     import torch.distributed as dist
 
-    flag = torch.tensor([1 if done else 0])
+    flag = torch.tensor([1 if done else 0], device=device)
     dist.broadcast(flag, src=0)
     return bool(flag.item())
 
@@ -301,7 +274,33 @@ def load_checkpoint(path: str | Path, device="cpu", attention: str | None = None
     return model, payload
 
 
-def checkpoint_name(variant_label: str) -> str:
-    """A file name for a variant label (``:``, ``=`` and ``,`` are not portable in file names)."""
+def checkpoint_name(variant_label: str, seed: int = 0) -> str:
+    """A file name for a variant label and seed (``:``, ``=`` and ``,`` are not portable in file
+    names)."""
     safe = variant_label.replace(":", "__").replace("=", "-").replace(",", "_").replace("/", "_")
-    return f"{safe}.pt"
+    return f"{safe}__s{seed}.pt"
+
+
+@torch.no_grad()
+def copy_probe(model: TransformerLM, length: int, *, sequences: int = 16, seed: int = 0,
+               batch: int = 8) -> dict[str, float]:
+    """In-context copying on a trained language model: random printable bytes of ``length``,
+    then the same bytes again; bits per byte on the second copy (a model that looks back
+    ``length`` tokens can copy it: near 0) and on the first (unpredictable: near log2(95)).
+    Attention that cannot reach ``length`` tokens back (a narrower window) or that blurs the
+    past into a fixed-size state pays the difference."""
+    device = next(model.parameters()).device
+    rng = np.random.default_rng([seed, 7919, length])
+    text = rng.integers(32, 127, size=(sequences, length))
+    seqs = torch.from_numpy(np.concatenate([text, text], axis=1)).to(device)  # (S, 2L)
+    firsts, seconds = [], []
+    model.eval()
+    for i in range(0, sequences, batch):
+        x = seqs[i : i + batch]
+        with _autocast(device):
+            logits = model(x[:, :-1])
+        nll = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="none")
+        nll = nll.view(x.shape[0], -1) / LN2  # target j + 1 for input position j
+        firsts.append(nll[:, : length - 1])
+        seconds.append(nll[:, length - 1 :])
+    return {"copy_bpb": float(torch.cat(seconds).mean()), "first_copy_bpb": float(torch.cat(firsts).mean())}

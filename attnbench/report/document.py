@@ -21,13 +21,10 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.report import plots
-
 from attnbench.bench import results
+from attnbench.report import plots
+from attnbench.report.tables import NOISY_MARK, STATUS_TEXT, pivot, render
 
-STATUS_TEXT = {"oom": "OOM", "skipped_after_oom": "OOM (skipped)", "unsupported": "unsupported",
-               "incorrect": "INCORRECT", "error": "error", "timeout": "timeout", "crash": "crash",
-               "diverged": "diverged"}
 PLOT_CAPTIONS = {
     "time": "Time against sequence length, one panel per pass (log-log); an x at the top marks where a "
             "variant did not run (out of memory, error, timeout).",
@@ -54,28 +51,6 @@ class Block:
 # ---------------------------------------------------------------------------------------------
 # tables
 
-def _cell(r: pd.Series, value: str, fmt: str) -> str:
-    if r["status"] != "ok":
-        return STATUS_TEXT.get(r["status"], str(r["status"]))
-    v = r.get(value)
-    if v is None or (isinstance(v, float) and pd.isna(v)):
-        return "–"
-    return format(v, fmt)
-
-
-def pivot(frame: pd.DataFrame, col: str, value: str, fmt: str) -> pd.DataFrame:
-    """variants (rows, in run order) x ``col`` values; cells formatted or their status."""
-    frame = frame.copy()
-    frame["_cell"] = [_cell(r, value, fmt) for _, r in frame.iterrows()]
-    order = list(dict.fromkeys(frame["variant"]))
-    table = frame.groupby(["variant", col], sort=False)["_cell"].first().unstack(col)
-    table = table.reindex(order)
-    table = table[sorted(table.columns)]
-    table.columns = [str(int(c)) if isinstance(c, float) and c.is_integer() else str(c) for c in table.columns]
-    table.index.name = "variant"
-    return table.fillna("–")
-
-
 def _reasons(frame: pd.DataFrame) -> str:
     bad = frame[frame["status"] != "ok"]
     if bad.empty:
@@ -92,61 +67,79 @@ def _reasons(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """For each non-exact variant and pass: the smallest N from which it beats the fastest (or
-    leanest) exact variant at every measured N up to the largest (``–`` if it never does).
-    ``metric`` is ``time`` or ``memory`` (peak memory; for decode, the cache or state bytes)."""
-    from attnbench.registry import get_variant
+# what must be equal for two rows to be compared (the crossover and "best" tables)
+LIKE = ["pass", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal"]
 
+
+def is_exact(frame: pd.DataFrame) -> pd.Series:
+    """Whether each row's variant computes full softmax attention: the row's own ``exact`` field
+    (older rows without it: their math is causal softmax)."""
+    math_exact = frame["math"] == "causal_softmax" if "math" in frame else \
+        pd.Series(False, index=frame.index)
+    if "exact" not in frame:
+        return math_exact
+    return frame["exact"].astype(object).where(frame["exact"].notna(), math_exact).astype(bool)
+
+
+def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """For each non-exact variant and setting: the smallest N from which it beats the fastest
+    (or leanest) exact variant *of the same setting* (pass, dtype, head dim, heads, kv heads,
+    batch, causal) at every measured N up to the largest (``–`` if it never does). ``metric`` is
+    ``time`` or ``memory`` (peak memory; for decode, the cache or state bytes)."""
     rows = []
-    for p in ("fwd", "fwd_bwd", "decode"):
+    op = frame[(frame["level"] == "op") & (frame["status"] == "ok")] if not frame.empty else frame
+    if op.empty:
+        return pd.DataFrame(rows)
+    op = op.assign(_exact=is_exact(op))
+    for col in LIKE:
+        if col not in op:
+            op[col] = op["heads"] if col == "kv_heads" else None
+    op["kv_heads"] = op["kv_heads"].fillna(op["heads"])
+    for key, sub in op.groupby(LIKE, sort=False, dropna=False):
+        setting = dict(zip(LIKE, key))
+        p = setting["pass"]
         value = "time_ms" if metric == "time" else ("cache_bytes" if p == "decode" else "peak_mem_bytes")
-        if value not in frame:
+        if value not in sub:
             continue
-        op = frame[(frame["level"] == "op") & (frame["status"] == "ok") & frame[value].notna()]
-        sub = op[op["pass"] == p]
-        if sub.empty:
-            continue
-        exact = sub[[_exact(v, get_variant) for v in sub["variant"]]]
+        sub = sub[sub[value].notna()]
+        exact = sub[sub["_exact"]]
         if exact.empty:
             continue
         best = exact.groupby("seq_len")[value].min()
-        for v in dict.fromkeys(sub["variant"]):
-            if _exact(v, get_variant):
-                continue
-            mine = sub[sub["variant"] == v].groupby("seq_len")[value].median()
+        for v in dict.fromkeys(sub.loc[~sub["_exact"], "variant"]):
+            mine = sub[sub["variant"] == v].groupby("seq_len")[value].median()  # over repeats only
             ns = [n for n in mine.index if n in best.index]
             wins = [mine[n] < best[n] for n in ns]
-            start = None
-            for i in range(len(ns)):
-                if all(wins[i:]):
-                    start = ns[i]
-                    break
-            rows.append({"pass": p, "variant": v, "measure": value,
+            start = next((ns[i] for i in range(len(ns)) if all(wins[i:])), None)
+            rows.append({"pass": p, "dtype": setting["dtype"], "D": setting["head_dim"],
+                         "H/KV": f"{setting['heads']}/{int(setting['kv_heads'])}",
+                         "B": setting["batch"], "variant": v, "measure": value,
                          "from N": "–" if start is None else str(int(start)),
                          "ratio at largest N": (f"{best[ns[-1]] / mine[ns[-1]]:.2f}×"
                                                 if ns and mine[ns[-1]] > 0 else "–")})
     return pd.DataFrame(rows)
 
 
-def _exact(spec: str, get_variant) -> bool:
-    try:
-        return bool(get_variant(spec).exact)
-    except ValueError:
-        return False
-
-
 # ---------------------------------------------------------------------------------------------
 # the document
 
 def build(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any], plot_paths: dict[str, Path]) -> list[Block]:
-    env = info.get("environment", {})
     suite = info.get("suite", {})
     blocks = [Block("h1", f"attnbench report: {info.get('run_id', run_dir.name)}")]
     counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
     blocks.append(Block("p", f"Suite **{suite.get('name', '?')}** ({suite.get('description', '')}); "
                              f"{len(frame)} rows: " + ", ".join(f"{k} {v}" for k, v in counts.items())
                              + f". Started {info.get('started', '?')}, finished {info.get('finished', 'not yet')}."))
+    timed = frame[frame["level"].isin(["op", "model"])] if not frame.empty else frame
+    if not timed.empty and "gated" in timed and (timed["gated"] == False).any():  # noqa: E712
+        blocks.append(Block("p", "**Not gated**: this run was measured with `--no-gate`; its "
+                                 "timings were not checked against the float64 reference."))
+    drift = (info.get("ceilings") or {}).get("drift") or {}
+    if drift:
+        blocks.append(Block("p", "Ceiling drift over the run (end / start − 1): " + ", ".join(
+            f"{k} {v:+.1%}" for k, v in drift.items())
+            + (" — **the machine changed speed while measuring**" if any(abs(v) > 0.1 for v in drift.values()) else "")
+            + "."))
     blocks.append(Block("h2", "Environment"))
     blocks.append(Block("table", frame=_environment_table(info)))
     blocks.append(Block("h2", "Reproduce"))
@@ -158,9 +151,19 @@ def build(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any], plot_paths: 
         blocks.append(Block("p", f"B = {shape['batch']}, H = {shape['heads']}, causal; cells: "
                                  "median time in ms (p20–p80 in results.jsonl); other cells are "
                                  "statuses, explained below each table."))
-        for (p, dtype, d), sub in op.groupby(["pass", "dtype", "head_dim"], sort=False):
-            blocks.append(Block("h3", f"{plots.PASS_TITLES.get(p, p)}: time (ms), {dtype}, head dim {d}"))
-            blocks.append(Block("table", frame=pivot(sub, "seq_len", "time_ms", ".3f")))
+        op = op.assign(kv_heads=op["kv_heads"].fillna(op["heads"]) if "kv_heads" in op else op["heads"])
+        for (p, dtype, d, h, kv, causal), sub in op.groupby(
+                ["pass", "dtype", "head_dim", "heads", "kv_heads", "causal"], sort=False):
+            setting = f"{dtype}, head dim {d}, {h} heads" + (f" ({int(kv)} kv heads)" if kv != h else "") \
+                + ("" if causal else ", non-causal")
+            blocks.append(Block("h3", f"{plots.PASS_TITLES.get(p, p)}: time (ms), {setting}"))
+            if p == "decode" and "decoder" in sub:  # each variant decodes with its own kernel
+                sub = sub.assign(variant=[f"{v} ({d})" if isinstance(d, str) else v
+                                          for v, d in zip(sub["variant"], sub["decoder"])])
+            blocks.append(Block("table", frame=pivot(sub, "seq_len", "time_ms", ".3f", mark_noisy=True)))
+            if "noisy" in sub and (sub["noisy"] == True).any():  # noqa: E712
+                blocks.append(Block("p", f"{NOISY_MARK} noisy: the p20–p80 spread of its repetitions "
+                                         "exceeds 10% of the median."))
             if p != "decode":
                 blocks.append(Block("p", "Fraction of the measured matmul ceiling:"))
                 blocks.append(Block("table", frame=pivot(sub, "seq_len", "frac_of_ceiling", ".1%")))
@@ -244,7 +247,9 @@ def _quality_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
                                      "variant (exact variants and windows at least as wide as the "
                                      "evaluation length must be below 1e-4)."))
             blocks.append(Block("table", frame=pivot(d, "eval_len", "bits_per_byte", ".4f")))
-            blocks.append(Block("table", frame=pivot(d, "eval_len", "rel_diff", ".1e")))
+            blocks.append(Block("p", "Relative difference to the trained variant's own bits "
+                                     "per byte (+: worse, −: better):"))
+            blocks.append(Block("table", frame=pivot(d, "eval_len", "rel_diff", "+.1e")))
     rec = frame[(frame["level"] == "recall") & (frame["pass"] == "eval")]
     if not rec.empty:
         rec = rec.copy()
@@ -269,10 +274,17 @@ def _environment_table(info: dict[str, Any]) -> pd.DataFrame:
         "threads": f"worker {env.get('worker_threads', '?')}, CPUs {env.get('cpu_count', '?')}",
         "git": f"{env.get('git_commit', '?')}" + (" (dirty)" if env.get("git_dirty") else ""),
     }
+    end = ceil.get("end") or {}
     for dtype, value in (ceil.get("matmul_flops_per_s") or {}).items():
-        rows[f"matmul ceiling, {dtype}"] = f"{value / 1e9:.1f} GFLOP/s"
+        after = (end.get("matmul_flops_per_s") or {}).get(dtype)
+        rows[f"matmul ceiling, {dtype}"] = f"{value / 1e9:.1f} GFLOP/s" + (
+            f" at the start, {after / 1e9:.1f} at the end" if after else "")
     if ceil.get("copy_bytes_per_s"):
         rows["copy bandwidth"] = f"{ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s"
+    if env.get("timing_env"):
+        rows["timing environment"] = ", ".join(f"{k}={v}" for k, v in env["timing_env"].items())
+    if env.get("hostname"):
+        rows["host"] = env["hostname"]
     if env.get("cuda"):
         rows["CUDA / driver"] = f"{env.get('cuda')} / {env.get('driver')}"
     if info.get("distributed"):
@@ -291,17 +303,6 @@ def _reproduce(info: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # renderers
 
-def _md_table(frame: pd.DataFrame) -> str:
-    frame = frame.reset_index()
-    cols = [str(c) for c in frame.columns]
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
-             "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(cols))) + "|"]
-    for _, r in frame.iterrows():
-        lines.append("| " + " | ".join(esc(v) for v in r.values) + " |")
-    return "\n".join(lines)
-
-
 def to_markdown(blocks: list[Block], run_dir: Path) -> str:
     out = []
     for b in blocks:
@@ -312,7 +313,7 @@ def to_markdown(blocks: list[Block], run_dir: Path) -> str:
         elif b.kind == "code":
             out.append("```bash\n" + b.text + "\n```")
         elif b.kind == "table":
-            out.append(_md_table(b.frame))
+            out.append(render(b.frame.map(lambda s: str(s).replace("|", "\\|")), "github"))
         elif b.kind == "image":
             out.append(f"![{b.text}]({b.path.relative_to(run_dir).as_posix()})")
     return "\n\n".join(out) + "\n"

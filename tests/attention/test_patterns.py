@@ -8,7 +8,8 @@ import torch
 import attnbench
 from attnbench.attention.blocksparse import block_plan
 from attnbench.attention.patterns import BigBird, Full, Longformer, SlidingWindow, Strided, render
-from attnbench.registry import Case
+from attnbench.bench.flops import attention_flops
+from attnbench.case import Case, device_key
 
 PATTERNS = [Full(), Full(False), SlidingWindow(5), SlidingWindow(1), Strided(4, 3),
             BigBird(4, 2, 1, 2, seed=5), Longformer(6, 3)]
@@ -63,10 +64,40 @@ def test_render_draws_the_pattern():
 def test_flops_follow_the_documented_convention():
     case = Case(batch=2, seq_len=100, heads=3, head_dim=16)
     causal = attnbench.get_variant("fused.sdpa")
-    assert causal.flops(case) == 4 * 2 * 3 * 16 * (100 * 101 // 2)
-    assert causal.flops(Case(batch=2, seq_len=100, heads=3, head_dim=16, pass_="fwd_bwd")) == int(
-        3.5 * causal.flops(case))
+    fwd = attention_flops(causal, case)
+    assert fwd == 4 * 2 * 3 * 16 * (100 * 101 // 2)
+    assert attention_flops(causal, case.replace(pass_="fwd_bwd")) == int(3.5 * fwd)
+    assert attention_flops(causal, case.replace(pass_="bwd")) == int(2.5 * fwd)
+    assert attention_flops(causal, case.replace(kv_heads=1)) == fwd  # work per query head
     sw = attnbench.get_variant("sliding_window.blocked:window=10")
-    assert sw.flops(case) == 4 * 2 * 3 * 16 * int(SlidingWindow(10).dense_mask(100).sum())
+    assert attention_flops(sw, case) == 4 * 2 * 3 * 16 * int(SlidingWindow(10).dense_mask(100).sum())
     lin = attnbench.get_variant("linear.performer.chunked:features=32")
-    assert lin.flops(case) == 4 * 2 * 3 * 100 * 32 * 16
+    assert attention_flops(lin, case) == 4 * 2 * 3 * 100 * 32 * 16
+
+
+def test_mask_caches_have_one_key_per_device():
+    """`prepare` (case.device, e.g. "cuda") and the call (tensor.device, e.g. "cuda:0") must hit
+    the same cache entry: otherwise every mask is built twice, mask_ms times the unused one and
+    both stay in memory."""
+    from attnbench.attention import masked
+
+    assert device_key("cpu") == device_key(torch.device("cpu")) == "cpu"
+    if torch.cuda.is_available():
+        assert device_key("cuda") == device_key(torch.device("cuda", torch.cuda.current_device()))
+    variant = attnbench.get_variant("sliding_window.masked:window=7")
+    masked.dense_mask.cache_clear()
+    variant.prepare(Case(seq_len=50, heads=2, head_dim=16))
+    q = torch.randn(1, 50, 2, 16)
+    variant(q, q, q)
+    info = masked.dense_mask.cache_info()
+    assert info.misses == 1 and info.hits == 1
+
+
+def test_flex_block_masks_are_built_compiled_on_cuda():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from attnbench.attention import masked
+
+    assert masked.block_mask_builder("cpu") is create_block_mask
+    built = masked.block_mask_builder("cuda")  # compiling is lazy: no GPU is touched here
+    assert built is not create_block_mask and built is masked.block_mask_builder("cuda:0")

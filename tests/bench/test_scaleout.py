@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.bench import results
-
-from attnbench.bench import runner
+from attnbench.bench import results, runner
 from attnbench.bench.suite import load_suite
 
 pytest.importorskip("submitit")
 
-ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--quiet", "--budget", "0.02", "--set", "timing.max_reps=3"]
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--quiet", "--budget", "0.02", "--set", "timing.max_reps=5"]
 
 
 def _bench(*args, timeout=600):
@@ -41,7 +39,7 @@ def _ids(run: Path) -> list[str]:
 
 
 def _smoke_ids() -> set[str]:
-    return {c["case_id"] for c in runner.plan(load_suite("smoke"))}
+    return {c.case_id for c in runner.plan(load_suite("smoke"))}
 
 
 def test_two_local_workers_and_two_submitit_jobs_give_the_local_cases(tmp_path):

@@ -17,7 +17,7 @@ from attnbench.quality import data
 from attnbench.quality.data import CorpusError, DataStore, Source, load_corpus
 from attnbench.quality.ngram import ByteNGram
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "SOURCES.md").exists(),
                                   reason=f"the shared corpus files are not at {SHARED}")
 

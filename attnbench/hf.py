@@ -1,0 +1,211 @@
+"""Any attention variant inside a Hugging Face transformers model (``pip install 'attnbench[hf]'``).
+
+    from attnbench import hf
+    model = hf.build("llama-tiny")                      # or hf.load("path/saved/by/save_pretrained")
+    hf.use_variant(model, "sliding_window.banded:window=256")
+    model(input_ids).logits; model.generate(input_ids, max_new_tokens=16)
+
+``use_variant`` registers the variant with transformers' ``AttentionInterface`` (and the matching
+mask function with ``AttentionMaskInterface``) under the name ``attnbench-<label>`` and sets it on
+the model's config, so every attention layer that uses the interface runs the variant:
+
+- grouped-query attention: the key/value heads go to the variant as they are (variants that do
+  not compute grouped-query attention natively repeat them, see ``Variant.__call__``);
+- the causal mask: transformers passes None for a plain causal mask; any mask it does pass is
+  checked against the variant's own pattern, and a variant that would attend to a key the
+  model's mask hides is refused (a padding mask; a layer's sliding window narrower than what the
+  variant attends: Mistral's window against full attention). A variant that attends to *fewer*
+  keys than the model (a window inside a full-attention model) runs: that is the approximation
+  being measured;
+- the scaling: queries are rescaled so the variant's 1/sqrt(D) becomes the layer's ``scaling``;
+- what a variant cannot do is refused with an error naming the variant and the reason: attention
+  dropout during training, soft-capping, attention sinks, position biases, non-causal layers for
+  a causal-only variant.
+
+With transformers' KV cache (generation), a layer gets one or a few new queries against every
+cached key: the variant then runs its parallel forward over the cached sequence with its queries
+placed at the end (the positions before them padded), which is exactly the variant's math at
+those positions; it is a correctness path for generation, not a fast decoder (the variant's own
+decoders are ``attnbench.attention.decode``).
+
+Models are built without a download: from a named tiny config (``PRESETS``: Llama, Mistral with
+its sliding window, Qwen2 with grouped-query attention) or from a local folder written by
+``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnbench.registry import Variant, get_variant
+
+PREFIX = "attnbench-"
+
+# Tiny configurations for tests and CPU runs (random weights; no download).
+PRESETS: dict[str, dict[str, Any]] = {
+    "llama-tiny": dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=2048),
+    "mistral-tiny": dict(model_type="mistral", vocab_size=256, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, sliding_window=32),
+    "qwen2-tiny": dict(model_type="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                       max_position_embeddings=2048),
+    "llama-small": dict(model_type="llama", vocab_size=256, hidden_size=256, intermediate_size=688,
+                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=8192),
+}
+
+
+class VariantRefused(ValueError):
+    """A variant cannot honour what the model asks of its attention."""
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:  # an optional extra
+        raise ImportError("attnbench.hf needs transformers: pip install 'attnbench[hf]'") from e
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in our logs
+    return transformers
+
+
+def config(name_or_dir: str, **overrides):
+    """A transformers config: a preset name (``PRESETS``) or a local folder with config.json."""
+    tf = _transformers()
+    if name_or_dir in PRESETS:
+        spec = dict(PRESETS[name_or_dir], **overrides)
+        return tf.AutoConfig.for_model(spec.pop("model_type"), **spec)
+    path = Path(name_or_dir)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"unknown model {name_or_dir!r}: not a preset (valid: {', '.join(PRESETS)}) "
+                         "and not a folder with a config.json (written by save_pretrained)")
+    return tf.AutoConfig.from_pretrained(path, local_files_only=True, **overrides)
+
+
+def build(name_or_dir: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A causal LM with random weights from a config (``seed`` fixes them); or, for a folder,
+    its saved weights (``load``)."""
+    tf = _transformers()
+    if name_or_dir not in PRESETS:
+        return load(name_or_dir, dtype=dtype)
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(config(name_or_dir, **overrides),
+                                                attn_implementation="sdpa", dtype=dtype)
+    return model.eval()
+
+
+def load(folder: str | Path, *, dtype: torch.dtype = torch.float32):
+    """A pretrained causal LM from a local folder written by ``save_pretrained`` (no network)."""
+    tf = _transformers()
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json: not a save_pretrained folder")
+    model = tf.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                    attn_implementation="sdpa")
+    return model.eval()
+
+
+def tokenizer_of(folder: str | Path):
+    """The folder's own tokenizer, or None (then text is scored as bytes)."""
+    tf = _transformers()
+    folder = Path(folder)
+    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
+                                               "tokenizer.model", "vocab.json")):
+        return None
+    return tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def implementation_name(variant: Variant) -> str:
+    """The name under which the variant is registered with transformers."""
+    return PREFIX + re.sub(r"[^A-Za-z0-9_.=,-]", "_", variant.label)
+
+
+def use_variant(model, spec: str | Variant):
+    """Make every attention layer of ``model`` (one using transformers' AttentionInterface) run
+    the variant; returns the model. ``use_variant(model, "sdpa")`` (or any built-in name of
+    transformers) switches back."""
+    tf = _transformers()
+    if isinstance(spec, str) and spec in ("sdpa", "eager", "flex_attention", "flash_attention_2"):
+        model.set_attn_implementation(spec)
+        return model
+    variant = get_variant(spec) if isinstance(spec, str) else spec
+    name = implementation_name(variant)
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    tf.AttentionInterface.register(name, attention_function(variant))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)  # None for a plain causal mask
+    model.set_attn_implementation(name)
+    if model.config._attn_implementation != name:
+        raise ValueError(f"{type(model).__name__} does not take attention implementations through "
+                         "transformers' AttentionInterface; attnbench cannot swap its attention")
+    return model
+
+
+def attention_function(variant: Variant):
+    """The AttentionInterface function of ``variant``: (module, q, k, v, mask, ...) -> (out, None)
+    with q (B, H, Nq, D), k and v (B, H_kv, Nk, D), out (B, Nq, H, D)."""
+
+    def attend(module, query, key, value, attention_mask, dropout: float = 0.0,
+               scaling: float | None = None, **kwargs):
+        _refuse_what_cannot_be_honoured(variant, module, dropout, kwargs)
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", True) if causal is None else causal
+        if not causal and not variant.info.takes_causal:
+            raise VariantRefused(f"{variant.label} computes causal attention only; this layer "
+                                 "is bidirectional")
+        nq, nk, d = query.shape[2], key.shape[2], query.shape[-1]
+        _check_mask(variant, attention_mask, nq, nk, causal)
+        if scaling is not None and abs(scaling - d**-0.5) > 1e-12 * d**-0.5:
+            query = query * (scaling * d**0.5)  # the variant scales by 1/sqrt(D)
+        q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, N, H, D)
+        if nq < nk:  # new tokens against a cache: their queries at the end of the sequence
+            q = torch.cat([q.new_zeros(q.shape[0], nk - nq, *q.shape[2:]), q], dim=1)
+        out = variant(q, k, v) if causal else variant(q, k, v, causal=False)
+        return out[:, nk - nq:].contiguous(), None
+
+    attend.__name__ = f"attnbench_{variant.name.replace('.', '_')}"
+    return attend
+
+
+def _refuse_what_cannot_be_honoured(variant: Variant, module, dropout: float, kwargs: dict) -> None:
+    if dropout and getattr(module, "training", False):
+        raise VariantRefused(f"{variant.label} cannot apply attention dropout (p={dropout}) while "
+                             "training; set the config's attention_dropout to 0")
+    for key, what in (("softcap", "logit soft-capping"), ("s_aux", "attention sinks"),
+                      ("position_bias", "an additive position bias"),
+                      ("sinks", "attention sinks")):
+        if kwargs.get(key) is not None:
+            raise VariantRefused(f"{variant.label} cannot honour {what} ({key}={kwargs[key]!r:.40})")
+
+
+def _check_mask(variant: Variant, mask: torch.Tensor | None, nq: int, nk: int, causal: bool) -> None:
+    """Refuse when the variant would attend to a key that the model's mask hides."""
+    if mask is None:
+        return  # transformers' plain causal (or full) mask: every variant's pattern lies within it
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    allowed = allowed[:, :, -nq:, :nk]  # (B, 1 or H, Nq, Nk)
+    qpos = torch.arange(nk - nq, nk, device=allowed.device)[:, None]
+    kpos = torch.arange(nk, device=allowed.device)[None, :]
+    pattern = variant.math.pattern_for(causal) if variant.pattern is not None else None
+    if pattern is not None:
+        sees = pattern.mask_fn(nk, allowed.device)(qpos, kpos)
+    else:  # linear attention: every earlier key (causal) or every key
+        sees = (qpos >= kpos) if causal else torch.ones(nq, nk, dtype=torch.bool, device=allowed.device)
+    hidden = sees & ~allowed
+    if hidden.any():
+        b, _, i, j = (int(x) for x in hidden.nonzero()[0])
+        causal_ok = bool((qpos >= kpos)[i, j])
+        what = ("a padding mask (or another mask that hides earlier keys)" if causal_ok else
+                "a mask that hides keys the variant attends")
+        raise VariantRefused(f"{variant.label} cannot honour {what}: in sequence {b}, query "
+                             f"{nk - nq + i} would see key {j}, which the model's mask hides")
+
+
+__all__ = ["PRESETS", "VariantRefused", "build", "load", "config", "use_variant",
+           "attention_function", "implementation_name", "tokenizer_of"]

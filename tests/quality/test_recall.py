@@ -1,0 +1,56 @@
+"""Recall (MQAR): the sequence generator and a recall run through the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attnbench.bench import results
+from attnbench.quality import recall
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args, timeout=600):
+    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _run_dir(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def test_mqar_sequences_ask_for_the_values_of_earlier_keys():
+    rng = np.random.default_rng(0)
+    x, y = recall.mqar_batch(16, 64, 8, key_vocab=16, rng=rng)
+    assert x.shape == y.shape == (16, 64)
+    for b in range(16):
+        pairs = {int(x[b, 2 * i]): int(x[b, 2 * i + 1]) for i in range(8)}
+        assert len(pairs) == 8 and all(1 <= k < 17 and 128 <= v < 144 for k, v in pairs.items())
+        asked = (y[b] != recall.IGNORE).nonzero().flatten().tolist()
+        assert len(asked) == 8 and min(asked) >= 16
+        for p in asked:
+            assert pairs[int(x[b, p])] == int(y[b, p]) == int(x[b, p + 1])
+        assert sorted(int(x[b, p]) for p in asked) == sorted(pairs)
+    with pytest.raises(ValueError, match="needs seq_len >= 32"):
+        recall.mqar_batch(1, 31, 8, rng=rng)
+
+
+def test_recall_run_records_accuracy_per_setting(tmp_path):
+    out = tmp_path / "runs"
+    _cli("recall", "--variants", "fused.sdpa,linear.elu.chunked:chunk=16", "--seq-lens", "32,64",
+         "--kv-pairs", "2,4,16", "--train-steps", "20", "--eval-sequences", "32", "--out", str(out),
+         "--quiet")
+    rows = results.read_rows(_run_dir(out))
+    evals = [r for r in rows if r["pass"] == "eval"]
+    assert {(r["seq_len"], r["kv_pairs"]) for r in evals} == {(32, 2), (32, 4), (64, 2), (64, 4), (64, 16)}
+    assert len(evals) == 10 and all(0 <= r["accuracy"] <= 1 for r in evals)
+    assert all(r["status"] == "ok" for r in rows)

@@ -1,0 +1,103 @@
+"""Variants inside Hugging Face transformers models (tiny random Llama and Mistral from configs):
+exact variants give transformers' own logits and greedy generation; approximations do not; what
+a variant cannot honour is refused with its reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from attnbench import hf  # noqa: E402
+
+EXACT = ["naive.softmax", "fused.sdpa", "fused.sdpa_math", "sparse.strided.blocked:block=8,stride=1",
+         "linear.elu.chunked"]  # the last is not exact: it must differ
+IDS = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return hf.build("llama-tiny")
+
+
+@pytest.mark.parametrize("spec", ["naive.softmax", "fused.sdpa", "fused.sdpa_math",
+                                  "sparse.longformer.blocked:window=64,globals=2",
+                                  "sliding_window.banded:window=64,block=8"])
+def test_exact_variants_give_transformers_own_logits(llama, spec):
+    hf.use_variant(llama, "sdpa")
+    base = _logits(llama)
+    hf.use_variant(llama, spec)
+    assert llama.config._attn_implementation == hf.implementation_name(
+        __import__("attnbench").get_variant(spec))
+    torch.testing.assert_close(_logits(llama), base, atol=1e-4, rtol=1e-4)
+
+
+def test_a_narrower_window_or_linear_attention_changes_the_logits(llama):
+    hf.use_variant(llama, "sdpa")
+    base = _logits(llama)
+    for spec in ("sliding_window.blocked:window=8", "linear.elu.chunked:chunk=16"):
+        hf.use_variant(llama, spec)
+        assert (_logits(llama) - base).abs().max() > 1e-3, spec
+
+
+@pytest.mark.parametrize("spec", ["naive.softmax", "fused.sdpa", "sliding_window.masked:window=64"])
+def test_greedy_generation_with_the_kv_cache_matches_sdpa(llama, spec):
+    prompt = IDS[:, :10]
+    hf.use_variant(llama, "sdpa")
+    with torch.no_grad():
+        want = llama.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        hf.use_variant(llama, spec)
+        got = llama.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, want)
+
+
+def test_mistral_window_is_honoured_or_refused():
+    model = hf.build("mistral-tiny")  # sliding_window = 32, N = 48: the window binds
+    base = _logits(model)
+    hf.use_variant(model, "sliding_window.blocked:window=32")  # the model's own window: exact
+    torch.testing.assert_close(_logits(model), base, atol=1e-4, rtol=1e-4)
+    hf.use_variant(model, "sliding_window.blocked:window=16")  # narrower: runs, and differs
+    assert (_logits(model) - base).abs().max() > 1e-3
+    hf.use_variant(model, "fused.sdpa")  # full attention would see keys the window hides
+    with pytest.raises(hf.VariantRefused, match="fused.sdpa cannot honour .* query 32 would see key 0"):
+        _logits(model)
+    short = IDS[:, :24]  # shorter than the window: full attention is the model's attention
+    hf.use_variant(model, "sdpa")
+    want = _logits(model, short)
+    hf.use_variant(model, "fused.sdpa")
+    torch.testing.assert_close(_logits(model, short), want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_padding_mask_is_refused(llama):
+    hf.use_variant(llama, "fused.sdpa")
+    mask = torch.ones_like(IDS)
+    mask[0, :5] = 0  # left padding of the first sequence
+    with pytest.raises(hf.VariantRefused, match="cannot honour a padding mask"):
+        with torch.no_grad():
+            llama(IDS, attention_mask=mask)
+
+
+def test_grouped_query_heads_reach_the_variant(llama):
+    """llama-tiny has 4 query heads over 2 key/value heads; qwen2-tiny one key/value head."""
+    model = hf.build("qwen2-tiny")
+    base = _logits(model)
+    hf.use_variant(model, "fused.sdpa")  # native grouped-query attention
+    torch.testing.assert_close(_logits(model), base, atol=1e-4, rtol=1e-4)
+    hf.use_variant(model, "sliding_window.banded:window=64,block=8")  # heads repeated for it
+    torch.testing.assert_close(_logits(model), base, atol=1e-4, rtol=1e-4)
+
+
+def test_a_saved_checkpoint_loads_without_network(tmp_path, llama):
+    hf.use_variant(llama, "sdpa")
+    llama.save_pretrained(tmp_path / "ckpt")
+    again = hf.load(tmp_path / "ckpt")
+    torch.testing.assert_close(_logits(again), _logits(llama))
+    assert hf.tokenizer_of(tmp_path / "ckpt") is None  # no tokenizer files: scored as bytes
+    with pytest.raises(ValueError, match="not a preset"):
+        hf.config(str(tmp_path / "nothing"))
