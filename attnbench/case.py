@@ -7,7 +7,8 @@ device, at one level (``op``: attention alone; ``model``: the identical LM; ``qu
 
     case = Case(level="op", variant="fused.sdpa", pass_="fwd_bwd", seq_len=4096)
     case.case_id                      # 'op|fused.sdpa|fwd_bwd|B1-N4096-H8-D64|float32|cpu|r0'
-    row = case.row()                  # JSON-ready dict ("pass", dtype names), what results.jsonl holds
+    # JSON-ready dict ("pass", dtype names), what results.jsonl holds
+    row = case.row()
     Case.from_row(row) == case
 
 Nothing here imports the rest of the package; every room may import it.
@@ -68,7 +69,8 @@ class Capabilities:
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
     max_head_dim: int | None = None
     head_dim_multiple: int | None = None
-    head_dims: tuple[int, ...] | None = None  # only these head dims (e.g. a kernel's power-of-2 tiles)
+    # only these head dims (e.g. a kernel's power-of-2 tiles)
+    head_dims: tuple[int, ...] | None = None
     backward: bool = True
     decode: bool = True
     noncausal: bool = False

@@ -91,7 +91,8 @@ def _csv(kind):
         try:
             return [kind(x) for x in items]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, "
+                                             f"got {text!r}")
     return parse
 
 
@@ -110,8 +111,8 @@ def _overrides(args: argparse.Namespace, section: str | None) -> dict:
         value = getattr(args, attr, None)
         if value is not None:
             if section is None:
-                raise ValueError(f"--{attr.replace('_', '-')} needs a level: use the `op` or `model` "
-                                 "command, or --set op.KEY=VALUE with `run`")
+                raise ValueError(f"--{attr.replace('_', '-')} needs a level: use the `op` or "
+                                 "`model` command, or --set op.KEY=VALUE with `run`")
             out[f"{section}.{key}"] = value
     for attr, key in (("budget", "budget_s"), ("timeout", "timeout_s"), ("threads", "threads"),
                       ("repeats", "repeats")):
@@ -132,7 +133,8 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
     from attnbench.report.tables import summary
 
     if getattr(args, "workers", 1) < 1 or getattr(args, "max_jobs", 1) < 1:
-        raise ValueError(f"--workers and --max-jobs must be >= 1 (got {args.workers}, {args.max_jobs})")
+        raise ValueError("--workers and --max-jobs must be >= 1 "
+                         f"(got {args.workers}, {args.max_jobs})")
     if args.resume:
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
@@ -149,7 +151,8 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
         from attnbench.bench.scaleout import launch
 
         launch(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
-               force=args.force, local=args.submitit_local, max_jobs=args.max_jobs, partition=args.slurm_partition,
+               force=args.force, local=args.submitit_local, max_jobs=args.max_jobs,
+               partition=args.slurm_partition,
                gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
                timeout_min=args.job_timeout_min, progress=not args.quiet)
     else:
@@ -214,7 +217,8 @@ def _count(text: str) -> int:
             return int(float(t[:-1]) * scale[t[-1]])
         return int(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count such as 20M, 500K or 100000, got {text!r}")
+        raise argparse.ArgumentTypeError("expected a count such as 20M, 500K or 100000, "
+                                         f"got {text!r}")
 
 
 # the flags of `quality` and `recall` beyond those `_overrides` knows (variants, seq_lens, batch,
@@ -233,7 +237,8 @@ def cmd_training(args: argparse.Namespace) -> int:
         registry.load_plugin(path)
     section = args.command
     names = _QUALITY_FLAGS if section == "quality" else _RECALL_FLAGS
-    overrides = {f"{section}.{k}": getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    overrides = {f"{section}.{k}": getattr(args, k) for k in names
+                 if getattr(args, k, None) is not None}
     if getattr(args, "hf_model", None) and not args.mode:
         overrides["quality.mode"] = "dropin"
     if section == "quality" and args.mode == "dropin" and args.checkpoint and not args.dataset:
@@ -253,7 +258,8 @@ def cmd_training(args: argparse.Namespace) -> int:
                      timing=base.timing, **{section: getattr(base, section)})
     else:
         if not args.variants:
-            raise ValueError(f"`{section}` needs --variants (or --suite NAME for a suite's [{section}])")
+            raise ValueError(f"`{section}` needs --variants "
+                             f"(or --suite NAME for a suite's [{section}])")
         base = Suite(name=section, description=f"`{section}` command")
     suite = with_overrides(base, overrides)
     from attnbench.bench import torchrun
@@ -331,11 +337,13 @@ def _launcher_args(p: argparse.ArgumentParser) -> None:
                         "share of the CPU threads")
     g.add_argument("--submitit-local", action="store_true",
                    help="submitit's local executor: real job processes on this machine, no Slurm")
-    g.add_argument("--max-jobs", type=int, default=32, help="submitit: jobs to split the cases into")
+    g.add_argument("--max-jobs", type=int, default=32,
+                   help="submitit: jobs to split the cases into")
     g.add_argument("--slurm-partition", help="submitit: Slurm partition")
     g.add_argument("--gpus-per-job", type=int, default=0, help="submitit: GPUs per job")
     g.add_argument("--cpus-per-job", type=int, help="submitit: CPUs per job")
-    g.add_argument("--job-timeout-min", type=int, default=240, help="submitit: job time limit (minutes)")
+    g.add_argument("--job-timeout-min", type=int, default=240,
+                   help="submitit: job time limit (minutes)")
 
 
 def _level_args(p: argparse.ArgumentParser) -> None:
@@ -390,24 +398,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "mistral-tiny, qwen2-tiny, llama-small) or a save_pretrained folder")
     p.set_defaults(func=cmd_level, level="model")
 
-    p = sub.add_parser("quality", help="train per variant on a corpus; bits per byte by context length")
+    p = sub.add_parser("quality",
+                       help="train per variant on a corpus; bits per byte by context length")
     _training_args(p)
     p.add_argument("--dataset", help="pystdlib (default), tinyshakespeare, enwik8, text8, "
                    "wikitext103, wikitext2, enwiki-excerpt, or file:PATH")
     p.add_argument("--data-dir", dest="data_dir",
                    help="folder already holding the corpus files (default: $ATTNBENCH_DATA_DIR)")
-    p.add_argument("--val-fraction", dest="val_fraction", type=float, help="held-out share of file:PATH")
-    p.add_argument("--train-tokens", dest="train_tokens", type=_count, help="token budget, e.g. 20M")
+    p.add_argument("--val-fraction", dest="val_fraction", type=float,
+                   help="held-out share of file:PATH")
+    p.add_argument("--train-tokens", dest="train_tokens", type=_count,
+                   help="token budget, e.g. 20M")
     p.add_argument("--train-seconds", dest="train_seconds", type=float,
                    help="wall-clock budget per variant instead of a token budget")
     p.add_argument("--train-len", dest="train_len", type=int, help="training sequence length")
-    p.add_argument("--eval-lens", dest="eval_lens", type=_csv(int), help="evaluation context lengths")
+    p.add_argument("--eval-lens", dest="eval_lens", type=_csv(int),
+                   help="evaluation context lengths")
     p.add_argument("--eval-tokens", dest="eval_tokens", type=_count,
                    help="held-out bytes scored per length (0: the whole split)")
     p.add_argument("--eval-split", dest="eval_split", choices=["val", "test"])
     p.add_argument("--eval-method", dest="eval_method", choices=["windows", "sliding"])
     p.add_argument("--stride", type=int, help="sliding evaluation: bytes between windows")
-    p.add_argument("--ngram-order", dest="ngram_order", type=int, help="n-gram floor order (0: none)")
+    p.add_argument("--ngram-order", dest="ngram_order", type=int,
+                   help="n-gram floor order (0: none)")
     p.add_argument("--mode", choices=["train", "dropin"])
     p.add_argument("--checkpoint", help="dropin mode: a checkpoint saved by a quality run")
     p.add_argument("--hf-model", dest="hf_model", metavar="DIR",
@@ -437,14 +450,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--threshold", type=float, default=0.10,
                    help="relative change that counts (default 0.10 = 10%%)")
-    p.add_argument("--floor-ms", dest="floor_ms", type=float, help="absolute time floor (default 0.05 ms)")
-    p.add_argument("--floor-mib", dest="floor_mib", type=float, help="absolute memory floor (default 1 MiB)")
-    p.add_argument("--floor-bpb", dest="floor_bpb", type=float, help="bits per byte floor (default 0.01)")
+    p.add_argument("--floor-ms", dest="floor_ms", type=float,
+                   help="absolute time floor (default 0.05 ms)")
+    p.add_argument("--floor-mib", dest="floor_mib", type=float,
+                   help="absolute memory floor (default 1 MiB)")
+    p.add_argument("--floor-bpb", dest="floor_bpb", type=float,
+                   help="bits per byte floor (default 0.01)")
     p.add_argument("--floor-accuracy", dest="floor_accuracy", type=float,
                    help="recall accuracy floor (default 0.02)")
     p.add_argument("--allow-device-mismatch", action="store_true",
                    help="compare runs from different devices anyway")
-    p.add_argument("--all", action="store_true", help="print every compared metric, not only flagged ones")
+    p.add_argument("--all", action="store_true",
+                   help="print every compared metric, not only flagged ones")
     p.set_defaults(func=cmd_compare)
     return parser
 

@@ -1,7 +1,7 @@
 """Any attention variant inside a Hugging Face transformers model (``pip install 'attnbench[hf]'``).
 
     from attnbench import hf
-    model = hf.build("llama-tiny")                      # or hf.load("path/saved/by/save_pretrained")
+    model = hf.build("llama-tiny")  # or hf.load("path/saved/by/save_pretrained")
     hf.use_variant(model, "sliding_window.banded:window=256")
     model(input_ids).logits; model.generate(input_ids, max_new_tokens=16)
 
@@ -50,9 +50,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-tiny": dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        max_position_embeddings=2048),
-    "mistral-tiny": dict(model_type="mistral", vocab_size=256, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, sliding_window=32),
+    "mistral-tiny": dict(model_type="mistral", vocab_size=256, hidden_size=64,
+                         intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=2048, sliding_window=32),
     "qwen2-tiny": dict(model_type="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
                        max_position_embeddings=2048),
@@ -83,7 +83,8 @@ def config(name_or_dir: str, **overrides):
         return tf.AutoConfig.for_model(spec.pop("model_type"), **spec)
     path = Path(name_or_dir)
     if not (path / "config.json").is_file():
-        raise ValueError(f"unknown model {name_or_dir!r}: not a preset (valid: {', '.join(PRESETS)}) "
+        raise ValueError(f"unknown model {name_or_dir!r}: "
+                         f"not a preset (valid: {', '.join(PRESETS)}) "
                          "and not a folder with a config.json (written by save_pretrained)")
     return tf.AutoConfig.from_pretrained(path, local_files_only=True, **overrides)
 
@@ -181,10 +182,12 @@ def _refuse_what_cannot_be_honoured(variant: Variant, module, dropout: float, kw
                       ("position_bias", "an additive position bias"),
                       ("sinks", "attention sinks")):
         if kwargs.get(key) is not None:
-            raise VariantRefused(f"{variant.label} cannot honour {what} ({key}={kwargs[key]!r:.40})")
+            raise VariantRefused(f"{variant.label} cannot honour {what} "
+                                 f"({key}={kwargs[key]!r:.40})")
 
 
-def _check_mask(variant: Variant, mask: torch.Tensor | None, nq: int, nk: int, causal: bool) -> None:
+def _check_mask(variant: Variant, mask: torch.Tensor | None, nq: int, nk: int,
+                causal: bool) -> None:
     """Refuse when the variant would attend to a key that the model's mask hides."""
     if mask is None:
         return  # transformers' plain causal (or full) mask: every variant's pattern lies within it
@@ -196,7 +199,8 @@ def _check_mask(variant: Variant, mask: torch.Tensor | None, nq: int, nk: int, c
     if pattern is not None:
         sees = pattern.mask_fn(nk, allowed.device)(qpos, kpos)
     else:  # linear attention: every earlier key (causal) or every key
-        sees = (qpos >= kpos) if causal else torch.ones(nq, nk, dtype=torch.bool, device=allowed.device)
+        sees = ((qpos >= kpos) if causal
+                else torch.ones(nq, nk, dtype=torch.bool, device=allowed.device))
     hidden = sees & ~allowed
     if hidden.any():
         b, _, i, j = (int(x) for x in hidden.nonzero()[0])

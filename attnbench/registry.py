@@ -6,10 +6,10 @@ registered with :func:`register_variant`. A *spec string* names it with paramete
     family.math.impl:key=value,key=value      e.g.  sliding_window.blocked:window=256
                                                      linear.elu.chunked:chunk=64
 
-The name may be shortened to any unambiguous dot-suffix (``elu.chunked`` for ``linear.elu.chunked``).
-:func:`get_variant` returns a :class:`Variant`: the function bound to its parameters, callable as
-``attn(q, k, v, causal=True)``, with its math (pattern or feature map), its float64 reference,
-its capabilities and :meth:`Variant.not_supported_reasons`.
+The name may be shortened to any unambiguous dot-suffix (``elu.chunked`` for
+``linear.elu.chunked``). :func:`get_variant` returns a :class:`Variant`: the function bound to its
+parameters, callable as ``attn(q, k, v, causal=True)``, with its math (pattern or feature map),
+its float64 reference, its capabilities and :meth:`Variant.not_supported_reasons`.
 
 Capabilities are data (:class:`attnbench.case.Capabilities`); a missing optional package is a
 *reason*, never an ImportError, and nothing here touches a GPU at import time. Reasons that can
@@ -35,7 +35,8 @@ from attnbench.attention.backends import missing_reason
 from attnbench.attention.reference import MATHS, LinearMath, Math, SoftmaxMath
 from attnbench.case import FAMILIES, Capabilities, Case, dtype_name, parse_dtype
 
-_FAMILY_MATH = {"naive": "causal_softmax", "fused": "causal_softmax", "sliding_window": "sliding_window"}
+_FAMILY_MATH = {"naive": "causal_softmax", "fused": "causal_softmax",
+                "sliding_window": "sliding_window"}
 
 
 ReasonsFn = Callable[["Case", dict], list[str]]
@@ -115,8 +116,8 @@ def register_variant(
     Args:
         name: dotted name, conventionally ``family.impl`` or ``family.math.impl``.
         family: one of ``FAMILIES``.
-        math: the math it computes (a key of ``attnbench.attention.reference.MATHS``). Default: from the
-            family (naive and fused: ``causal_softmax``; sliding_window: ``sliding_window``) or
+        math: the math it computes (a key of ``attnbench.attention.reference.MATHS``). Default: from
+            the family (naive and fused: ``causal_softmax``; sliding_window: ``sliding_window``) or
             from the name's middle part (``sparse.bigbird.flex`` -> ``bigbird``).
         supports: capabilities; default: every device and float dtype, backward and decode.
         exact: whether it equals full softmax attention; default: from the math.
@@ -164,7 +165,8 @@ def register_variant(
         missing = [p for p in MATHS[math].param_names() if p not in defaults]
         if missing:
             raise ValueError(
-                f"variant {name!r} (math {math}) must take keyword parameter(s) {', '.join(missing)}"
+                f"variant {name!r} (math {math}) must take keyword parameter(s) "
+                f"{', '.join(missing)}"
             )
         if name in _REGISTRY and not replace_existing:
             raise ValueError(f"variant {name!r} is already registered")
@@ -237,6 +239,7 @@ def _import_builtin_variants() -> None:
     except BaseException:
         del sys.modules[BUILTIN_VARIANTS]
         raise
+    sys.modules["attnbench"].variants = module  # as an import of the subpackage would
 
 
 _PLUGINS: set[str] = set()
@@ -285,7 +288,8 @@ def resolve_name(name: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise ValueError(f"variant name {name!r} is ambiguous: it matches {', '.join(sorted(matches))}")
+        raise ValueError(f"variant name {name!r} is ambiguous: "
+                         f"it matches {', '.join(sorted(matches))}")
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else ""
     raise ValueError(
@@ -334,7 +338,8 @@ def _convert(name: str, key: str, value: Any, default: Any) -> Any:
 
 
 def get_variant(spec: str, **params: Any) -> "Variant":
-    """Bind a registered implementation to parameters: ``get_variant("sliding_window.blocked:window=256")``.
+    """Bind a registered implementation to parameters:
+    ``get_variant("sliding_window.blocked:window=256")``.
 
     Parameters may also be given as keywords (they override the spec string's).
     """
@@ -417,7 +422,8 @@ class Variant:
         query heads first (that copy is part of what a benchmark times)."""
         _check_qkv(q, k, v)
         if not causal and not self.info.takes_causal:
-            raise ValueError(f"variant {self.label} computes causal attention only (causal=False given)")
+            raise ValueError(f"variant {self.label} computes causal attention only "
+                             "(causal=False given)")
         static = self._static_reasons(str(q.device.type), q.dtype, q.shape[-1], causal)
         if static:
             raise ValueError(f"variant {self.label} cannot run here: " + "; ".join(static))
@@ -453,7 +459,8 @@ class Variant:
 
     # --- capabilities ---------------------------------------------------------------------
     @functools.lru_cache(maxsize=256)
-    def _static_reasons(self, device: str, dtype: torch.dtype, head_dim: int, causal: bool) -> tuple:
+    def _static_reasons(self, device: str, dtype: torch.dtype, head_dim: int,
+                        causal: bool) -> tuple:
         caps = self.supports.on(device)
         out = [why for why in map(missing_reason, caps.requires) if why]
         if device not in caps.devices:
@@ -499,7 +506,8 @@ class Variant:
                 cap = torch.cuda.get_device_capability(case.device)
                 if cap < caps.min_cuda_capability:
                     need = ".".join(map(str, caps.min_cuda_capability))
-                    out.append(f"needs CUDA compute capability >= {need}, device has {cap[0]}.{cap[1]}")
+                    out.append(f"needs CUDA compute capability >= {need}, "
+                               f"device has {cap[0]}.{cap[1]}")
         wanted = case.attention_pass
         if wanted == "fwd_bwd" and not caps.backward:
             out.append(f"backward not supported on {device}")

@@ -33,7 +33,8 @@ def small_variant(name: str) -> attnbench.Variant:
 
 
 def variant_specs() -> list[str]:
-    """Every registered variant twice: default parameters (window >= N at test sizes) and small ones."""
+    """Every registered variant twice: default parameters (window >= N at test sizes) and small
+    ones."""
     specs = []
     for name in attnbench.variant_names():
         specs.append(attnbench.get_variant(name).label)
@@ -63,7 +64,8 @@ def random_qkv(shape, dtype, device="cpu", seed=0, requires_grad=False):
     return out
 
 
-def assert_close_to_reference(name, got, plain, ref, dtype, multiple=3.0, gradient=False, scale=0.0):
+def assert_close_to_reference(name, got, plain, ref, dtype,
+                              multiple=3.0, gradient=False, scale=0.0):
     """Self-calibrating check (``attnbench.attention.reference.reference_error``, the benchmark
     gate's rule)."""
     why = reference_error(got, plain, ref, dtype, multiple, gradient=gradient, scale=scale)

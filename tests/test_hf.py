@@ -11,7 +11,8 @@ pytest.importorskip("transformers")
 
 from attnbench import hf  # noqa: E402
 
-EXACT = ["naive.softmax", "fused.sdpa", "fused.sdpa_math", "sparse.strided.blocked:block=8,stride=1",
+EXACT = ["naive.softmax", "fused.sdpa", "fused.sdpa_math",
+         "sparse.strided.blocked:block=8,stride=1",
          "linear.elu.chunked"]  # the last is not exact: it must differ
 IDS = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
 
@@ -65,7 +66,8 @@ def test_mistral_window_is_honoured_or_refused():
     hf.use_variant(model, "sliding_window.blocked:window=16")  # narrower: runs, and differs
     assert (_logits(model) - base).abs().max() > 1e-3
     hf.use_variant(model, "fused.sdpa")  # full attention would see keys the window hides
-    with pytest.raises(hf.VariantRefused, match="fused.sdpa cannot honour .* query 32 would see key 0"):
+    with pytest.raises(hf.VariantRefused,
+                       match="fused.sdpa cannot honour .* query 32 would see key 0"):
         _logits(model)
     short = IDS[:, :24]  # shorter than the window: full attention is the model's attention
     hf.use_variant(model, "sdpa")

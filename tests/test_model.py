@@ -19,7 +19,7 @@ def _model(spec="fused.sdpa", seed=0):
 
 
 def test_presets_and_config_errors():
-    assert set(PRESETS) == {"tiny", "small", "gpt2"}
+    assert set(PRESETS) == {"tiny", "small", "gpt2", "recall"}
     assert ModelConfig.from_name("small").head_dim == 64
     assert ModelConfig.from_name("gpt2").dim == 768
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
@@ -28,7 +28,8 @@ def test_presets_and_config_errors():
         ModelConfig.from_name("tiny", width=3)
     with pytest.raises(ValueError, match="not divisible"):
         ModelConfig(dim=10, n_heads=3)
-    for cfg in (ModelConfig.from_name("tiny"), ModelConfig.from_name("small", n_kv_heads=2)):
+    for cfg in (ModelConfig.from_name("tiny"), ModelConfig.from_name("small", n_kv_heads=2),
+                ModelConfig.from_name("recall")):
         assert sum(p.numel() for p in TransformerLM(cfg).parameters()) == cfg.num_params()
     with pytest.raises(ValueError, match="n_kv_heads=3 must divide n_heads=4"):
         ModelConfig(n_heads=4, n_kv_heads=3)
@@ -78,3 +79,12 @@ def test_training_step_runs_and_lowers_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+@pytest.mark.parametrize("spec", ["fused.sdpa", "linear.elu.chunked:chunk=8"])
+def test_the_short_convolution_decodes_like_the_parallel_forward(spec):
+    """The recall preset's width-3 convolution keeps its last inputs on each block's decoder."""
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig.from_name("recall"), attention=spec).eval()
+    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(model.generate(prompt, 12), model.generate(prompt, 12, use_cache=False))

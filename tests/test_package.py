@@ -22,7 +22,8 @@ def installed(tmp_path_factory):
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = subprocess.run([str(py), "-c",
+                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     # the test environment's packages (torch, pandas, ...) behind the venv's own
     deps = [p for p in site.getsitepackages() if Path(p).exists()]
@@ -66,5 +67,6 @@ def test_no_top_level_variants_module_is_installed(installed):
     # and a folder called `variants` in the user's working directory is not picked up instead
     (empty / "variants").mkdir(exist_ok=True)
     (empty / "variants" / "__init__.py").write_text("raise SystemExit('the wrong variants')\n")
-    listed = _run(venv, empty, "python", "-c", "import attnbench; print(len(attnbench.variant_names()))")
+    listed = _run(venv, empty, "python", "-c",
+                  "import attnbench; print(len(attnbench.variant_names()))")
     assert listed.returncode == 0 and int(listed.stdout) > 30, listed.stderr

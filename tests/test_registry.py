@@ -15,7 +15,8 @@ def test_every_family_has_its_named_implementations():
         "naive.softmax",
         "fused.sdpa", "fused.sdpa_math", "fused.sdpa_flash", "fused.sdpa_efficient",
         "fused.sdpa_cudnn", "fused.flex", "fused.flash_attn", "fused.flash_attn3", "fused.xformers",
-        *(f"sliding_window.{i}" for i in ("masked", "blocked", "flex", "flash_attn", "xformers", "triton")),
+        *(f"sliding_window.{i}"
+          for i in ("masked", "blocked", "flex", "flash_attn", "xformers", "triton")),
         *(f"sparse.{p}.{i}" for p in ("strided", "bigbird", "longformer")
           for i in ("masked", "blocked", "flex")),
         *(f"linear.{m}.{i}" for m in ("elu", "performer")
@@ -48,8 +49,10 @@ def test_spec_parsing_and_labels():
 
 
 @pytest.mark.parametrize("spec, needles", [
-    ("sliding_window.blockd", ["unknown variant 'sliding_window.blockd'", "sliding_window.blocked"]),
-    ("sliding_window.blocked:windw=3", ["unknown parameter 'windw'", "did you mean window", "valid: window=256"]),
+    ("sliding_window.blockd",
+     ["unknown variant 'sliding_window.blockd'", "sliding_window.blocked"]),
+    ("sliding_window.blocked:windw=3",
+     ["unknown parameter 'windw'", "did you mean window", "valid: window=256"]),
     ("sliding_window.blocked:window=abc", ["window='abc' is not a valid int"]),
     ("sliding_window.blocked:window=0", ["window must be a positive integer, got 0"]),
     ("linear.elu.chunked:chunk=-1", ["chunk must be a positive integer, got -1"]),
@@ -162,7 +165,8 @@ def test_missing_package_is_a_reason_not_an_import_error():
 
     try:
         reasons = attnbench.get_variant("fused.needs_missing_pkg").not_supported_reasons()
-        assert reasons == ["needs the optional package 'surely_not_installed_pkg', which is not installed"]
+        assert reasons == ["needs the optional package 'surely_not_installed_pkg', "
+                           "which is not installed"]
     finally:
         attnbench.unregister_variant("fused.needs_missing_pkg")
 

@@ -29,7 +29,7 @@ def _kernel():
 
     @triton.jit
     def sliding_window_fwd(
-        Q, K, V, O,
+        Q, K, V, Out,
         stride_b, stride_n, stride_h,  # shared by q, k, v, o (contiguous (B, N, H, D))
         H, N, WINDOW, scale,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -63,10 +63,11 @@ def _kernel():
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v,
+                                                input_precision=PRECISION).to(tl.float32)
             m_i = m_new
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(O + base + rows_m + offs_d[None, :], out.to(O.dtype.element_ty),
+        tl.store(Out + base + rows_m + offs_d[None, :], out.to(Out.dtype.element_ty),
                  mask=offs_m[:, None] < N)
 
     return triton, sliding_window_fwd
@@ -82,11 +83,13 @@ def config(head_dim: int, dtype: torch.dtype) -> dict:
     if head_dim <= 64:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     if head_dim <= 128:
-        return dict(BLOCK_M=64, BLOCK_N=32 if wide else 64, num_warps=4, num_stages=2 if wide else 3)
+        return dict(BLOCK_M=64, BLOCK_N=32 if wide else 64,
+                    num_warps=4, num_stages=2 if wide else 3)
     return dict(BLOCK_M=32 if wide else 64, BLOCK_N=32, num_warps=8, num_stages=2)
 
 
-def sliding_window_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+def sliding_window_forward(q: torch.Tensor, k: torch.Tensor,
+                           v: torch.Tensor, window: int) -> torch.Tensor:
     """(B, N, H, D) -> (B, N, H, D); forward only; D one of ``HEAD_DIMS``."""
     triton, kernel = _kernel()
     q, k, v = (x.contiguous() for x in (q, k, v))

@@ -65,7 +65,8 @@ def _backend_probe(backend: str):
     """A forced SDPA backend's reasons: run it on a tiny input of the case's kind."""
 
     def reasons(case, params):
-        return probe(("sdpa", backend, case.causal), lambda q, k, v: _sdpa(q, k, v, case.causal, backend),
+        return probe(("sdpa", backend, case.causal),
+                     lambda q, k, v: _sdpa(q, k, v, case.causal, backend),
                      case.device, case.dtype, case.head_dim, case.attention_pass == "fwd_bwd")
 
     return reasons
@@ -87,14 +88,16 @@ def _backend_decoder(backend: str, short: str) -> type[SdpaKVDecoder]:
     return BackendKVDecoder
 
 
-@register_variant("fused.sdpa_math", family="fused", supports=Capabilities(noncausal=True, gqa=True),
+@register_variant("fused.sdpa_math", family="fused",
+                  supports=Capabilities(noncausal=True, gqa=True),
                   probe=_backend_probe("MATH"), decoder=_backend_decoder("MATH", "math"))
 def sdpa_math(q, k, v, *, causal: bool = True):
     """PyTorch SDPA forced to its math backend (materialises scores in C++)."""
     return _sdpa(q, k, v, causal, "MATH")
 
 
-@register_variant("fused.sdpa_flash", family="fused", supports=Capabilities(noncausal=True, gqa=True),
+@register_variant("fused.sdpa_flash", family="fused",
+                  supports=Capabilities(noncausal=True, gqa=True),
                   probe=_backend_probe("FLASH_ATTENTION"),
                   decoder=_backend_decoder("FLASH_ATTENTION", "flash"))
 def sdpa_flash(q, k, v, *, causal: bool = True):
@@ -155,7 +158,8 @@ class Flash3KVDecoder(FlashKVDecoder):
                                        causal=True, **self.window_kwargs())
 
 
-@register_variant("fused.flash_attn3", family="fused", supports=FLASH3_CAPS, decoder=Flash3KVDecoder)
+@register_variant("fused.flash_attn3", family="fused", supports=FLASH3_CAPS,
+                  decoder=Flash3KVDecoder)
 def flash_attn3(q, k, v, *, causal: bool = True):
     """FlashAttention-3 (flash_attn_interface, Hopper)."""
     from flash_attn_interface import flash_attn_func

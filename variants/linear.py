@@ -1,6 +1,8 @@
 """linear: kernelized linear attention (Katharopoulos et al. 2020).
 
-    O_i = phi(q_i)^T S_i / phi(q_i)^T z_i,   S_i = sum_{j<=i} phi(k_j) v_j^T,   z_i = sum_{j<=i} phi(k_j)
+    O_i = phi(q_i)^T S_i / phi(q_i)^T z_i,
+    S_i = sum_{j<=i} phi(k_j) v_j^T,
+    z_i = sum_{j<=i} phi(k_j)
 
 Feature maps (``attnbench.feature_maps``): ``elu`` (phi(x) = elu(x) + 1) and ``performer``
 (FAVOR+ positive orthogonal random features; parameters ``features``, ``seed``).
@@ -14,11 +16,11 @@ Implementations of the same math, each for both feature maps:
 - ``recurrent``: token by token (a Python loop): the RNN view, and what decoding does.
 
 States are accumulated in float32 (inputs may be bfloat16). Non-causal attention uses the global
-sums. FLOPs (``attnbench.bench.flops``): every row counts 4 N F D per head (the recurrent form, whatever the
-implementation); the chunked form executes 4 N F D + 2 N C (F + D) (``chunked_linear_flops``), and its
-backward is hand-written (``_ChunkedCausal``). It computes in float32 whatever the inputs, and
-turns autocast off inside (under CUDA or CPU autocast its matmuls would otherwise come out in
-bfloat16 and meet float32 accumulators in place).
+sums. FLOPs (``attnbench.bench.flops``): every row counts 4 N F D per head (the recurrent form,
+whatever the implementation); the chunked form executes 4 N F D + 2 N C (F + D)
+(``chunked_linear_flops``), and its backward is hand-written (``_ChunkedCausal``). It computes in
+float32 whatever the inputs, and turns autocast off inside (under CUDA or CPU autocast its matmuls
+would otherwise come out in bfloat16 and meet float32 accumulators in place).
 
 ``linear.*.fla`` run flash-linear-attention's chunked Triton kernel (``chunk_linear_attn``, CUDA)
 on the same feature maps. Every implementation decodes with the recurrent state (``recurrent``).

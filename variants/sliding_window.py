@@ -1,13 +1,14 @@
 """sliding_window: causal softmax attention over the ``window`` most recent keys.
 
-    O_i = sum_{j = i-w+1}^{i} softmax_j(q_i . k_j / sqrt(D)) v_j        (query i sees keys i-w+1 .. i)
+    O_i = sum_{j = i-w+1}^{i} softmax_j(q_i . k_j / sqrt(D)) v_j   (query i sees keys i-w+1 .. i)
 
 - ``masked``: SDPA with the dense (N, N) mask: quadratic cost, the strawman.
 - ``blocked``: our block-sparse PyTorch (``attnbench.attention.blocksparse``): linear in N.
 - ``banded``: ours: each query block's keys as one band, all bands in one fused SDPA call.
 - ``flex``: FlexAttention with the window as a BlockMask (no CPU backward in torch 2.13).
 - ``flash_attn``: flash-attn with ``window_size=(window - 1, 0)``.
-- ``xformers``: ``memory_efficient_attention`` with a ``LowerTriangularFromBottomRightLocalAttentionMask``.
+- ``xformers``: ``memory_efficient_attention`` with a
+  ``LowerTriangularFromBottomRightLocalAttentionMask``.
 - ``triton``: our Triton kernel (forward), run on the CPU only under ``TRITON_INTERPRET=1``.
 
 Decoding keeps a ring buffer of the last ``window`` keys and values (SDPA over it); the flex,
@@ -63,7 +64,8 @@ def banded(q, k, v, *, window: int = 256, block: int = 32):
 @register_variant(
     "sliding_window.flex",
     family=SW,
-    supports=Capabilities(gqa=True, cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
+    supports=Capabilities(gqa=True,
+                          cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
     prepare=prepare_flex,
     decoder=FlexKVDecoder,
 )
@@ -72,7 +74,8 @@ def flex_window(q, k, v, *, window: int = 256):
     return flex(q, k, v, SlidingWindow(window))
 
 
-@register_variant("sliding_window.flash_attn", family=SW, supports=FLASH_CAPS, decoder=FlashKVDecoder)
+@register_variant("sliding_window.flash_attn", family=SW, supports=FLASH_CAPS,
+                  decoder=FlashKVDecoder)
 def flash_attn_window(q, k, v, *, window: int = 256):
     """flash-attn flash_attn_func with window_size=(window-1, 0)."""
     from flash_attn import flash_attn_func
@@ -134,7 +137,8 @@ def _triton_reasons(case, params):
     decoder=RingBufferDecoder,
 )
 def triton_window(q, k, v, *, window: int = 256):
-    """Our Triton kernel: online softmax over the key blocks of each query block's window (forward)."""
+    ("Our Triton kernel: online softmax over the key blocks of each query block's window "
+     "(forward).")
     from ._triton_sliding_window import sliding_window_forward
 
     return sliding_window_forward(q, k, v, window)

@@ -8,7 +8,8 @@ Three patterns (``attnbench.attention.patterns``):
   I-J < stride or (I-J) % stride == 0.   Parameters: ``block``, ``stride``.
 - ``bigbird`` (Zaheer et al. 2020): ``window`` sliding blocks + ``globals`` global blocks +
   ``randoms`` random blocks per row (seeded by ``seed``).
-- ``longformer`` (Beltagy et al. 2020): a ``window``-token sliding window + ``globals`` global tokens.
+- ``longformer`` (Beltagy et al. 2020): a ``window``-token sliding window + ``globals`` global
+  tokens.
 
 Implementations, each pattern: ``masked`` (SDPA with the dense mask: quadratic), ``blocked`` (our
 block-sparse PyTorch: cost proportional to the attended blocks), ``flex`` (FlexAttention

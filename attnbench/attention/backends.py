@@ -1,5 +1,6 @@
-"""Optional kernel packages (flash-attn, FlashAttention-3, xformers, Triton, flash-linear-attention):
-whether they import, how to install them, and what their own dispatchers say about a case.
+"""Optional kernel packages (flash-attn, FlashAttention-3, xformers, Triton,
+flash-linear-attention): whether they import, how to install them, and what their own dispatchers
+say about a case.
 
 - ``missing_reason(module)``: None when the package imports, else the reason (not installed, with
   the command that installs it, or the import error of a broken install: an ABI mismatch with
@@ -8,8 +9,8 @@ whether they import, how to install them, and what their own dispatchers say abo
   (xformers' ``NotImplementedError`` lists every kernel and why it cannot run) into reasons. It
   runs kernels, so the harness calls it in the measuring worker only, never in the launcher; the
   result is cached per key (package, kernel, device, dtype, head dim, backward).
-- ``FLASH_CAPS``, ``flash_attn3_caps`` and ``xformers_probe``: the declarations shared by every family
-  that calls these packages.
+- ``FLASH_CAPS``, ``flash_attn3_caps`` and ``xformers_probe``: the declarations shared by every
+  family that calls these packages.
 
 Nothing here imports an optional package at import time or touches a GPU.
 """

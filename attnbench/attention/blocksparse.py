@@ -115,7 +115,8 @@ def band_mask(window: int, block: int, dtype: torch.dtype, device: str = "cpu",
               globals_: int = 0) -> torch.Tensor:
     """(1, 1, block, globals_ + S) additive mask shared by every band: the window pattern between
     the queries of block kb-1 and keys 0 .. S-1 (S = kb*block), which is the same for every band
-    (the last key block being the query's own); the ``globals_`` global keys in front are all seen."""
+    (the last key block being the query's own); the ``globals_`` global keys in front are all
+    seen."""
     kb = band_blocks(window, block)
     r = torch.arange((kb - 1) * block, kb * block).view(block, 1)
     c = torch.arange(kb * block).view(1, -1)
@@ -184,7 +185,8 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
             qh, kh, vh = (x[b, :full].permute(1, 0, 2) for x in (q, k, v))  # (H, full, D)
             res = union_of_pieces(qh, kh, vh, pieces, head, block)
         else:
-            qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)  # (H, nbm, block, D)
+            # (H, nbm, block, D)
+            qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)
             res = torch.nn.functional.scaled_dot_product_attention(qb, band(k, b), band(v, b),
                                                                    attn_mask=mask)
         out[b, head:full] = res.permute(1, 2, 0, 3).reshape(nbm * block, heads, v.shape[-1])

@@ -41,7 +41,8 @@ class Decoder:
 
     name = "decoder"
 
-    def __init__(self, variant, batch: int, heads: int, head_dim: int, *, kv_heads: int | None = None,
+    def __init__(self, variant, batch: int, heads: int, head_dim: int, *,
+                 kv_heads: int | None = None,
                  max_len: int, dtype: torch.dtype = torch.float32, device="cpu"):
         kv_heads = kv_heads or heads
         if max_len < 1:
@@ -60,7 +61,8 @@ class Decoder:
             if tuple(t.shape) != expect or (steps is not None and t.shape[1] != steps):
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expect}")
         if self.position + n > self.max_len:
-            raise ValueError(f"decoder is full: {self.position} + {n} tokens > max_len={self.max_len}")
+            raise ValueError(f"decoder is full: {self.position} + {n} "
+                             f"tokens > max_len={self.max_len}")
 
     def prefill(self, q, k, v) -> torch.Tensor:
         """Parallel forward over a prompt (B, P, ., D); fills the cache."""
@@ -73,7 +75,8 @@ class Decoder:
         return out
 
     def fill(self, k, v) -> None:
-        """Load a context (B, N, H_kv, D) of keys and values without computing outputs (benchmarks)."""
+        """Load a context (B, N, H_kv, D) of keys and values without computing outputs
+        (benchmarks)."""
         if self.position:
             raise ValueError("fill must come first (the decoder already holds tokens)")
         q = k.new_empty(k.shape[0], k.shape[1], self.heads, k.shape[3])
@@ -239,7 +242,8 @@ class FlexKVDecoder(KVCache):
 class BlockSparseKVDecoder(KVCache):
     """A block-sparse pattern: the new token at position t in query block I attends to the key
     blocks of row I of the pattern's block plan at ``max_len`` (built once: the gather indices and
-    the token mask of every row), gathered from the cache and passed to SDPA with that row's mask."""
+    the token mask of every row), gathered from the cache and passed to SDPA with that row's
+    mask."""
 
     name = "kv_cache.block_sparse"
 

@@ -41,7 +41,8 @@ FLASH_BACK = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 def additive(seen: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Boolean 'seen' -> additive mask (0 where seen, -inf elsewhere) in ``dtype``."""
-    return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, float("-inf"))
+    return torch.zeros(seen.shape, dtype=dtype,
+                       device=seen.device).masked_fill(~seen, float("-inf"))
 
 
 def bands(x: torch.Tensor, kb: int, block: int) -> torch.Tensor:
@@ -113,7 +114,8 @@ class Globals(Piece):
         h = q.shape[0]
         flat = lambda x: x.reshape(1, h, -1, x.shape[-1])  # noqa: E731
         dq1, dk1, dv1 = FLASH_BACK(flat(grad), q[None, :, q0:], k[None, :, :self.keys],
-                                   v[None, :, :self.keys], flat(out), lse.reshape(1, h, -1), 0.0, False)
+                                   v[None, :, :self.keys], flat(out), lse.reshape(1, h, -1),
+                                   0.0, False)
         dq[:, q0:].add_(dq1[0])
         dk[:, :self.keys].add_(dk1[0])
         dv[:, :self.keys].add_(dv1[0])
@@ -133,15 +135,18 @@ class Residues(Piece):
     def _to(self, x, block):  # (H, Np, D) -> (H, stride, Np/stride, D): blocks grouped by residue
         h, np_, d = x.shape
         t = np_ // (self.stride * block)
-        return x.reshape(h, t, self.stride, block, d).transpose(1, 2).reshape(h, self.stride, t * block, d)
+        return x.reshape(h, t, self.stride, block, d).transpose(1, 2).reshape(h, self.stride,
+                                                                              t * block, d)
 
-    def _from_rows(self, x, block):  # (H, stride, (t-1)*block, ...) -> (H, (t-1)*stride, block, ...)
+    # (H, stride, (t-1)*block, ...) -> (H, (t-1)*stride, block, ...)
+    def _from_rows(self, x, block):
         h, s, m = x.shape[:3]
         tail = x.shape[3:]
         y = x.reshape(h, s, m // block, block, *tail).transpose(1, 2)
         return y.reshape(h, (m // block) * s, block, *tail)
 
-    def _rows_to(self, x, block):  # merged rows (H, nq, block, ...) -> (H, stride, (t-1)*block, ...)
+    # merged rows (H, nq, block, ...) -> (H, stride, (t-1)*block, ...)
+    def _rows_to(self, x, block):
         h, nq = x.shape[:2]
         tail = x.shape[3:]
         y = x.reshape(h, nq // self.stride, self.stride, block, *tail).transpose(1, 2)
@@ -203,7 +208,8 @@ class Gathered(Piece):
         dq[:, q0:].view_as(dqb).add_(dqb)
         flat = self.blocks.reshape(-1)
         for dst, src in ((dk, dkg), (dv, dvg)):
-            dst.view(h, np_ // block, block, -1).index_add_(1, flat, src.reshape(h, -1, block, src.shape[-1]))
+            dst.view(h, np_ // block, block, -1).index_add_(1, flat, src.reshape(h, -1, block,
+                                                                                 src.shape[-1]))
 
 
 class _Union(torch.autograd.Function):
@@ -234,7 +240,8 @@ class _Union(torch.autograd.Function):
 
 
 def union_of_pieces(q, k, v, pieces, q0: int, block: int) -> torch.Tensor:
-    """Rows q0.. of (H, Np, D) q over the union of ``pieces``' keys: (H, (Np-q0)/block, block, D)."""
+    """Rows q0.. of (H, Np, D) q over the union of ``pieces``' keys:
+    (H, (Np-q0)/block, block, D)."""
     return _Union.apply(q, k, v, pieces, q0, block)
 
 

@@ -11,9 +11,9 @@ Two forms cover every built-in variant:
       O_i = sum_{j<=i} (phi(q_i) . phi(k_j)) v_j / sum_{j<=i} phi(q_i) . phi(k_j)
 
 Both are written in their plain, materialised form. Grouped-query inputs (k, v with H_kv heads
-dividing q's H) are expanded: each key/value head serves H / H_kv query heads. Called in float64 they are the references that
-every implementation is tested against; called in a lower dtype they are "plain PyTorch", whose
-error sets the tolerance of the self-calibrating tests.
+dividing q's H) are expanded: each key/value head serves H / H_kv query heads. Called in float64
+they are the references that every implementation is tested against; called in a lower dtype they
+are "plain PyTorch", whose error sets the tolerance of the self-calibrating tests.
 
 A ``Math`` object is built from a variant's parameters (``MATHS[name].build(params)``) and knows
 its pattern or feature map, its reference and its attended pairs (for FLOP counts).
@@ -183,7 +183,8 @@ class SoftmaxMath:
         """The reference for query rows ``rows`` only: (B, len(rows), H, D), cost O(rows * N).
         Differentiable: with an upstream gradient on these rows it gives every key's gradient."""
         n = k.shape[1]
-        mask = self.pattern_for(causal).mask_fn(n, q.device)(rows[:, None], torch.arange(n, device=q.device)[None, :])
+        mask = self.pattern_for(causal).mask_fn(n, q.device)(
+            rows[:, None], torch.arange(n, device=q.device)[None, :])
         return softmax_attention(q[:, rows], k, v, mask, dtype=dtype)
 
     @property
@@ -233,7 +234,8 @@ class MathSpec:
     """How to build a math from a variant's parameters.
 
     ``factory`` takes keyword arguments named after variant parameters; the registry passes the
-    ones it names (so ``window`` reaches ``SlidingWindow`` and an implementation's ``chunk`` does not).
+    ones it names (so ``window`` reaches ``SlidingWindow`` and an implementation's ``chunk`` does
+    not).
     """
 
     name: str

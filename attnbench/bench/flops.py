@@ -6,15 +6,16 @@ variant's pattern counted from the pattern itself (causal: N(N+1)/2; window w: a
 sparse and windowed variants get honest numbers. Backward = 2.5 x forward; forward+backward = 3.5 x.
 
 Linear attention (its own formula, the recurrent/state form): per token and head, the state update
-phi(k) v^T and the read-out phi(q)^T S cost 2*F*D each, so a forward pass costs ``4 * B * H * N * F * D``
-(F = number of features), independent of how an implementation arranges the work. Backward and
-forward+backward use the same 2.5 x and 3.5 x factors.
+phi(k) v^T and the read-out phi(q)^T S cost 2*F*D each, so a forward pass costs
+``4 * B * H * N * F * D`` (F = number of features), independent of how an implementation arranges
+the work. Backward and forward+backward use the same 2.5 x and 3.5 x factors.
 
 The chunked form of linear attention executes more than that: inside each chunk of C tokens it also
-forms the full C x C block phi(Q_c) phi(K_c)^T (masked afterwards) and multiplies it with V, 2 C (F + D)
-per token and head. ``chunked_linear_flops`` counts that executed work, ``4 N F D + 2 N C (F + D)``
-per head and pass factor, for judging how close a chunked kernel runs to the matmul ceiling;
-``attention_flops`` (and every row's ``flops``) keeps the implementation-independent count.
+forms the full C x C block phi(Q_c) phi(K_c)^T (masked afterwards) and multiplies it with V,
+2 C (F + D) per token and head. ``chunked_linear_flops`` counts that executed work,
+``4 N F D + 2 N C (F + D)`` per head and pass factor, for judging how close a chunked kernel runs
+to the matmul ceiling; ``attention_flops`` (and every row's ``flops``) keeps the
+implementation-independent count.
 
 A decode step counts the pairs of the new token only (its row of the pattern), or 4*F*D per head
 for linear attention.

@@ -1,7 +1,8 @@
 """The prepared GPU check: every CUDA path of the project, in one command that fits a short loan of
 a GPU machine (``make gpu-check``, ``python run_bench.py gpu-check``).
 
-    GPU_CHECK_OUT=/some/folder python run_bench.py gpu-check      # default: results/<stamp>-gpu-check
+    GPU_CHECK_OUT=/some/folder python run_bench.py gpu-check      # default: \
+results/<stamp>-gpu-check
 
 Checks, most informative first, each recorded as ``ok``, ``failed`` (with the error) or ``skipped``
 (with the reason), under one deadline (``--budget-s``, default 420 s; what the deadline cuts is
@@ -155,7 +156,8 @@ def check_variants(check: Check, checker: Checker) -> None:
                 failed += item["status"] == "failed"
                 torch.cuda.empty_cache()
     check.status = "failed" if failed else "ok"
-    check.detail = f"{ran - failed} of {ran} (variant, dtype, shape) cases match the float64 reference"
+    check.detail = (f"{ran - failed} of {ran} (variant, dtype, shape) "
+                    "cases match the float64 reference")
 
 
 def suite_training_variants() -> list[str]:
@@ -199,15 +201,18 @@ def check_nccl(check: Check, checker: Checker) -> None:
     root = Path(__file__).resolve().parents[2]
     out = Path(tempfile.mkdtemp(prefix="gpu-check-nccl-"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           str(root / "run_bench.py"), "quality", "--variants", "fused.sdpa", "--dataset", "pystdlib",
+           str(root / "run_bench.py"), "quality", "--variants", "fused.sdpa",
+           "--dataset", "pystdlib",
            "--train-seconds", "8", "--train-len", "256", "--batch", "8", "--eval-lens", "256",
            "--eval-tokens", "8K", "--ngram-order", "0", "--no-dropin", "--out", str(out), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, min(180, checker.left())),
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          timeout=max(30, min(180, checker.left())),
                           env={**os.environ, "PYTHONPATH": str(root)})
     check.items.append({"command": " ".join(cmd[2:]), "returncode": proc.returncode,
                         "stderr_tail": proc.stderr[-1500:]})
     if proc.returncode != 0:
-        check.status, check.detail = "failed", proc.stderr.strip().splitlines()[-1][:500] if proc.stderr else "no output"
+        check.status, check.detail = "failed", (proc.stderr.strip().splitlines()[-1][:500]
+                                                if proc.stderr else "no output")
         return
     from attnbench.bench import results
 
@@ -274,7 +279,8 @@ def check_timing(check: Check, checker: Checker) -> None:
         check.items.append(item)
         worst = max(worst, abs(ours / anchor - 1))
     check.status = "ok" if worst < 0.15 else "failed"
-    check.detail = "; ".join(f"{i['shape']}: ours {i['ours_ms']} ms, do_bench {i['do_bench_ms']} ms, "
+    check.detail = "; ".join(f"{i['shape']}: ours {i['ours_ms']} ms, "
+                             f"do_bench {i['do_bench_ms']} ms, "
                              f"graph replay {i['cuda_graph_ms']} ms" for i in check.items)
 
 
@@ -282,7 +288,8 @@ GPU_SUITE_REDUCED = {
     "name": "gpu-check",
     "description": "the reduced gpu suite of the prepared GPU check",
     "device": "cuda",
-    "op": {"variants": ["fused.sdpa", "fused.sdpa_flash", "fused.sdpa_efficient", "fused.sdpa_cudnn",
+    "op": {"variants": ["fused.sdpa", "fused.sdpa_flash", "fused.sdpa_efficient",
+                        "fused.sdpa_cudnn",
                         "fused.flex", "fused.flash_attn", "fused.flash_attn3", "fused.xformers",
                         "sliding_window.flex:window=1024", "sliding_window.triton:window=1024",
                         "sparse.bigbird.flex:block=128", "linear.elu.chunked", "linear.elu.fla"],
@@ -312,7 +319,8 @@ def check_gpu_suite(check: Check, checker: Checker, run_dir: Path) -> None:
     bad = counts.get("incorrect", 0) + counts.get("error", 0) + counts.get("crash", 0)
     check.status = "failed" if bad else "ok"
     check.detail = f"{len(rows)} rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    best = [r for r in rows if r.get("frac_of_peak") and r["pass"] == "fwd" and r["seq_len"] == 16384]
+    best = [r for r in rows if r.get("frac_of_peak") and r["pass"] == "fwd"
+            and r["seq_len"] == 16384]
     for r in sorted(best, key=lambda r: -r["flops_per_s"])[:5]:
         check.items.append({"variant": r["variant"], "N": r["seq_len"], "D": r["head_dim"],
                             "TFLOP/s": round(r["flops_per_s"] / 1e12, 1),
@@ -324,8 +332,9 @@ def check_gpu_suite(check: Check, checker: Checker, run_dir: Path) -> None:
 
 def markdown(checks: list[Check], started: str, seconds: float) -> str:
     lines = [f"# attnbench GPU check ({started})", "",
-             f"{sum(c.status == 'ok' for c in checks)} ok, {sum(c.status == 'failed' for c in checks)} "
-             f"failed, {sum(c.status == 'skipped' for c in checks)} skipped, in {seconds:.0f} s.", "",
+             f"{sum(c.status == 'ok' for c in checks)} ok, "
+             f"{sum(c.status == 'failed' for c in checks)} failed, "
+             f"{sum(c.status == 'skipped' for c in checks)} skipped, in {seconds:.0f} s.", "",
              "| check | status | seconds | detail |", "|:---|:---|---:|:---|"]
     for c in checks:
         lines.append(f"| {c.name} | {c.status} | {c.seconds:.0f} | {c.detail.replace('|', '/')} |")
@@ -337,7 +346,8 @@ def markdown(checks: list[Check], started: str, seconds: float) -> str:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         for r in rows:
-            lines.append("| " + " | ".join(str(r.get(k, "")).replace("|", "/")[:300] for k in keys) + " |")
+            lines.append("| " + " | ".join(str(r.get(k, "")).replace("|", "/")[:300] for k in keys)
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -347,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="attnbench gpu-check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get(OUT_ENV),
-                   help=f"folder for the files (default: ${OUT_ENV}, else results/<stamp>-gpu-check)")
+                   help=f"folder for the files (default: ${OUT_ENV}, "
+                   "else results/<stamp>-gpu-check)")
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="deadline for all checks together (seconds)")
     args = p.parse_args(argv)

@@ -84,7 +84,8 @@ class LanguageModel:
 
     def matmul_params(self) -> int:
         """Weights multiplied per token: every Linear (and a tied output head)."""
-        return sum(m.weight.numel() for m in self.module.modules() if isinstance(m, torch.nn.Linear))
+        return sum(m.weight.numel() for m in self.module.modules()
+                   if isinstance(m, torch.nn.Linear))
 
     def with_attention(self, attention, dtype: torch.dtype) -> LanguageModel:
         """A copy in ``dtype`` with ``attention`` in place of the variant (the gate's models)."""

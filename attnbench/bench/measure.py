@@ -158,8 +158,10 @@ def _time_cuda(fn, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda_
     estimate = max(time.perf_counter() - t0, 1e-6)
     times: list[float] = []
     start_all = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start_all < budget_s):
-        left = max(min_reps - len(times), int((budget_s - (time.perf_counter() - start_all)) / estimate))
+    while len(times) < max_reps and (len(times) < min_reps
+                                     or time.perf_counter() - start_all < budget_s):
+        left = max(min_reps - len(times),
+                   int((budget_s - (time.perf_counter() - start_all)) / estimate))
         batch = max(1, min(max_reps - len(times), left, 100))
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(batch)]
@@ -189,8 +191,10 @@ def cpu_peak_supported() -> bool:
         return False
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> tuple[int | None, str]:
-    """Peak bytes allocated by one call of ``fn()`` beyond what was held before it, and the method."""
+def peak_memory(fn: Callable[[], object],
+                device: torch.device | str = "cpu") -> tuple[int | None, str]:
+    """Peak bytes allocated by one call of ``fn()`` beyond what was held before it, and the
+    method."""
     device = torch.device(device)
     gc.collect()
     if device.type == "cuda":
@@ -235,7 +239,9 @@ def matmul_ceiling(dtype: torch.dtype, device: torch.device | str = "cpu", n: in
             n //= 2
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    t = time_fn(lambda: a @ b, device, warmup=3, budget_s=budget_s, min_reps=10, max_reps=1000)
+    c = torch.empty_like(a)  # into one output: the compute, not the first touch of fresh pages
+    t = time_fn(lambda: torch.matmul(a, b, out=c), device, warmup=3, budget_s=budget_s,
+                min_reps=10, max_reps=1000)
     return 2 * n**3 / (t.median_ms / 1e3)
 
 
@@ -250,14 +256,15 @@ def copy_bandwidth(device: torch.device | str = "cpu", nbytes: int = 256 << 20,
     return 2 * nbytes / (t.median_ms / 1e3)
 
 
-CEILING_METHOD = ("square matmul (up to 2048 on CPU, 8192 on CUDA, as large as takes <= 0.2 s) and a "
-                  "256 MiB copy, median of their timings (the cases' statistic), on this device, at "
-                  "the start and the end of the run")
+CEILING_METHOD = ("square matmul (up to 2048 on CPU, 8192 on CUDA, as large as takes <= 0.2 s) "
+                  "and a 256 MiB copy, median of their timings (the cases' statistic), on this "
+                  "device, at the start and the end of the run")
 
 
 def ceilings(dtypes: list[str], device: str) -> dict:
     """The run's ceilings on ``device``: matmul FLOP/s per dtype name and copy bytes/s."""
     from attnbench.case import parse_dtype
 
-    return {"matmul_flops_per_s": {name: matmul_ceiling(parse_dtype(name), device) for name in dtypes},
+    return {"matmul_flops_per_s": {name: matmul_ceiling(parse_dtype(name), device)
+                                   for name in dtypes},
             "copy_bytes_per_s": copy_bandwidth(device), "method": CEILING_METHOD}

@@ -31,8 +31,8 @@ CORE_FIELDS = [
     "device", "status", "reason", "time_ms", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
     "flops", "flops_per_s", "frac_of_ceiling", "tokens_per_s",
 ]
-STATUSES = ("ok", "unsupported", "incorrect", "oom", "error", "timeout", "crash", "skipped_after_oom",
-            "diverged")
+STATUSES = ("ok", "unsupported", "incorrect", "oom", "error", "timeout", "crash",
+            "skipped_after_oom", "diverged")
 PACKAGES = ("torch", "triton", "flash-attn", "flash_attn_3", "xformers", "fla-core",
             "transformers", "numpy", "pandas", "matplotlib")
 
@@ -58,7 +58,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             if i == len(lines) - 1:
-                warnings.warn(f"{path}: ignoring a torn last line (an interrupted run)", stacklevel=2)
+                warnings.warn(f"{path}: ignoring a torn last line (an interrupted run)",
+                              stacklevel=2)
             else:
                 raise ValueError(f"{path}:{i + 1} is not valid JSON (a corrupted results file)")
     return rows

@@ -1,7 +1,7 @@
 """The local launcher: plans a suite's cases and measures them in isolated worker processes.
 
-    plan(suite) -> [Case]               every (variant, shape, dtype, pass, repeat), smallest N first
-    run(suite, run_dir)                 writes run.json, then one results.jsonl row per case
+    plan(suite) -> [Case]       every (variant, shape, dtype, pass, repeat), smallest N first
+    run(suite, run_dir)         writes run.json, then one results.jsonl row per case
 
 Failures are results: an unsupported case is recorded with its reasons; an exception in the worker
 is an ``error`` / ``oom`` row; a case that outlives ``timing.timeout_s`` is killed (``timeout``);
@@ -226,7 +226,8 @@ def progress_bar(total: int, enabled: bool, unit: str = "case") -> tqdm:
                 miniters=1 if tty else max(1, total // 10), ascii=not tty)
 
 
-def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (), command: list[str] | None = None,
+def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (),
+        command: list[str] | None = None,
         resume: bool = False, force: bool = False, progress: bool = True, workers: int = 1,
         on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Measure every case of ``suite`` not yet in ``run_dir``; returns the run folder.
@@ -258,16 +259,18 @@ def start_info(suite: Suite, run_dir: Path, cases, todo, plugins, command, resum
     if resume and (run_dir / results.RUN_FILE).exists():
         info = results.read_run_json(run_dir)
         changes = []
-        if json.loads(_suite_json(suite)) != json.loads(json.dumps(info.get("suite"), sort_keys=True,
-                                                                   default=str)):
+        if json.loads(_suite_json(suite)) != json.loads(json.dumps(info.get("suite"),
+                                                                   sort_keys=True, default=str)):
             changes.append("the suite differs from the run's")
         env = info.get("environment") or {}
         was, was_dirty = env.get("git_commit"), env.get("git_dirty")
         now = results.git_state()
-        if was and now["git_commit"] and (was != now["git_commit"] or (now["git_dirty"] and not was_dirty)):
+        if was and now["git_commit"] and (was != now["git_commit"]
+                                          or (now["git_dirty"] and not was_dirty)):
             changes.append(f"the code differs: the run was measured at commit {was[:12]}"
                            + (" with uncommitted changes" if was_dirty else "") + f", this is "
-                           f"{now['git_commit'][:12]}" + (" with uncommitted changes" if now["git_dirty"] else ""))
+                           f"{now['git_commit'][:12]}"
+                           + (" with uncommitted changes" if now["git_dirty"] else ""))
         if changes and not force:
             raise ValueError(f"--resume {run_dir}: " + "; ".join(changes)
                              + ". Its rows would mix settings; resume with the same suite and "

@@ -1,7 +1,9 @@
 """The Slurm launcher, through submitit: ``run --launcher submitit``.
 
-    python run_bench.py run --suite gpu --launcher submitit --slurm-partition gpu --gpus-per-job 1 --max-jobs 32
-    python run_bench.py run --suite smoke --launcher submitit --submitit-local --max-jobs 2   # same code path, local processes
+    python run_bench.py run --suite gpu --launcher submitit --slurm-partition gpu --gpus-per-job 1 \
+--max-jobs 32
+    python run_bench.py run --suite smoke --launcher submitit --submitit-local --max-jobs 2   \
+# same code path, local processes
 
 Cases are grouped into jobs by (variant, device), whole groups per job (so compilation and
 warm-up are paid once per job), at most ``--max-jobs`` jobs. Each job runs ``run_shard``: the
@@ -82,7 +84,8 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
     info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)
     attempt = len(info.get("launcher", {}).get("submissions", []))
     jobs_cases = balance(groups_of(todo), max(1, max_jobs))
-    executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster="local" if local else None)
+    executor = submitit.AutoExecutor(folder=run_dir / "submitit",
+                                     cluster="local" if local else None)
     params: dict[str, Any] = {"timeout_min": timeout_min, "name": f"attnbench-{suite.name}"}
     if not local:
         params.update(slurm_partition=partition, slurm_array_parallelism=max_jobs,
@@ -117,7 +120,8 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
             out = job.result()
             record["node"] = out["host"]
         except Exception as e:  # a failed or cancelled job: its finished cases are in its shard
-            record["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:500]
+            record["error"] = (f"{type(e).__name__}: "
+                               f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}")[:500]
         shard_info = run_dir / SHARDS / record["shard"] / results.RUN_FILE
         if shard_info.exists():
             shard = results.read_run_json(shard_info.parent)

@@ -1,4 +1,5 @@
-"""Suites: TOML files that say which cases a run measures (``attnbench/suites/*.toml``, or any path).
+"""Suites: TOML files that say which cases a run measures (``attnbench/suites/*.toml``, or any
+path).
 
 A suite has up to two levels and a timing section::
 
@@ -114,23 +115,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _coerce(full: str, value: Any, kind: Any, default: Any) -> Any:
-    """Check ``value`` against the field's type ``kind`` (``int``, ``tuple[int, ...]``, ...)."""
+def _coerce(full: str, value: Any, kind: Any, default: Any, minimum: int = 1) -> Any:
+    """Check ``value`` against the field's type ``kind`` (``int``, ``tuple[int, ...]``, ...);
+    integer list items must be at least ``minimum`` (the field's metadata; default 1)."""
     origin = typing.get_origin(kind)
     if origin is tuple:
         item = typing.get_args(kind)[0]
         if not isinstance(value, (list, tuple)) or (not value and default):
             _fail(full, f"must be a non-empty list, got {value!r}")
         for x in value:
-            if item is int and (not _is_int(x) or x < 1):
-                _fail(full, f"items must be positive integers, got {x!r}")
+            if item is int and (not _is_int(x) or x < minimum):
+                _fail(full, f"items must be {'positive' if minimum == 1 else 'non-negative'} "
+                      f"integers, got {x!r}")
             if item is bool and not isinstance(x, bool):
                 _fail(full, f"items must be true or false, got {x!r}")
             if item is str and not isinstance(x, str):
                 _fail(full, f"items must be strings, got {x!r}")
         return tuple(value)
     if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int, float))
+                                                  for v in value.values()):
             _fail(full, f"must be a table of names to values, got {value!r}")
         return {str(k): str(v) for k, v in value.items()}
     if kind is bool:
@@ -153,13 +157,14 @@ def _coerce(full: str, value: Any, kind: Any, default: Any) -> Any:
 
 def _build(cls, where: str, data: dict[str, Any]):
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls)]
+    meta = {f.name: f.metadata for f in fields(cls)}
     defaults = cls()
     out = {}
     for key, value in data.items():
-        if key not in valid:
-            _fail(where + key, f"unknown key; valid keys: {', '.join(valid)}")
-        out[key] = _coerce(where + key, value, hints[key], getattr(defaults, key))
+        if key not in meta:
+            _fail(where + key, f"unknown key; valid keys: {', '.join(meta)}")
+        out[key] = _coerce(where + key, value, hints[key], getattr(defaults, key),
+                           meta[key].get("minimum", 1))
     return cls(**out)
 
 
@@ -192,7 +197,8 @@ def _check_values(suite: Suite) -> None:
             bad = [kv for kv in op.kv_heads if h % kv]
             if bad:
                 _fail("op.kv_heads", f"{bad[0]} does not divide heads={h} (head dim {d}); valid: "
-                      f"divisors of {h}: {', '.join(str(x) for x in range(1, h + 1) if h % x == 0)}")
+                      f"divisors of {h}: "
+                      f"{', '.join(str(x) for x in range(1, h + 1) if h % x == 0)}")
     from attnbench.model import PRESETS
 
     for sec in ("model", "quality", "recall"):
@@ -217,8 +223,12 @@ def _check_values(suite: Suite) -> None:
             _check_variants(f"{sec}.variants", cfg.variants + getattr(cfg, "dropin_variants", ()))
     if suite.quality is not None:
         _check_quality(suite.quality)
+    if suite.recall is not None and not suite.recall.key_vocab >= max(suite.recall.kv_pairs):
+        _fail("recall.key_vocab", f"{suite.recall.key_vocab} is smaller than the largest kv_pairs "
+              f"({max(suite.recall.kv_pairs)}): the keys of a sequence must be distinct")
     if suite.recall is not None and not suite.recall.grid():
-        _fail("recall", f"no (seq_len, kv_pairs) setting fits: seq_lens {list(suite.recall.seq_lens)}, "
+        _fail("recall", "no (seq_len, kv_pairs) setting fits: "
+              f"seq_lens {list(suite.recall.seq_lens)}, "
               f"kv_pairs {list(suite.recall.kv_pairs)} (needs seq_len >= 4 * kv_pairs)")
     if all(getattr(suite, sec) is None for sec in ("op", "model", "quality", "recall")):
         _fail("", "needs an [op], [model], [quality] or [recall] section")
@@ -247,7 +257,8 @@ def _check_quality(q: QualityConfig) -> None:
     if q.hf_model and q.mode != "dropin":
         _fail("quality.hf_model", "a transformers model is evaluated in dropin mode only")
     if q.eval_method not in EVAL_METHODS:
-        _fail("quality.eval_method", f"unknown method {q.eval_method!r}; valid: {', '.join(EVAL_METHODS)}")
+        _fail("quality.eval_method",
+              f"unknown method {q.eval_method!r}; valid: {', '.join(EVAL_METHODS)}")
     if q.eval_split not in ("val", "test", "train"):
         _fail("quality.eval_split", f"unknown split {q.eval_split!r}; valid: val, test, train")
     if q.train_len < 2 or q.batch < 1:
@@ -280,7 +291,8 @@ def load_suite(name_or_path: str) -> Suite:
         path = SUITES_DIR / f"{name_or_path}.toml"
     if not path.exists():
         known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
-        raise ValueError(f"no suite {name_or_path!r}; known suites: {', '.join(known)} (or a path to a .toml)")
+        raise ValueError(f"no suite {name_or_path!r}; known suites: {', '.join(known)} "
+                         "(or a path to a .toml)")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

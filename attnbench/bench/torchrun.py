@@ -58,7 +58,8 @@ def run_quality(suite, args) -> Path | None:
         q = suite.quality
         run_dir = None
         if rank == 0:
-            run_dir = Path(args.resume) if args.resume else Path(args.out) / results.new_run_id(suite.name)
+            run_dir = (Path(args.resume) if args.resume
+                       else Path(args.out) / results.new_run_id(suite.name))
         run_dir = Path(_broadcast(str(run_dir) if run_dir else None))
         cases = plan_quality(q, "cuda" if use_cuda else "cpu")
         writer = results.ResultWriter(run_dir) if rank == 0 else None
@@ -72,7 +73,8 @@ def run_quality(suite, args) -> Path | None:
             info["distributed"] = {"world_size": world, "backend": backend, "launcher": "torchrun"}
             info.setdefault("datasets", {})[q.dataset] = corpus_for(q).info()
             results.write_run_json(run_dir, info)
-            print(f"attnbench: {len(todo)} quality cases on {world} processes ({backend}) -> {run_dir}",
+            print(f"attnbench: {len(todo)} quality cases on {world} processes "
+                  f"({backend}) -> {run_dir}",
                   file=sys.stderr)
         for case in todo:
             case = case.replace(device=device)

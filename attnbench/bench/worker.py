@@ -76,7 +76,8 @@ def prepare_op(case: Case, rows: int) -> Prepared:
         dec = variant.decoder(b, h, d, kv_heads=case.kv_heads, max_len=n + 1, dtype=case.dtype,
                               device=device)
         dec.fill(k, v)
-        q1, k1, v1 = (torch.randn(b, 1, x.shape[2], d, generator=g).to(device=device, dtype=case.dtype)
+        q1, k1, v1 = (torch.randn(b, 1, x.shape[2], d, generator=g).to(device=device,
+                                                                       dtype=case.dtype)
                       for x in (q, k, v))
     measure.sync(device)
     extra["mask_ms"] = (time.perf_counter() - t0) * 1e3
@@ -175,7 +176,8 @@ def prepare(case: Case, timing: dict) -> Prepared:
 def time_case(case: Case, timing: dict) -> dict[str, Any]:
     """The ``time`` role: probes, setup, first call, gate, warm-up, timing (and on CUDA memory)."""
     variant = get_variant(case.variant)
-    reasons = variant.not_supported_reasons(case)  # with the kernel probes: here, not in the launcher
+    # with the kernel probes: here, not in the launcher
+    reasons = variant.not_supported_reasons(case)
     if reasons:
         return {"status": "unsupported", "reason": "; ".join(reasons)}
     device = torch.device(case.device)
@@ -262,7 +264,8 @@ def main(recv_conn, conn) -> None:
             last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" (at {os.path.basename(last.filename)}:{last.lineno})" if last else ""
             first = str(exc).splitlines()[0] if str(exc) else ""
-            result = {"status": _classify(exc), "reason": f"{type(exc).__name__}: {first}"[:500] + where}
+            result = {"status": _classify(exc),
+                      "reason": f"{type(exc).__name__}: {first}"[:500] + where}
         conn.send(result)
 
 

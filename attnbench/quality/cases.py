@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnbench.case import QualityCase, RecallCase
+from attnbench.case import Case, QualityCase, RecallCase
 from attnbench.model import ModelConfig
 from attnbench.quality import data as data_mod
 from attnbench.quality.recall import accuracy, train_recall
@@ -36,7 +36,14 @@ from attnbench.quality.train import (
     train,
 )
 from attnbench.registry import get_variant
-from attnbench.settings import QualityConfig, RecallConfig, RecallSettings, TrainSettings
+from attnbench.settings import (
+    NEAR_CHANCE,
+    QualityConfig,
+    RecallConfig,
+    RecallSettings,
+    TrainSettings,
+    chance,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -265,7 +272,8 @@ def _hf_dropin_model(case: QualityCase, cfg: QualityConfig, held_out: np.ndarray
             raise ValueError(f"{case.checkpoint}: no tokenizer and a vocabulary of "
                              f"{model.config.vocab_size} < 256: cannot score bytes")
         return _HFLogits(model), held_out, 1.0, meta
-    text = held_out[: max(cfg.eval_tokens, 1) * 8 + 1].tobytes() if cfg.eval_tokens else held_out.tobytes()
+    text = (held_out[: max(cfg.eval_tokens, 1) * 8 + 1].tobytes() if cfg.eval_tokens
+            else held_out.tobytes())
     ids = np.asarray(tok(text.decode("utf-8", errors="replace"))["input_ids"], dtype=np.int64)
     meta["tokens_per_byte"] = len(ids) / len(text)
     return _HFLogits(model), ids, len(ids) / len(text), meta
@@ -278,12 +286,25 @@ def run_recall_case(case: RecallCase, cfg: RecallConfig) -> dict[str, Any]:
             "train_s": round(result.seconds, 3), "final_train_loss": result.final_loss}
     rows = []
     for n, kv in settings.grid():
-        row = _part(case, f"N{n}-kv{kv}", **{"pass": "eval"}, seq_len=n, kv_pairs=kv)
+        row = _part(case, f"N{n}-kv{kv}", **{"pass": "eval"}, seq_len=n, kv_pairs=kv,
+                    chance=chance(kv), state_bytes=state_bytes(case, n))
         if result.status == "ok":
-            row.update(status="ok", reason="", accuracy=accuracy(
-                result.model, n, kv, sequences=cfg.eval_sequences, key_vocab=cfg.key_vocab,
-                seed=cfg.seed + 1))
+            acc = accuracy(result.model, n, kv, sequences=cfg.eval_sequences,
+                           key_vocab=cfg.key_vocab, seed=cfg.seed + 1)
+            row.update(status="ok", reason="", accuracy=acc,
+                       near_chance=acc < NEAR_CHANCE * chance(kv))
         else:
             row.update(status=result.status, reason=result.reason)
         rows.append(row)
     return {**main, "rows": rows}
+
+
+def state_bytes(case: Case, n: int) -> int:
+    """What one layer of the variant keeps to continue a sequence of ``n`` tokens (batch 1,
+    float32): the KV cache of softmax attention, a window's ring buffer, a linear attention's
+    F x D state (Zoology's axis: recall against the size of the state)."""
+    variant = get_variant(case.variant)
+    dec = variant.decoder(1, case.heads, case.head_dim, kv_heads=case.kv_heads, max_len=n)
+    kv = torch.zeros(1, n, case.kv_heads, case.head_dim)
+    dec.fill(kv, kv)
+    return dec.cache_bytes()

@@ -35,7 +35,8 @@ from typing import Callable
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-USER_AGENT = "attnbench-data/0.1 (+https://github.com/attnbench)"  # one mirror rejects urllib's default
+# one mirror rejects urllib's default
+USER_AGENT = "attnbench-data/0.1 (+https://github.com/attnbench)"
 
 
 class CorpusError(ValueError):
@@ -169,7 +170,8 @@ class DataStore:
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        if (src.sha256 and h.hexdigest() != src.sha256) or (src.size is not None and size != src.size):
+        if (src.sha256 and h.hexdigest() != src.sha256) or (src.size is not None
+                                                            and size != src.size):
             part.unlink(missing_ok=True)
             raise CorpusError(f"download of {src.url} does not match its pin ({size:,} bytes, "
                               f"sha256 {h.hexdigest()}; expected {src.describe()}); nothing was "
@@ -204,7 +206,8 @@ def _zip_member(path: Path, member: str) -> bytes:
         try:
             return z.read(member)
         except KeyError:
-            raise CorpusError(f"{path}: no member {member!r}; it holds {z.namelist()[:8]}") from None
+            raise CorpusError(f"{path}: no member {member!r}; "
+                              f"it holds {z.namelist()[:8]}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +230,8 @@ TINYSHAKESPEARE = Source(
 TEXT8 = Source("text8.zip", "http://mattmahoney.net/dc/text8.zip", None, 31_344_016)
 TEXT8_UNPACKED = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"
 WIKITEXT103 = Source("wikitext-103-raw-v1.zip", "https://wikitext.smerity.com/wikitext-103-raw-v1.zip",
-                     "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794", 191_984_949)
+                     "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794",
+                     191_984_949)
 WIKITEXT2 = Source("wikitext-2-v1.zip", "https://wikitext.smerity.com/wikitext-2-v1.zip",
                    "92675f1d63015c1c8b51f1656a52d5bdbc33aafa60cc47a218a66e7ee817488c")
 # WikiText-2's extracted split files, accepted in place of the archive (pinned one by one)
@@ -355,7 +359,8 @@ CORPORA: dict[str, Callable[[DataStore], Corpus]] = {
 }
 
 
-def load_corpus(name: str, *, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+def load_corpus(name: str, *, data_dir: str | Path | None = None,
+                cache_dir: str | Path | None = None,
                 offline: bool | None = None, val_fraction: float = 0.1,
                 splits: tuple[str, ...] | None = None) -> Corpus:
     """A corpus by name (see ``CORPORA``) or ``file:PATH``; ``splits`` keeps only those (and,

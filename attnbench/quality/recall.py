@@ -8,7 +8,7 @@ by looking back at the pairs. Keys and values come from disjoint token ranges; k
 sequence are distinct.
 
     x, y = mqar_batch(batch=32, seq_len=128, kv_pairs=8, seed=0, step=0)   # y = -100 off queries
-    result = train_recall("fused.sdpa", settings)                             # same budget per variant
+    result = train_recall("fused.sdpa", settings)                          # same budget per variant
     accuracy(result.model, seq_len=128, kv_pairs=8, sequences=256, seed=1)
 
 Training draws batches from the grid of (seq_len, kv_pairs) settings in turn (step ``i`` uses
@@ -43,7 +43,8 @@ def mqar_batch(batch: int, seq_len: int, kv_pairs: int, *, key_vocab: int = 64,
                          f"(needs seq_len >= {4 * kv_pairs})")
     if not kv_pairs <= key_vocab <= VALUE_BASE - KEY_BASE:
         raise ValueError(f"key_vocab={key_vocab} must be in [{kv_pairs}, {VALUE_BASE - KEY_BASE}]")
-    keys = np.stack([rng.choice(key_vocab, kv_pairs, replace=False) for _ in range(batch)]) + KEY_BASE
+    keys = np.stack([rng.choice(key_vocab, kv_pairs, replace=False)
+                     for _ in range(batch)]) + KEY_BASE
     values = rng.integers(0, key_vocab, (batch, kv_pairs)) + VALUE_BASE
     x = np.full((batch, seq_len), FILLER, dtype=np.int64)
     y = np.full((batch, seq_len), IGNORE, dtype=np.int64)
@@ -91,7 +92,8 @@ def train_recall(variant: str, s: RecallSettings, device="cpu") -> RecallResult:
         n, kv = grid[step % len(grid)]
         x, y = mqar_batch(s.batch, n, kv, key_vocab=s.key_vocab,
                           rng=np.random.default_rng([s.seed, step]))
-        value = optimizer_step(model, model, opt, x.to(device), y.to(device), lr, s.grad_clip).item()
+        value = optimizer_step(model, model, opt, x.to(device), y.to(device),
+                               lr, s.grad_clip).item()
         if not math.isfinite(value):
             status, reason = "diverged", f"training loss became {value} at step {step + 1}"
             break
@@ -109,7 +111,8 @@ def accuracy(model: torch.nn.Module, seq_len: int, kv_pairs: int, *, sequences: 
     rng = np.random.default_rng([seed, 1_000_003, seq_len, kv_pairs])
     right = total = 0
     for start in range(0, sequences, batch):
-        x, y = mqar_batch(min(batch, sequences - start), seq_len, kv_pairs, key_vocab=key_vocab, rng=rng)
+        x, y = mqar_batch(min(batch, sequences - start), seq_len, kv_pairs,
+                          key_vocab=key_vocab, rng=rng)
         x, y = x.to(device), y.to(device)
         with _autocast(device):
             pred = model(x).argmax(-1)

@@ -1,5 +1,12 @@
 """Reports of a run folder, from the stored rows alone: ``report.md`` (renders on GitHub),
-``report.html`` (the same, self-contained: images embedded, readable offline) and ``plots/*.png``.
+``report.html`` (the same, self-contained: plots inline as SVG whose points show their numbers on
+hover, tables sortable by column, readable offline) and ``plots/*.png`` / ``*.svg``.
+
+It reads top-down: what was run, then a summary of findings computed from the rows (the
+fastest and leanest variant at each N, where efficient variants overtake the best exact one,
+the quality cost with its seed spread, whether recall was learned, and the noisy, incorrect and
+failed rows, each linked to its table), then the tables and plots, the environment, and the
+command that reproduces it.
 
     python run_bench.py report results/<run_id>
 
@@ -23,11 +30,12 @@ import pandas as pd
 
 from attnbench.bench import results
 from attnbench.report import plots
+from attnbench.report.summary import anchor, best_per_n, problems, quality_cost, recall_verdict
 from attnbench.report.tables import NOISY_MARK, STATUS_TEXT, pivot, render
 
 PLOT_CAPTIONS = {
-    "time": "Time against sequence length, one panel per pass (log-log); an x at the top marks where a "
-            "variant did not run (out of memory, error, timeout).",
+    "time": "Time against sequence length, one panel per pass (log-log); an x at the top marks "
+            "where a variant did not run (out of memory, error, timeout).",
     "memory": "Peak memory of one pass beyond its inputs, against sequence length.",
     "flops": "Achieved FLOP/s on the attended pairs, with this run's measured matmul ceiling.",
     "quality": "Held-out bits per byte against evaluation context length, with the n-gram floor "
@@ -36,7 +44,10 @@ PLOT_CAPTIONS = {
               "is outlined.",
     "decode": "Decoding one token: latency and the bytes of the KV cache or recurrent state.",
     "patterns": "Which keys each query sees, for one variant of each family.",
-    "recall": "Multi-query associative recall accuracy by number of key-value pairs, per sequence length.",
+    "recall": "Multi-query associative recall accuracy by number of key-value pairs, "
+              "per sequence length.",
+    "state": "Recall accuracy against the state each variant keeps per layer (Zoology's view): one "
+             "point per (variant, setting).",
 }
 
 
@@ -98,7 +109,8 @@ def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     for key, sub in op.groupby(LIKE, sort=False, dropna=False):
         setting = dict(zip(LIKE, key))
         p = setting["pass"]
-        value = "time_ms" if metric == "time" else ("cache_bytes" if p == "decode" else "peak_mem_bytes")
+        value = "time_ms" if metric == "time" else ("cache_bytes" if p == "decode"
+                                                    else "peak_mem_bytes")
         if value not in sub:
             continue
         sub = sub[sub[value].notna()]
@@ -123,13 +135,18 @@ def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # the document
 
-def build(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any], plot_paths: dict[str, Path]) -> list[Block]:
+def build(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any],
+          plot_paths: dict[str, Path]) -> list[Block]:
+    """The report, top-down: what was run, the findings, then the tables and plots behind them,
+    then the environment and the command that reproduces it."""
     suite = info.get("suite", {})
     blocks = [Block("h1", f"attnbench report: {info.get('run_id', run_dir.name)}")]
     counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
-    blocks.append(Block("p", f"Suite **{suite.get('name', '?')}** ({suite.get('description', '')}); "
-                             f"{len(frame)} rows: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-                             + f". Started {info.get('started', '?')}, finished {info.get('finished', 'not yet')}."))
+    blocks.append(Block("p", f"Suite **{suite.get('name', '?')}** "
+                             f"({suite.get('description', '')}); {len(frame)} rows: "
+                             + ", ".join(f"{k} {v}" for k, v in counts.items())
+                             + f". Started {info.get('started', '?')}, "
+                             f"finished {info.get('finished', 'not yet')}."))
     timed = frame[frame["level"].isin(["op", "model"])] if not frame.empty else frame
     if not timed.empty and "gated" in timed and (timed["gated"] == False).any():  # noqa: E712
         blocks.append(Block("p", "**Not gated**: this run was measured with `--no-gate`; its "
@@ -138,66 +155,147 @@ def build(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any], plot_paths: 
     if drift:
         blocks.append(Block("p", "Ceiling drift over the run (end / start − 1): " + ", ".join(
             f"{k} {v:+.1%}" for k, v in drift.items())
-            + (" — **the machine changed speed while measuring**" if any(abs(v) > 0.1 for v in drift.values()) else "")
+            + (" — **the machine changed speed while measuring**"
+               if any(abs(v) > 0.1 for v in drift.values()) else "")
             + "."))
-    blocks.append(Block("h2", "Environment"))
-    blocks.append(Block("table", frame=_environment_table(info)))
-    blocks.append(Block("h2", "Reproduce"))
-    blocks.append(Block("code", _reproduce(info)))
-    op = frame[frame["level"] == "op"] if not frame.empty else frame
-    if not op.empty:
-        blocks.append(Block("h2", "Attention alone (op level)"))
-        shape = op.iloc[0]
-        blocks.append(Block("p", f"B = {shape['batch']}, H = {shape['heads']}, causal; cells: "
-                                 "median time in ms (p20–p80 in results.jsonl); other cells are "
-                                 "statuses, explained below each table."))
-        op = op.assign(kv_heads=op["kv_heads"].fillna(op["heads"]) if "kv_heads" in op else op["heads"])
-        for (p, dtype, d, h, kv, causal), sub in op.groupby(
-                ["pass", "dtype", "head_dim", "heads", "kv_heads", "causal"], sort=False):
-            setting = f"{dtype}, head dim {d}, {h} heads" + (f" ({int(kv)} kv heads)" if kv != h else "") \
-                + ("" if causal else ", non-causal")
-            blocks.append(Block("h3", f"{plots.PASS_TITLES.get(p, p)}: time (ms), {setting}"))
-            if p == "decode" and "decoder" in sub:  # each variant decodes with its own kernel
-                sub = sub.assign(variant=[f"{v} ({d})" if isinstance(d, str) else v
-                                          for v, d in zip(sub["variant"], sub["decoder"])])
-            blocks.append(Block("table", frame=pivot(sub, "seq_len", "time_ms", ".3f", mark_noisy=True)))
-            if "noisy" in sub and (sub["noisy"] == True).any():  # noqa: E712
-                blocks.append(Block("p", f"{NOISY_MARK} noisy: the p20–p80 spread of its repetitions "
-                                         "exceeds 10% of the median."))
-            if p != "decode":
-                blocks.append(Block("p", "Fraction of the measured matmul ceiling:"))
-                blocks.append(Block("table", frame=pivot(sub, "seq_len", "frac_of_ceiling", ".1%")))
-            blocks.append(Block("p", "Peak memory (MiB):"))
-            blocks.append(Block("table", frame=_mib(sub)))
-            reasons = _reasons(sub)
-            if reasons:
-                blocks.append(Block("p", reasons))
-        for metric, what in (("time", "time"), ("memory", "memory")):
-            table = crossover(frame, metric)
-            if not table.empty:
-                blocks.append(Block("h3", f"Crossover by {what}"))
-                blocks.append(Block("p", f"The sequence length from which each efficient variant beats the "
-                                         f"best exact variant's {what} at every larger measured N "
-                                         "(– : not within the measured range); the ratio is the best "
-                                         "exact variant's over this one's at the largest N (above 1: "
-                                         "this one is ahead). Memory is the peak beyond the inputs, "
-                                         "and for decode the bytes of the cache or state."))
-                blocks.append(Block("table", frame=table.set_index(["pass", "variant"])))
-    model = frame[frame["level"] == "model"] if not frame.empty else frame
-    if not model.empty:
-        blocks.append(Block("h2", f"The identical model ({model.iloc[0].get('preset', '?')} preset)"))
-        for p, sub in model.groupby("pass", sort=False):
-            blocks.append(Block("h3", f"{plots.PASS_TITLES.get(p, p)}: time (ms), batch {sub.iloc[0]['batch']}"))
-            blocks.append(Block("table", frame=pivot(sub, "seq_len", "time_ms", ".3f")))
-            reasons = _reasons(sub)
-            if reasons:
-                blocks.append(Block("p", reasons))
+    blocks += _summary_blocks(frame)
+    blocks += _op_blocks(frame)
+    blocks += _model_blocks(frame)
     blocks += _quality_blocks(frame, info)
     if plot_paths:
         blocks.append(Block("h2", "Plots"))
         for name, path in plot_paths.items():
             blocks.append(Block("p", PLOT_CAPTIONS.get(name, name)))
             blocks.append(Block("image", path=path, text=name))
+    blocks.append(Block("h2", "Environment"))
+    blocks.append(Block("table", frame=_environment_table(info)))
+    blocks.append(Block("h2", "Reproduce"))
+    blocks.append(Block("code", _reproduce(info)))
+    return blocks
+
+
+def _link(text: str, heading: str) -> str:
+    return f"[{text}](#{anchor(heading)})"
+
+
+def _summary_blocks(frame: pd.DataFrame) -> list[Block]:
+    blocks = [Block("h2", "Summary")]
+    lines = []
+    bests = best_per_n(frame)
+    if bests:
+        lines.append("- " + _link("Fastest and leanest at each N", "Fastest and leanest")
+                     + " per pass and setting, below.")
+    for metric in ("time", "memory"):
+        table = crossover(frame, metric)
+        if not table.empty:
+            ahead = table[table["from N"] != "–"]
+            names = ", ".join(f"`{r['variant']}` ({r['pass']}, from N = {r['from N']})"
+                              for _, r in ahead.head(6).iterrows())
+            lines.append(f"- By {metric}, {len(ahead)} of {len(table)} efficient (variant, "
+                         "setting) pairs overtake the best exact variant of their setting"
+                         + (f": {names}" + (" …" if len(ahead) > 6 else "") if names else "")
+                         + f" ({_link('crossover table', f'Crossover by {metric}')}).")
+    cost = quality_cost(frame)
+    if cost is not None:
+        lines.append("- Quality cost against full attention: "
+                     + _link("table", "Quality cost") + ".")
+    verdict = recall_verdict(frame)
+    if verdict:
+        lines.append(f"- Recall: {verdict} ({_link('table', 'Recall (MQAR)')})")
+    for problem in problems(frame):
+        lines.append(f"- {problem}.")
+    if lines:
+        blocks.append(Block("p", "\n".join(lines)))
+    if bests:
+        blocks.append(Block("h3", "Fastest and leanest"))
+        blocks.append(Block("p", "At each N of each setting: the fastest variant (median time) "
+                                 "and how far the next is behind, and the variant with the least "
+                                 "memory (peak beyond the inputs; for decode, the cache or "
+                                 "state)."))
+        for label, table in bests:
+            blocks.append(Block("p", f"**{label}**"))
+            blocks.append(Block("table", frame=table))
+    if cost is not None:
+        blocks.append(Block("h3", "Quality cost"))
+        blocks.append(Block("p", "Held-out bits per byte at the training length, mean over seeds, "
+                                 "against the exact variant; a difference within the spread "
+                                 "between seeds is not a finding. Drop-in: the exact variant's "
+                                 "checkpoint evaluated with this variant swapped in (+: worse)."))
+        blocks.append(Block("table", frame=cost))
+    return blocks if len(blocks) > 1 else []
+
+
+def _op_blocks(frame: pd.DataFrame) -> list[Block]:
+    blocks: list[Block] = []
+    op = frame[frame["level"] == "op"] if not frame.empty else frame
+    if op.empty:
+        return blocks
+    blocks.append(Block("h2", "Attention alone (op level)"))
+    blocks.append(Block("p", "Cells: median time in ms (p20–p80 in results.jsonl; † noisy); "
+                             "other cells are statuses, explained below each table."))
+    op = op.assign(kv_heads=op["kv_heads"].fillna(op["heads"]) if "kv_heads" in op else op["heads"])
+    for (p, dtype, d, h, kv, causal, b), sub in op.groupby(
+            ["pass", "dtype", "head_dim", "heads", "kv_heads", "causal", "batch"], sort=False):
+        setting = (f"{dtype}, head dim {d}, {h} heads"
+                   + (f" ({int(kv)} kv heads)" if kv != h else "")
+                   + f", batch {b}" + ("" if causal else ", non-causal"))
+        blocks.append(Block("h3", f"{plots.PASS_TITLES.get(p, p)}: time (ms), {setting}"))
+        if p == "decode" and "decoder" in sub:  # each variant decodes with its own kernel
+            sub = sub.assign(variant=[f"{v} ({dec})" if isinstance(dec, str) else v
+                                      for v, dec in zip(sub["variant"], sub["decoder"])])
+        blocks.append(Block("table",
+                            frame=pivot(sub, "seq_len", "time_ms", ".3f", mark_noisy=True)))
+        if "noisy" in sub and (sub["noisy"] == True).any():  # noqa: E712
+            blocks.append(Block("p", f"{NOISY_MARK} noisy: the p20–p80 spread of its repetitions "
+                                     "exceeds 10% of the median."))
+        if p != "decode":
+            blocks.append(Block("p", "Fraction of the measured matmul ceiling:"))
+            blocks.append(Block("table", frame=pivot(sub, "seq_len", "frac_of_ceiling", ".1%")))
+            if "frac_of_peak" in sub and sub["frac_of_peak"].notna().any():
+                blocks.append(Block("p", "Fraction of the device's published dense peak:"))
+                blocks.append(Block("table", frame=pivot(sub, "seq_len", "frac_of_peak", ".1%")))
+        elif "bytes_per_s" in sub and sub["bytes_per_s"].notna().any():
+            sub = sub.assign(_gbs=sub["bytes_per_s"].astype(float) / 1e9)
+            blocks.append(Block("p", "Cache or state read per step, GB/s (fraction of the measured "
+                                     "copy bandwidth in results.jsonl):"))
+            blocks.append(Block("table", frame=pivot(sub, "seq_len", "_gbs", ".2f")))
+        blocks.append(Block("p", "Peak memory (MiB):"))
+        blocks.append(Block("table", frame=_mib(sub)))
+        reasons = _reasons(sub)
+        if reasons:
+            blocks.append(Block("p", reasons))
+    for metric, what in (("time", "time"), ("memory", "memory")):
+        table = crossover(frame, metric)
+        if not table.empty:
+            blocks.append(Block("h3", f"Crossover by {what}"))
+            blocks.append(Block("p", f"The sequence length from which each efficient variant beats "
+                                     f"the best exact variant's {what} of the same setting at "
+                                     "every larger measured N (– : not within the measured range); "
+                                     "the ratio is the best exact variant's over this one's at the "
+                                     "largest N (above 1: this one is ahead). Memory is the peak "
+                                     "beyond the inputs, and for decode the bytes of the cache or "
+                                     "state."))
+            blocks.append(Block("table", frame=table.set_index(["pass", "variant"])))
+    return blocks
+
+
+def _model_blocks(frame: pd.DataFrame) -> list[Block]:
+    blocks: list[Block] = []
+    model = frame[frame["level"] == "model"] if not frame.empty else frame
+    if model.empty:
+        return blocks
+    for preset, by_model in model.groupby("preset", sort=False):
+        title = (f"A transformers model ({preset[3:]})" if str(preset).startswith("hf:")
+                 else f"The identical model ({preset} preset)")
+        blocks.append(Block("h2", title))
+        for p, sub in by_model.groupby("pass", sort=False):
+            blocks.append(Block("h3", f"{title}: {plots.PASS_TITLES.get(p, p)}, time (ms), "
+                                      f"batch {sub.iloc[0]['batch']}"))
+            blocks.append(Block("table",
+                                frame=pivot(sub, "seq_len", "time_ms", ".3f", mark_noisy=True)))
+            reasons = _reasons(sub)
+            if reasons:
+                blocks.append(Block("p", reasons))
     return blocks
 
 
@@ -217,36 +315,60 @@ def _quality_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
         evals = evals[evals["eval_len"].notna()]
         first = evals.iloc[0]
         ds = info.get("datasets", {}).get(first["dataset"], {})
+        seeds = sorted({int(s) for s in evals["seed"].dropna()}) if "seed" in evals else [0]
         blocks.append(Block("h2", f"Quality on {first['dataset']}"))
         blocks.append(Block("p", (
-            f"The {first['preset']} model trained per variant on the same budget ({first['budget']}, "
-            f"sequences of {int(first['train_len'])} bytes, batch {int(first['batch'])}, seed "
-            f"{int(first['seed'])}); bits per byte on the {first.get('eval_split', 'val')} split, "
+            f"The {first['preset']} model trained per variant on the same budget "
+            f"({first['budget']}, sequences of {int(first['train_len'])} bytes, "
+            f"batch {int(first['batch'])}, "
+            + (f"seeds {', '.join(map(str, seeds))}: mean ± half the spread between seeds"
+               if len(seeds) > 1
+               else f"one seed ({seeds[0]}): differences smaller than the seed-to-seed spread, "
+                    "unknown here, would not be findings")
+            + f"); bits per byte on the {first.get('eval_split', 'val')} split, "
             f"method `{first.get('eval_method', 'windows')}`, at each evaluation length (columns). "
             f"Corpus sha256 `{ds.get('sha256', '?')[:16]}…`"
             + (f", Python {ds['python']}" if ds.get("python") else "")
-            + (f"; order-0 entropy {first['order0_bpb']:.3f} bits per byte." if pd.notna(first.get("order0_bpb")) else "."))))
-        blocks.append(Block("table", frame=pivot(evals, "eval_len", "bits_per_byte", ".4f")))
+            + (f"; order-0 entropy {first['order0_bpb']:.3f} bits per byte."
+               if pd.notna(first.get("order0_bpb")) else "."))))
+        blocks.append(Block("table", frame=_mean_spread(evals, "eval_len", "bits_per_byte")))
         reasons = _reasons(q[q["pass"].isin(["train", "eval"])])
         if reasons:
             blocks.append(Block("p", reasons))
         trains = q[q["pass"] == "train"]
         if not trains.empty:
-            t = trains[["variant", "status", "train_steps", "tokens_trained", "tokens_per_s", "train_s",
-                        "final_train_bpb"]].copy()
+            t = trains[["variant", "seed", "status", "train_steps", "tokens_trained",
+                        "tokens_per_s", "train_s", "final_train_bpb"]].copy()
             t["tokens_per_s"] = t["tokens_per_s"].map(lambda x: f"{x:,.0f}" if pd.notna(x) else "–")
-            t["final_train_bpb"] = t["final_train_bpb"].map(lambda x: f"{x:.4f}" if pd.notna(x) else "–")
+            t["final_train_bpb"] = t["final_train_bpb"].map(lambda x: f"{x:.4f}" if pd.notna(x)
+                                                            else "–")
             blocks.append(Block("h3", "Training"))
             blocks.append(Block("table", frame=t.set_index("variant")))
+    copies = q[q["pass"] == "copy"] if not q.empty else q
+    if not copies.empty and "copy_bpb" in copies:
+        blocks.append(Block("h3", "In-context copy"))
+        blocks.append(Block("p", "Each trained model reads random printable bytes of length L "
+                                 "(columns) twice; bits per byte on the second copy. A model that "
+                                 "can look back L bytes copies it (near 0); the first copy is "
+                                 f"unpredictable (about {copies['first_copy_bpb'].mean():.1f} "
+                                 "here). A window narrower than L, or a state that blurs the past, "
+                                 "pays the difference."))
+        blocks.append(Block("table", frame=_mean_spread(copies, "copy_len", "copy_bpb")))
     dropin = q[(q["pass"] == "dropin")] if not q.empty else q
     if not dropin.empty and "eval_len" in dropin:
         d = dropin[dropin["eval_len"].notna()]
         if not d.empty:
-            blocks.append(Block("h3", f"Drop-in: the {d.iloc[0]['trained_variant']} checkpoint with each variant"))
-            blocks.append(Block("p", "Bits per byte, then the relative difference to the trained "
-                                     "variant (exact variants and windows at least as wide as the "
-                                     "evaluation length must be below 1e-4)."))
+            unit = ("token (the model's tokenizer) and per byte"
+                    if "unit" in d and (d["unit"] == "token").any() else "byte")
+            blocks.append(Block("h3", f"Drop-in: the {d.iloc[0]['trained_variant']} checkpoint "
+                                "with each variant"))
+            blocks.append(Block("p", f"Bits per {unit}, then the relative difference to the "
+                                     "trained variant (exact variants and windows at least as wide "
+                                     "as the evaluation length must be within 1e-4)."))
             blocks.append(Block("table", frame=pivot(d, "eval_len", "bits_per_byte", ".4f")))
+            if "bits_per_token" in d and d["bits_per_token"].notna().any():
+                blocks.append(Block("p", "Bits per token:"))
+                blocks.append(Block("table", frame=pivot(d, "eval_len", "bits_per_token", ".4f")))
             blocks.append(Block("p", "Relative difference to the trained variant's own bits "
                                      "per byte (+: worse, −: better):"))
             blocks.append(Block("table", frame=pivot(d, "eval_len", "rel_diff", "+.1e")))
@@ -255,13 +377,48 @@ def _quality_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
         rec = rec.copy()
         rec["setting"] = [f"N{int(n)} kv{int(k)}" for n, k in zip(rec["seq_len"], rec["kv_pairs"])]
         blocks.append(Block("h2", "Recall (MQAR)"))
-        blocks.append(Block("p", "Accuracy of the value predicted at each query key, on fresh sequences "
-                                 "(N: sequence length, kv: key-value pairs)."))
-        table = pivot(rec, "setting", "accuracy", ".3f")
+        first = frame[(frame["level"] == "recall")].iloc[0]
+        blocks.append(Block("p", "Accuracy of the value predicted at each query key, on fresh "
+                                 "sequences (N: sequence length, kv: key-value pairs), after "
+                                 f"{int(first.get('train_steps') or 0)} steps of the "
+                                 f"`{first['preset']}` recipe (the same for every variant: a "
+                                 "width-3 short convolution before attention does the copying "
+                                 "step, so a 2-layer model learns the task at CPU scale). ≈chance: "
+                                 "below 1.5 × 1/kv, the accuracy of guessing among the values in "
+                                 "the sequence."))
+        verdict = recall_verdict(frame)
+        if verdict:
+            blocks.append(Block("p", verdict))
+        table = pivot(rec, "setting", "accuracy", ".3f", marks={"near_chance": " ≈chance"})
         keys = sorted(table.columns, key=lambda s: tuple(int(x[2:] if x.startswith("kv") else x[1:])
                                                          for x in s.split()))
         blocks.append(Block("table", frame=table[keys]))
+        if "state_bytes" in rec:
+            blocks.append(Block("p", "State each variant keeps per layer to continue a sequence "
+                                     "(KiB; batch 1, float32): the KV cache, a window's ring "
+                                     "buffer, a linear attention's state."))
+            rec = rec.assign(_kib=rec["state_bytes"].astype(float) / 1024, status="ok")
+            blocks.append(Block("table", frame=pivot(rec.drop_duplicates(["variant", "seq_len"]),
+                                                     "seq_len", "_kib", ".1f")))
     return blocks
+
+
+def _mean_spread(frame: pd.DataFrame, col: str, value: str) -> pd.DataFrame:
+    """variant x ``col`` of ``value``: the mean over seeds, "± half the spread" with several."""
+    ok = frame[frame["status"] == "ok"]
+    failed = frame[frame["status"] != "ok"]
+    stats = ok.groupby(["variant", col], sort=False)[value].agg(["mean", "min", "max", "count"])
+    cells = {}
+    for (v, c), s in stats.iterrows():
+        spread = f" ± {(s['max'] - s['min']) / 2:.4f}" if s["count"] > 1 else ""
+        cells[(v, c)] = f"{s['mean']:.4f}{spread}"
+    for _, r in failed.iterrows():
+        cells.setdefault((r["variant"], r[col]), STATUS_TEXT.get(r["status"], r["status"]))
+    out = pd.Series(cells).unstack()
+    out = out.reindex(list(dict.fromkeys(frame["variant"])))
+    out.columns = [str(int(c)) for c in out.columns]
+    out.index.name = "variant"
+    return out.fillna("–")
 
 
 def _environment_table(info: dict[str, Any]) -> pd.DataFrame:
@@ -320,23 +477,67 @@ def to_markdown(blocks: list[Block], run_dir: Path) -> str:
 
 
 def _inline_md(text: str) -> str:
-    """The little Markdown our paragraphs use (`code`, **bold**, list items) as HTML."""
+    """The little Markdown our paragraphs use (`code`, **bold**, [links](#anchor), list items)."""
     import re
 
     text = html.escape(text)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"\[([^\]]+)\]\((#[^)]+)\)", r'<a href="\2">\1</a>', text)
     lines = text.split("\n")
     if all(line.startswith("- ") for line in lines):
         return "<ul>" + "".join(f"<li>{line[2:]}</li>" for line in lines) + "</ul>"
     return "<p>" + "<br>".join(lines) + "</p>"
 
 
+# Sorting a table by a column (click its header; again to reverse), and a count of the plots the
+# browser laid out (body data-plots), which the headless-browser test reads.
+SCRIPT = """
+function cellValue(td) {
+  var t = td.textContent.trim(), n = parseFloat(t.replace(/[^0-9eE.+-]/g, ''));
+  return isNaN(n) ? t.toLowerCase() : n;
+}
+document.querySelectorAll('table.t').forEach(function (table) {
+  table.querySelectorAll('thead th').forEach(function (th, col) {
+    th.title = 'sort by this column'; th.style.cursor = 'pointer';
+    th.addEventListener('click', function () {
+      var body = table.tBodies[0], rows = Array.from(body.rows);
+      var dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir > 0 ? 'asc' : 'desc';
+      rows.sort(function (a, b) {
+        var x = cellValue(a.cells[col]), y = cellValue(b.cells[col]);
+        if (typeof x !== typeof y) return (typeof x === 'number' ? -1 : 1) * dir;
+        return (x < y ? -1 : x > y ? 1 : 0) * dir;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+window.addEventListener('load', function () {
+  var shown = Array.from(document.querySelectorAll('figure.plot svg')).filter(function (s) {
+    var r = s.getBoundingClientRect(); return r.width > 50 && r.height > 50;
+  });
+  document.body.dataset.plots = shown.length;
+  document.body.dataset.summary = document.getElementById('summary') ? 'yes' : 'no';
+});
+"""
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+         "color:#222}table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
+         "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+         "table.t th:first-child,table.t td:first-child{text-align:left}"
+         "table.t thead th{background:#f3f3f3}figure.plot{margin:.5em 0}"
+         "figure.plot svg{max-width:100%;height:auto}g.pt:hover{opacity:.6}"
+         "pre{background:#f6f6f6;padding:.6em;overflow:auto}code{font-size:12px}"
+         "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
+
+
 def to_html(blocks: list[Block]) -> str:
+    """Self-contained: the plots inline as SVG (a point's hover shows its variant, N, median and
+    p20–p80), tables sortable by a click on a header, no request to the network."""
     body = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
-            body.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
+            body.append(f'<{b.kind} id="{anchor(b.text)}">{html.escape(b.text)}</{b.kind}>')
         elif b.kind == "p":
             body.append(_inline_md(b.text))
         elif b.kind == "code":
@@ -344,17 +545,21 @@ def to_html(blocks: list[Block]) -> str:
         elif b.kind == "table":
             body.append(b.frame.to_html(escape=True, border=0, classes="t"))
         elif b.kind == "image":
-            data = base64.b64encode(b.path.read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}">')
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
-             "color:#222}table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
-             "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             "table.t th:first-child,table.t td:first-child{text-align:left}"
-             "img{max-width:100%;margin:.5em 0}pre{background:#f6f6f6;padding:.6em;overflow:auto}"
-             "code{font-size:12px}")
+            svg = b.path.with_suffix(".svg")
+            if svg.exists():
+                inner = svg.read_text()
+                inner = inner[inner.index("<svg"):]  # drop the XML prologue and doctype
+                body.append(f'<figure class="plot" id="plot-{html.escape(b.text)}">'
+                            f'{inner}</figure>')
+            else:
+                data = base64.b64encode(b.path.read_bytes()).decode()
+                body.append(f'<figure class="plot" id="plot-{html.escape(b.text)}">'
+                            f'<img alt="{html.escape(b.text)}" '
+                            f'src="data:image/png;base64,{data}"></figure>')
     title = html.escape(blocks[0].text if blocks else "attnbench report")
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body)
+            + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:

@@ -1,6 +1,8 @@
 """The trade-off plots of a run folder (matplotlib, headless). Every function reads a DataFrame
-of stored rows (``attnbench.bench.results.load``) and writes one PNG, or nothing when the run has no
-rows of its kind; ``write_all`` returns {plot name: path}.
+of stored rows (``attnbench.bench.results.load``) and writes one PNG (for report.md) and one SVG
+(for report.html), or nothing when the run has no rows of its kind; ``write_all`` returns
+{plot name: PNG path}. In the SVG every measured point carries a ``<title>`` (variant, setting, N,
+median and p20–p80), which a browser shows on hover: the page needs no script or network.
 
 Colours are by family, markers and line styles tell variants of a family apart, labels carry the
 variant's parameters, and titles the device and dtype. Cases that did not run (out of memory,
@@ -10,6 +12,8 @@ top of the panel, never silently dropped.
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,45 +69,105 @@ def _legend(fig, axes) -> None:
                    bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=cols, frameon=False)
 
 
-def _save(fig, path: Path) -> Path:
+class Tips:
+    """Hover texts of a figure's points: ``add(ax, x, y, text, **style)`` draws one marker with a
+    gid; ``_save`` writes the texts into the SVG as the ``<title>`` of each marker."""
+
+    def __init__(self):
+        self.texts: dict[str, str] = {}
+
+    def add(self, ax, x, y, text: str, **style) -> None:
+        gid = f"pt{len(self.texts)}"
+        art = ax.scatter([x], [y], s=style.pop("s", 18), zorder=4, **style)
+        art.set_gid(gid)
+        self.texts[gid] = text
+
+
+def _save(fig, path: Path, tips: Tips | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    svg = path.with_suffix(".svg")
+    fig.savefig(svg, bbox_inches="tight")
     plt.close(fig)
+    text = svg.read_text()
+    for gid, tip in (tips.texts.items() if tips else ()):
+        text = text.replace(f'<g id="{gid}">',
+                            f'<g id="{gid}" class="pt"><title>{html.escape(tip)}</title>', 1)
+    text = re.sub(r"<!--.*?-->|<metadata>.*?</metadata>", "", text, flags=re.S)  # smaller
+    svg.write_text(text)
     return path
 
 
+SETTING_COLUMNS = ("dtype", "head_dim", "heads", "kv_heads", "batch", "causal")
+
+
+def _line_keys(frame: pd.DataFrame) -> pd.Series:
+    """One line per variant and setting: a variant measured in several settings (dtypes, head
+    dims, heads, batches, causal or not) gets one line per setting, labelled with what differs."""
+    varying = [c for c in SETTING_COLUMNS if c in frame and frame[c].nunique(dropna=True) > 1]
+    if not varying:
+        return frame["variant"]
+
+    def label(r):
+        parts = []
+        for c in varying:
+            v = r[c]
+            parts.append({"dtype": str(v), "head_dim": f"D{v}", "heads": f"H{v}",
+                          "kv_heads": f"KV{v}", "batch": f"B{v}",
+                          "causal": "causal" if v else "non-causal"}[c])
+        return f"{r['variant']} [{', '.join(parts)}]"
+
+    return frame.apply(label, axis=1)
+
+
+def _tip(r, value: str, unit: str, transform) -> str:
+    x = transform(pd.Series([r[value]])).iloc[0] if transform else r[value]
+    spread = ""
+    if value == "time_ms" and pd.notna(r.get("time_ms_p20")):
+        spread = f" (p20–p80 {r['time_ms_p20']:.3f}–{r['time_ms_p80']:.3f})"
+    return f"{r['variant']}\nN = {int(r['seq_len'])}, {r.get('dtype', '')}: {x:.4g} {unit}{spread}"
+
+
 def _line_panels(frame: pd.DataFrame, passes: list[str], value: str, ylabel: str, title: str,
-                 path: Path, env: dict, transform=None, ceiling: float | None = None) -> Path | None:
+                 path: Path, env: dict, transform=None,
+                 ceiling: float | None = None) -> Path | None:
     """One log-log panel per pass: ``value`` against N for every variant; failures marked."""
     if frame.empty:
         return None
     passes = [p for p in passes if (frame["pass"] == p).any()]
     if not passes:
         return None
-    variants = list(dict.fromkeys(frame["variant"]))
-    families = dict(zip(frame["variant"], frame["family"]))
+    frame = frame.assign(_line=_line_keys(frame))
+    variants = list(dict.fromkeys(frame["_line"]))
+    families = dict(zip(frame["_line"], frame["family"]))
     style = _style(variants, families)
+    tips = Tips()
     fig, axes = plt.subplots(1, len(passes), figsize=(5.2 * len(passes), 4.2), squeeze=False)
     for ax, p in zip(axes[0], passes):
         sub = frame[frame["pass"] == p]
         failed = []
         for v in variants:
-            rows = sub[sub["variant"] == v].sort_values("seq_len")
+            rows = sub[sub["_line"] == v].sort_values("seq_len")
             ok = rows[(rows["status"] == "ok") & rows[value].notna()]
             if not ok.empty:
                 g = ok.groupby("seq_len")[value].median()
                 g = g[g > 0]  # log axes: a zero (nothing allocated beyond the inputs) has no place
                 y = transform(g) if transform else g
                 if not g.empty:
-                    ax.plot(g.index, y.values, label=v, markersize=4, **style[v])
+                    line = {k: s for k, s in style[v].items() if k != "marker"}
+                    ax.plot(g.index, y.values, label=v, **line)
+                    for n, yv in zip(g.index, y.values):
+                        r = ok[ok["seq_len"] == n].iloc[0]
+                        tips.add(ax, n, yv, _tip(r, value, ylabel, transform),
+                                 color=style[v]["color"], marker=style[v]["marker"])
             for _, r in rows[rows["status"].isin(list(FAILED_MARK))].iterrows():
                 failed.append((r["seq_len"], FAILED_MARK[r["status"]], style[v]["color"]))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         if ceiling:
             ax.axhline(ceiling, color="black", linewidth=1, linestyle=":")
-            ax.annotate("measured matmul ceiling", (0.02, ceiling), xycoords=("axes fraction", "data"),
-                        fontsize=7, va="bottom")
+            ax.annotate("measured matmul ceiling", (0.02, ceiling),
+                        xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
         if failed:
             top = ax.get_ylim()[1]
             for n, text, colour in failed:
@@ -116,7 +180,7 @@ def _line_panels(frame: pd.DataFrame, passes: list[str], value: str, ylabel: str
         ax.grid(True, which="both", alpha=0.25)
     fig.suptitle(f"{title} — {_title_suffix(frame, env)}", fontsize=11, y=1.02)
     _legend(fig, axes)
-    return _save(fig, path)
+    return _save(fig, path, tips)
 
 
 def plot_time(frame, env, path):
@@ -136,7 +200,8 @@ def plot_flops(frame, env, path, ceilings: dict[str, float]):
     if op.empty:
         return None
     dtypes = sorted(op["dtype"].dropna().unique())
-    ceiling = ceilings.get(dtypes[0]) / 1e9 if len(dtypes) == 1 and ceilings.get(dtypes[0]) else None
+    ceiling = (ceilings.get(dtypes[0]) / 1e9 if len(dtypes) == 1 and ceilings.get(dtypes[0])
+               else None)
     return _line_panels(op, ["fwd", "fwd_bwd"], "flops_per_s", "achieved GFLOP/s",
                         "Achieved FLOP/s (attended pairs) vs sequence length", path, env,
                         transform=lambda s: s / 1e9, ceiling=ceiling)
@@ -224,7 +289,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both axes (lower is better on both)."""
     front = []
     for i, (x, y) in enumerate(points):
-        if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i):
+        if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y)
+                   for j, (x2, y2) in enumerate(points) if j != i):
             front.append(i)
     return front
 
@@ -257,16 +323,18 @@ def plot_pareto(frame, env, path):
     order = sorted(front, key=lambda i: pts[i][0])
     ax.plot([pts[i][0] for i in order], [pts[i][1] for i in order], color="black", linewidth=1,
             alpha=0.6, label="Pareto front")
-    ngram = evals[(evals["family"] == "baseline") & (evals["eval_len"] == trains.iloc[0]["train_len"])]
+    ngram = evals[(evals["family"] == "baseline")
+                  & (evals["eval_len"] == trains.iloc[0]["train_len"])]
     if not ngram.empty:
         ax.axhline(ngram.iloc[0]["bits_per_byte"], color="black", linestyle="--", linewidth=1)
         ax.annotate(f"{ngram.iloc[0]['variant']} floor", (0.02, ngram.iloc[0]["bits_per_byte"]),
                     xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
-    ax.set_xlabel(f"training step time (ms; forward + backward + AdamW, L={int(trains.iloc[0]['train_len'])}, "
-                  f"batch {int(trains.iloc[0]['batch'])})")
+    ax.set_xlabel("training step time (ms; forward + backward + AdamW, "
+                  f"L={int(trains.iloc[0]['train_len'])}, batch {int(trains.iloc[0]['batch'])})")
     ax.set_ylabel("bits per byte at the training length")
     ax.grid(True, which="both", alpha=0.25)
-    ax.set_title(f"Speed-quality trade-off (front outlined) — {_title_suffix(trains, env)}", fontsize=10)
+    ax.set_title(f"Speed-quality trade-off (front outlined) — {_title_suffix(trains, env)}",
+                 fontsize=10)
     return _save(fig, path)
 
 
@@ -277,10 +345,12 @@ def plot_recall(frame, env, path):
     lens = sorted(r["seq_len"].unique())
     variants = list(dict.fromkeys(r["variant"]))
     style = _style(variants, dict(zip(r["variant"], r["family"])))
-    fig, axes = plt.subplots(1, len(lens), figsize=(4.2 * len(lens), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(lens), figsize=(4.2 * len(lens), 3.8),
+                             squeeze=False, sharey=True)
     for ax, n in zip(axes[0], lens):
         for v in variants:
-            ok = r[(r["variant"] == v) & (r["seq_len"] == n) & (r["status"] == "ok")].sort_values("kv_pairs")
+            ok = r[(r["variant"] == v) & (r["seq_len"] == n)
+                   & (r["status"] == "ok")].sort_values("kv_pairs")
             if not ok.empty:
                 ax.plot(ok["kv_pairs"], ok["accuracy"], label=v, markersize=5, **style[v])
         kvs = sorted(r[r["seq_len"] == n]["kv_pairs"].unique())
@@ -297,6 +367,44 @@ def plot_recall(frame, env, path):
     fig.suptitle(f"Multi-query associative recall — {_title_suffix(r, env)}", fontsize=11, y=1.03)
     _legend(fig, axes)
     return _save(fig, path)
+
+
+def plot_state(frame, env, path):
+    """Zoology's view: recall accuracy against the state each variant keeps per layer (the KV
+    cache at that N, a window's ring buffer, a linear attention's state), one point per (variant,
+    setting), one line per variant across its settings."""
+    r = frame[(frame["level"] == "recall") & (frame["pass"] == "eval") & (frame["status"] == "ok")]
+    if r.empty or "state_bytes" not in r or r["state_bytes"].isna().all():
+        return None
+    kvs = sorted(r["kv_pairs"].unique())
+    variants = list(dict.fromkeys(r["variant"]))
+    style = _style(variants, dict(zip(r["variant"], r["family"])))
+    tips = Tips()
+    fig, axes = plt.subplots(1, len(kvs), figsize=(4.2 * len(kvs), 3.9), squeeze=False, sharey=True)
+    for ax, kv in zip(axes[0], kvs):
+        at = r[r["kv_pairs"] == kv]
+        for v in variants:
+            pts = at[at["variant"] == v].sort_values("state_bytes")
+            if pts.empty:
+                continue
+            line = {k: s for k, s in style[v].items() if k != "marker"}
+            ax.plot(pts["state_bytes"] / 1024, pts["accuracy"], label=v, alpha=0.7, **line)
+            for _, p in pts.iterrows():
+                tips.add(ax, p["state_bytes"] / 1024, p["accuracy"],
+                         f"{v}\nN = {int(p['seq_len'])}, kv = {int(kv)}: accuracy "
+                         f"{p['accuracy']:.3f}, state {p['state_bytes'] / 1024:.1f} KiB",
+                         color=style[v]["color"], marker=style[v]["marker"], s=30)
+        ax.axhline(1 / kv, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{int(kv)} key-value pairs (dotted: 1/kv)", fontsize=10)
+        ax.set_xlabel("state per layer (KiB, batch 1, float32)")
+        ax.grid(True, which="both", alpha=0.25)
+    axes[0][0].set_ylabel("recall accuracy")
+    fig.suptitle(f"Recall against the state each variant keeps — {_title_suffix(r, env)}",
+                 fontsize=11, y=1.03)
+    _legend(fig, axes)
+    return _save(fig, path, tips)
 
 
 def plot_patterns(frame, env, path, n: int = 512):
@@ -347,7 +455,8 @@ def plot_patterns(frame, env, path, n: int = 512):
 def write_all(frame: pd.DataFrame, info: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     env = info.get("environment", {})
-    ceilings = info.get("ceilings", {}).get("matmul_flops_per_s", {}) if info.get("ceilings") else {}
+    ceilings = (info.get("ceilings", {}).get("matmul_flops_per_s", {}) if info.get("ceilings")
+                else {})
     jobs = {
         "time": lambda p: plot_time(frame, env, p),
         "memory": lambda p: plot_memory(frame, env, p),
@@ -357,6 +466,7 @@ def write_all(frame: pd.DataFrame, info: dict[str, Any], folder: str | Path) -> 
         "decode": lambda p: plot_decode(frame, env, p),
         "patterns": lambda p: plot_patterns(frame, env, p),
         "recall": lambda p: plot_recall(frame, env, p),
+        "state": lambda p: plot_state(frame, env, p),
     }
     out = {}
     for name, job in jobs.items():

@@ -47,7 +47,8 @@ def best_per_n(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         for n, at_n in sub.groupby("seq_len"):
             t = at_n.groupby("variant")["time_ms"].median()
             line = {"N": int(n), "fastest": t.idxmin(), "ms": f"{t.min():.3f}",
-                    "runner-up": (f"{t.nsmallest(2).index[-1]} ({t.nsmallest(2).iloc[-1] / t.min():.2f}× slower)"
+                    "runner-up": (f"{t.nsmallest(2).index[-1]} "
+                                  f"({t.nsmallest(2).iloc[-1] / t.min():.2f}× slower)"
                                   if len(t) > 1 else "–")}
             if memory in at_n and at_n[memory].notna().any():
                 m = at_n.groupby("variant")[memory].median().dropna()
@@ -71,7 +72,8 @@ def quality_cost(frame: pd.DataFrame) -> pd.DataFrame | None:
     at = evals[evals["eval_len"] == length] if (evals["eval_len"] == length).any() else evals
     stats = at.groupby("variant", sort=False)["bits_per_byte"].agg(["mean", "min", "max", "count"])
     exact = at.groupby("variant", sort=False)["exact"].first() if "exact" in at else None
-    base_name = next((v for v in stats.index if exact is not None and bool(exact.get(v))), stats.index[0])
+    base_name = next((v for v in stats.index if exact is not None and bool(exact.get(v))),
+                     stats.index[0])
     base = stats.loc[base_name]
     rows = []
     dropin = q[(q["pass"] == "dropin") & q.get("eval_len", pd.Series(dtype=float)).notna()] \
@@ -87,7 +89,8 @@ def quality_cost(frame: pd.DataFrame) -> pd.DataFrame | None:
                "finding?": ("–" if v == base_name else
                             "one seed: spread unknown" if significant is None else
                             "yes" if significant else "no: within the seed spread")}
-        d = dropin[(dropin["variant"] == v) & (dropin["eval_len"] == length)] if not dropin.empty else dropin
+        d = (dropin[(dropin["variant"] == v) & (dropin["eval_len"] == length)]
+             if not dropin.empty else dropin)
         if not d.empty and pd.notna(d["rel_diff"].iloc[0]):
             row["drop-in"] = f"{100 * d['rel_diff'].iloc[0]:+.2f}%"
         rows.append(row)
@@ -97,7 +100,8 @@ def quality_cost(frame: pd.DataFrame) -> pd.DataFrame | None:
 def recall_verdict(frame: pd.DataFrame) -> str | None:
     """Whether the recall runs learned the task: exact attention must reach 0.9 on every
     setting, otherwise the table says nothing about the variants."""
-    r = frame[(frame["level"] == "recall") & (frame["pass"] == "eval")] if not frame.empty else frame
+    r = (frame[(frame["level"] == "recall") & (frame["pass"] == "eval")]
+         if not frame.empty else frame)
     if r.empty or "accuracy" not in r:
         return None
     exact = r[r["exact"] == True] if "exact" in r else r.iloc[0:0]  # noqa: E712

@@ -21,23 +21,25 @@ ORDER0_MARGIN = 0.5  # bits per byte a trained model must gain over the order-0 
 NOISY_MARK = "†"  # a time whose p20-p80 spread exceeds the suite's threshold of its median
 
 
-def cell(r: pd.Series | dict, value: str, fmt: str, mark_noisy: bool = False) -> str:
-    """``r[value]`` formatted, or the row's status when it has no number; with ``mark_noisy``
-    a noisy row's number carries ``NOISY_MARK``."""
+def cell(r: pd.Series | dict, value: str, fmt: str, marks: dict[str, str] | None = None) -> str:
+    """``r[value]`` formatted, or the row's status when it has no number; ``marks`` {field:
+    text} appends ``text`` where the row's ``field`` is true (noisy, near chance)."""
     if r.get("status") != "ok":
         return STATUS_TEXT.get(r.get("status"), str(r.get("status")))
     v = r.get(value)
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return "–"
-    noisy = mark_noisy and r.get("noisy") is True
-    return format(v, fmt) + (NOISY_MARK if noisy else "")
+    return format(v, fmt) + "".join(text for field, text in (marks or {}).items()
+                                    if r.get(field) is True)
 
 
 def pivot(frame: pd.DataFrame, col: str, value: str, fmt: str, index: str = "variant",
-          mark_noisy: bool = False) -> pd.DataFrame:
-    """``index`` values (rows, in run order) x ``col`` values; cells formatted or their status."""
+          mark_noisy: bool = False, marks: dict[str, str] | None = None) -> pd.DataFrame:
+    """``index`` values (rows, in run order) x ``col`` values; cells formatted or their status
+    (``mark_noisy``: noisy rows carry ``NOISY_MARK``)."""
     frame = frame.copy()
-    frame["_cell"] = [cell(r, value, fmt, mark_noisy) for _, r in frame.iterrows()]
+    marks = {**({"noisy": NOISY_MARK} if mark_noisy else {}), **(marks or {})}
+    frame["_cell"] = [cell(r, value, fmt, marks) for _, r in frame.iterrows()]
     order = list(dict.fromkeys(frame[index]))
     table = frame.groupby([index, col], sort=False)["_cell"].first().unstack(col)
     table = table.reindex(order)
@@ -50,7 +52,8 @@ def pivot(frame: pd.DataFrame, col: str, value: str, fmt: str, index: str = "var
 
 def render(frame: pd.DataFrame, tablefmt: str = "simple") -> str:
     """A DataFrame (its index as the first column) as text; ``github`` for Markdown."""
-    flat = frame.reset_index() if frame.index.name or isinstance(frame.index, pd.MultiIndex) else frame
+    flat = (frame.reset_index() if frame.index.name or isinstance(frame.index, pd.MultiIndex)
+            else frame)
     return tabulate(flat, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True)
 
 
@@ -64,7 +67,8 @@ def speed_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
             "variant": r["variant"], "pass": r["pass"], "N": r["seq_len"], "status": r["status"],
             "ms": f"{r['time_ms']:.3f}" if ok and r.get("time_ms") is not None else "-",
             "GFLOP/s": f"{r['flops_per_s'] / 1e9:.1f}" if ok and r.get("flops_per_s") else "-",
-            "%ceil": f"{100 * r['frac_of_ceiling']:.0f}" if ok and r.get("frac_of_ceiling") else "-",
+            "%ceil": (f"{100 * r['frac_of_ceiling']:.0f}"
+                      if ok and r.get("frac_of_ceiling") else "-"),
             "peak MiB": (f"{r['peak_mem_bytes'] / 2**20:.1f}"
                          if ok and r.get("peak_mem_bytes") is not None else "-"),
             "noisy": "noisy" if r.get("noisy") else "",
@@ -77,13 +81,15 @@ def quality_tables(rows: list[dict[str, Any]]) -> list[tuple[str, pd.DataFrame]]
     throughput, and the drop-in tables, each with its title."""
     frame = pd.DataFrame(rows)
     out: list[tuple[str, pd.DataFrame]] = []
-    evals = frame[(frame["pass"] == "eval") & frame.get("eval_len", pd.Series(dtype=float)).notna()] \
+    evals = frame[(frame["pass"] == "eval")
+                  & frame.get("eval_len", pd.Series(dtype=float)).notna()] \
         if "eval_len" in frame else frame.iloc[0:0]
     if not evals.empty:
         first = evals.iloc[0]
         order0 = next((r for r in evals.get("order0_bpb", []) if pd.notna(r)), None)
-        title = (f"quality: bits per byte on {first['dataset']} ({first.get('eval_split', 'val')}), "
-                 f"trained at L={first['train_len']}, {first['budget']}; columns: eval length"
+        title = (f"quality: bits per byte on {first['dataset']} "
+                 f"({first.get('eval_split', 'val')}), trained at L={first['train_len']}, "
+                 f"{first['budget']}; columns: eval length"
                  + (f"; order-0 entropy {order0:.3f}" if order0 else ""))
         evals = evals.assign(label=[f"{v} (seed {int(s)})" if _seeds(evals) > 1 else v
                                     for v, s in zip(evals["variant"], evals["seed"])])
@@ -93,14 +99,16 @@ def quality_tables(rows: list[dict[str, Any]]) -> list[tuple[str, pd.DataFrame]]
                            and r["bits_per_byte"] > order0 - ORDER0_MARGIN})
             note = (f"WARNING: within {ORDER0_MARGIN} bits of the order-0 entropy (learned "
                     f"nothing?): {', '.join(weak)}" if weak else
-                    f"every model beats the order-0 entropy by more than {ORDER0_MARGIN} bits per byte")
+                    f"every model beats the order-0 entropy by more than {ORDER0_MARGIN} "
+                    "bits per byte")
             out.append((note, pd.DataFrame()))
     trains = frame[frame["pass"] == "train"]
     if not trains.empty:
         t = pd.DataFrame({
             "variant": trains["variant"], "seed": trains.get("seed"), "status": trains["status"],
             "steps": trains.get("train_steps"),
-            "tokens/s": [f"{x:.0f}" if pd.notna(x) else "-" for x in trains.get("tokens_per_s", [])],
+            "tokens/s": [f"{x:.0f}" if pd.notna(x) else "-"
+                         for x in trains.get("tokens_per_s", [])],
             "final train bpb": [f"{x:.4f}" if pd.notna(x) else "-"
                                 for x in trains.get("final_train_bpb", [])],
             "reason": trains.get("reason", ""),
@@ -126,7 +134,8 @@ def recall_frame(rows: list[dict[str, Any]]) -> pd.DataFrame | None:
              if r["pass"] == "eval" and "kv_pairs" in r]
     if not evals:
         return None
-    table = pivot(pd.DataFrame(evals), "setting", "accuracy", ".3f")
+    table = pivot(pd.DataFrame(evals), "setting", "accuracy", ".3f",
+                  marks={"near_chance": " ≈chance"})
     keys = sorted(table.columns, key=lambda s: tuple(int(x.lstrip("Nkv")) for x in s.split("/")))
     return table[keys]
 

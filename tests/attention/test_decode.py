@@ -114,5 +114,6 @@ def test_decode_from_an_empty_cache():
     variant = attnbench.get_variant("sliding_window.blocked:window=4")
     q, k, v = random_qkv((1, 9, 1, 8), torch.float32)
     dec = variant.decoder(1, 1, 8, max_len=9)
-    got = torch.cat([dec.step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1]) for t in range(9)], 1)
+    got = torch.cat([dec.step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1])
+                     for t in range(9)], 1)
     torch.testing.assert_close(got.double(), variant.reference(q, k, v), atol=1e-5, rtol=1e-5)

@@ -51,7 +51,8 @@ def test_time_scales_with_planted_work(tmp_path):
     # Each variant is measured three times and its fastest median kept: a neighbour on this shared
     # machine can only slow a measurement down, so the minimum is the least disturbed one.
     suite = from_dict({"name": "t", "device": "cpu",
-                       "op": {"variants": ["fused.planted_work:times=1", "fused.planted_work:times=4"],
+                       "op": {"variants": ["fused.planted_work:times=1",
+                                           "fused.planted_work:times=4"],
                               "seq_lens": [1024], "heads": 8, "head_dims": [64], "passes": ["fwd"]},
                        "timing": {"budget_s": 0.4, "min_reps": 5, "max_reps": 200, "threads": 1,
                                   "repeats": 3, "memory": False}})
@@ -89,7 +90,8 @@ def test_failures_are_rows_and_the_sweep_goes_on(tmp_path):
     assert "SIGABRT" in rows[("fused.planted_abort", "fwd", 64)]["reason"]
     assert status[("fused.planted_hang", "fwd", 64)] == "timeout"
     assert status[("fused.planted_wrong", "fwd", 64)] == "incorrect"
-    assert rows[("fused.planted_wrong", "fwd", 64)]["time_ms"] is None  # no speed for a wrong answer
+    # no speed for a wrong answer
+    assert rows[("fused.planted_wrong", "fwd", 64)]["time_ms"] is None
     assert status[("fused.sdpa", "fwd", 64)] == status[("fused.sdpa", "fwd", 128)] == "ok"
     assert status[("fused.flash_attn", "fwd", 64)] == "unsupported"
     assert "not installed" in rows[("fused.flash_attn", "fwd", 64)]["reason"]
@@ -98,7 +100,8 @@ def test_failures_are_rows_and_the_sweep_goes_on(tmp_path):
 def test_every_timed_pass_is_gated_and_planted_errors_are_incorrect(tmp_path):
     """Each planted error fails the gate of the pass that shows it and gets no time; the
     unplanted controls (the same SDPA) pass every gate."""
-    assert NAN_ROW not in gate.sample_rows(256, 48, "cpu").tolist()  # where the sample does not look
+    # where the sample does not look
+    assert NAN_ROW not in gate.sample_rows(256, 48, "cpu").tolist()
     suite = _suite(["fused.sdpa", "fused.planted_wrong_dk", "fused.planted_nan_row",
                     "fused.planted_drop_oldest"], passes=("fwd", "fwd_bwd", "bwd", "decode"),
                    model={"preset": "tiny", "variants": ["fused.sdpa", "fused.planted_wrong"],
@@ -183,7 +186,8 @@ def test_killed_run_resumes_with_every_case_once(tmp_path):
     assert info["resumed"] and info["ceilings"]["matmul_flops_per_s"]["float32"] > 0
     # the killed session measured its start ceilings; the resume its own, at start and end
     session = info["resumed"][-1]["ceilings"]
-    assert session["end"]["matmul_flops_per_s"]["float32"] > 0 and "matmul_float32" in session["drift"]
+    assert (session["end"]["matmul_flops_per_s"]["float32"] > 0
+            and "matmul_float32" in session["drift"])
     assert info["environment"]["packages"]["torch"].startswith("2.")
     assert {"git_commit", "git_dirty", "worker_threads", "device_name"} <= set(info["environment"])
     # every row carries the host and the ceiling it was divided by
@@ -192,7 +196,8 @@ def test_killed_run_resumes_with_every_case_once(tmp_path):
     other = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "run", "--resume",
                             str(run_dir), "--suite", "smoke", "--budget", "0.03", "--quiet"],
                            cwd=ROOT, capture_output=True, text=True)
-    assert other.returncode == 2 and "the suite differs" in other.stderr and "--force" in other.stderr
+    assert (other.returncode == 2 and "the suite differs" in other.stderr
+            and "--force" in other.stderr)
     forced = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "run", "--resume",
                              str(run_dir), "--suite", "smoke", "--budget", "0.03", "--force",
                              "--quiet"], cwd=ROOT, capture_output=True, text=True)
@@ -261,24 +266,34 @@ def test_noncausal_bwd_head_dim_256_and_the_total_token_sweep(tmp_path):
 
 
 @pytest.mark.parametrize("data, needle", [
-    ({"op": {"variants": ["fused.sdpa"], "seqlens": [1]}}, "op.seqlens: unknown key; valid keys: variants, seq_lens"),
-    ({"op": {"variants": ["fused.sdpa"], "passes": ["fwd", "back"]}}, "unknown pass 'back'; valid: fwd, bwd, fwd_bwd, decode"),
-    ({"op": {"variants": ["fused.sdpa"], "heads": 8, "kv_heads": [3]}}, "op.kv_heads: 3 does not divide heads=8"),
+    ({"op": {"variants": ["fused.sdpa"], "seqlens": [1]}},
+     "op.seqlens: unknown key; valid keys: variants, seq_lens"),
+    ({"op": {"variants": ["fused.sdpa"], "passes": ["fwd", "back"]}},
+     "unknown pass 'back'; valid: fwd, bwd, fwd_bwd, decode"),
+    ({"op": {"variants": ["fused.sdpa"], "heads": 8, "kv_heads": [3]}},
+     "op.kv_heads: 3 does not divide heads=8"),
     ({"op": {"variants": ["fused.sdpa"]}, "timing": {"min_reps": 3}}, "5 <= min_reps"),
     ({"op": {"variants": ["fused.sdpa"]}, "timing": {"warmup": 0}}, "warmup >= 1"),
     ({"op": {"variants": ["fused.sdpa"], "dtypes": ["fp8"]}}, "unknown dtype 'fp8'"),
     ({"op": {"variants": ["fused.sdpx"]}}, "unknown variant 'fused.sdpx'"),
-    ({"op": {"variants": ["fused.sdpa"], "seq_lens": [0]}}, "op.seq_lens: items must be positive integers"),
+    ({"op": {"variants": ["fused.sdpa"], "seq_lens": [0]}},
+     "op.seq_lens: items must be positive integers"),
     ({"model": {"variants": ["fused.sdpa"], "preset": "huge"}}, "unknown preset 'huge'"),
-    ({"timing": {"budget_s": -1}, "op": {"variants": ["fused.sdpa"]}}, "timing.budget_s: must be a positive number"),
+    ({"timing": {"budget_s": -1}, "op": {"variants": ["fused.sdpa"]}},
+     "timing.budget_s: must be a positive number"),
     ({"name": "x"}, "needs an [op], [model], [quality] or [recall] section"),
     ({"colour": "red"}, "colour: unknown key"),
-    ({"quality": {"variants": ["fused.sdpa"], "dataset": "enwik9"}}, "unknown dataset 'enwik9'; valid: pystdlib"),
-    ({"quality": {"variants": ["fused.sdpa"], "eval_method": "strided"}}, "valid: windows, sliding"),
-    ({"quality": {"variants": ["fused.sdpa"], "mode": "dropin"}}, "dropin mode needs a checkpoint file"),
-    ({"quality": {"variants": ["fused.sdpa"], "mode": "eval"}}, "unknown mode 'eval'; valid: train, dropin"),
+    ({"quality": {"variants": ["fused.sdpa"], "dataset": "enwik9"}},
+     "unknown dataset 'enwik9'; valid: pystdlib"),
+    ({"quality": {"variants": ["fused.sdpa"], "eval_method": "strided"}},
+     "valid: windows, sliding"),
+    ({"quality": {"variants": ["fused.sdpa"], "mode": "dropin"}},
+     "dropin mode needs a checkpoint file"),
+    ({"quality": {"variants": ["fused.sdpa"], "mode": "eval"}},
+     "unknown mode 'eval'; valid: train, dropin"),
     ({"quality": {"variants": []}}, "quality.variants: must name at least one variant"),
-    ({"recall": {"variants": ["fused.sdpa"], "seq_lens": [16], "kv_pairs": [8]}}, "no (seq_len, kv_pairs) setting fits"),
+    ({"recall": {"variants": ["fused.sdpa"], "seq_lens": [16], "kv_pairs": [8]}},
+     "no (seq_len, kv_pairs) setting fits"),
 ])
 def test_bad_suites_are_rejected_before_anything_runs(data, needle):
     with pytest.raises(ValueError) as info:
@@ -296,7 +311,8 @@ def test_every_committed_suite_loads_and_overrides_apply():
     for c in (c for c in runner.plan(gpu) if c.level == "op"):  # constant tokens per batch
         assert c.batch == max(1, gpu.op.total_tokens // c.seq_len)
         assert c.heads == 2048 // c.head_dim  # flash-attention's heads = 2048 / D
-    with pytest.raises(ValueError, match="no suite 'nope'; known suites: gpu, perf, quick, smoke, standard"):
+    with pytest.raises(ValueError,
+                       match="no suite 'nope'; known suites: gpu, perf, quick, smoke, standard"):
         load_suite("nope")
 
 

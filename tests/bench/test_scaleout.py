@@ -55,7 +55,8 @@ def test_two_local_workers_and_two_submitit_jobs_give_the_local_cases(tmp_path):
         assert {r["status"] for r in results.read_rows(run)} == {"ok"}
     assert set(_ids(one)) == set(_ids(two)) == set(_ids(slurm))
     info = results.read_run_json(two)
-    assert info["environment"]["worker_processes"] == 2 and info["environment"]["worker_threads"] == 1
+    assert (info["environment"]["worker_processes"] == 2
+            and info["environment"]["worker_threads"] == 1)
     info = results.read_run_json(slurm)
     (sub,) = info["launcher"]["submissions"]
     assert len(sub["jobs"]) == 2 and sub["missing_cases"] == 0
@@ -123,8 +124,8 @@ def test_a_killed_job_leaves_its_cases_and_resume_submits_the_rest(tmp_path):
     assert killed.get("error") and killed["state"] != "COMPLETED"
     kept = set(_ids(run))
     assert len(kept) >= 3
-    _bench("run", "--resume", str(run), "--launcher", "submitit", "--submitit-local", "--max-jobs", "2",
-           *FAST)
+    _bench("run", "--resume", str(run), "--launcher", "submitit", "--submitit-local",
+           "--max-jobs", "2", *FAST)
     ids = _ids(run)
     assert len(ids) == len(set(ids)) and set(ids) >= _smoke_ids() and kept <= set(ids)
     info = results.read_run_json(run)

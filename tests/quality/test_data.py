@@ -68,7 +68,8 @@ def test_wikitext2_eval_splits_load_and_a_missing_train_split_says_where_to_put_
     with pytest.raises(CorpusError) as e:
         load_corpus("wikitext2", data_dir=SHARED, offline=True)
     msg = str(e.value)
-    assert "wikitext-2-v1.zip" in msg and str(tmp_path / "cache") in msg and "ATTNBENCH_DATA_DIR" in msg
+    assert ("wikitext-2-v1.zip" in msg and str(tmp_path / "cache") in msg
+            and "ATTNBENCH_DATA_DIR" in msg)
 
 
 @pytest.mark.parametrize("name", ["enwik8", "text8", "wikitext103"])

@@ -101,7 +101,8 @@ def test_sliding_with_a_full_stride_equals_windows_and_positions_add_up(corpus):
     s = evaluate(model, held, 64, method="sliding", stride=64)
     assert w["bits_per_byte"] == pytest.approx(s["bits_per_byte"], rel=1e-6)
     assert w["eval_targets"] == 2048 and w["eval_method"] == "windows"
-    assert np.mean(w["position_bpb"]) == pytest.approx(w["bits_per_byte"], rel=1e-6)  # equal buckets
+    # equal buckets
+    assert np.mean(w["position_bpb"]) == pytest.approx(w["bits_per_byte"], rel=1e-6)
     assert 7.5 < w["bits_per_byte"] < 8.5  # an untrained model: about log2(256)
 
 
@@ -134,7 +135,8 @@ def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
     assert all(r["tokens_trained"] == 240_000 // (64 * 16) * 64 * 16 for r in train_rows)
     assert all(len(r["loss_curve"]) >= 2 and r["tokens_per_s"] > 0 for r in train_rows)
     # drop-in: exact variants and a window as wide as the evaluation match the trained model
-    dropin = {(r["variant"], r["eval_len"]): r for r in rows if r["pass"] == "dropin" and "eval_len" in r}
+    dropin = {(r["variant"], r["eval_len"]): r for r in rows
+              if r["pass"] == "dropin" and "eval_len" in r}
     assert abs(dropin[("naive.softmax", 64)]["rel_diff"]) < 1e-4
     assert abs(dropin[("sliding_window.blocked:window=64,block=64", 64)]["rel_diff"]) < 1e-4
     assert dropin[("sliding_window.blocked:window=8,block=64", 32)]["rel_diff"] > 1e-3  # worse
@@ -147,11 +149,12 @@ def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
     # drop-in mode from the command line, on that checkpoint
     out2 = tmp_path / "dropin"
     _cli("quality", "--mode", "dropin", "--checkpoint", str(ckpt), "--variants",
-         "naive.softmax,sliding_window.masked:window=32", "--eval-lens", "32", "--eval-tokens", "8K",
-         "--ngram-order", "0", "--out", str(out2), "--quiet")
+         "naive.softmax,sliding_window.masked:window=32", "--eval-lens", "32",
+         "--eval-tokens", "8K", "--ngram-order", "0", "--out", str(out2), "--quiet")
     rows2 = [r for r in results.read_rows(_run_dir(out2)) if "eval_len" in r]
     assert all(r["status"] == "ok" and abs(r["rel_diff"]) < 1e-4 for r in rows2)
-    assert rows2[0]["trained_bpb"] == pytest.approx(dropin[("naive.softmax", 32)]["trained_bpb"], rel=1e-6)
+    assert rows2[0]["trained_bpb"] == pytest.approx(dropin[("naive.softmax", 32)]["trained_bpb"],
+                                                    rel=1e-6)
 
 
 def test_divergence_is_a_status(tmp_path):

@@ -19,7 +19,7 @@ from attnbench.report.plots import pareto_front
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-PLOTS = {"time", "memory", "flops", "quality", "pareto", "decode", "patterns", "recall"}
+PLOTS = {"time", "memory", "flops", "quality", "pareto", "decode", "patterns", "recall", "state"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def run_dir(tmp_path_factory):
         "quality.variants=[\"fused.sdpa\",\"sliding_window.blocked:window=16\",\"linear.elu.chunked:chunk=16\"]",
         "quality.train_tokens=30000", "quality.train_len=64", "quality.batch=8",
         "quality.eval_lens=[32,64,128]", "quality.eval_tokens=4096",
-        "recall.variants=[\"fused.sdpa\",\"linear.elu.chunked:chunk=16\"]", "recall.seq_lens=[32,64]",
+        "recall.variants=[\"fused.sdpa\",\"linear.elu.chunked:chunk=16\"]",
+        "recall.seq_lens=[32,64]",
         "recall.kv_pairs=[2,4]", "recall.train_steps=10", "recall.eval_sequences=16",
     ]
     cmd = [sys.executable, str(ROOT / "run_bench.py"), "run", "--suite", "smoke", "--out", str(out),
@@ -60,8 +61,10 @@ def test_every_file_is_written_and_every_png_is_valid(run_dir):
         h, w, _ = matplotlib.image.imread(path).shape
         assert h > 200 and w > 300
     page = (run_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(PLOTS)
-    assert 'src="http' not in page and "<table" in page
+    assert page.count('<figure class="plot"') == len(PLOTS)  # inline SVG, hover titles on points
+    assert 'src="http' not in page and "<table" in page and "<title>" in page
+    md = (run_dir / "report.md").read_text()
+    assert md.index("## Summary") < md.index("## Attention alone") < md.index("## Environment")
 
 
 def _table_rows(md: str) -> list[list[str]]:
