@@ -24,7 +24,7 @@ list: venv
 test: venv
 	$(PY) -m pytest -rs -q
 
-# The prepared GPU check (attnbench/bench/gpucheck.py): on a GPU machine as it is (its own Python
+# The prepared GPU check (attnbench/gpucheck.py): on a GPU machine as it is (its own Python
 # with PyTorch, no network), so it installs nothing; the files go to $(GPU_CHECK_OUT) or results/.
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:

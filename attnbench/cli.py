@@ -14,7 +14,7 @@ Commands:
     recall    multi-query associative recall: ``--variants a,b --seq-lens 64,128 --kv-pairs 4,8``.
     report    (re)write ``report.md``, ``report.html`` and ``plots/*.png`` of a run folder.
     compare   ``compare results/A results/B``: ratios B/A per case; exit 1 on a regression.
-    gpu-check every CUDA path in one short run (``attnbench.bench.gpucheck``; ``make gpu-check``).
+    gpu-check every CUDA path in one short run (``attnbench.gpucheck``; ``make gpu-check``).
 """
 
 from __future__ import annotations
@@ -487,8 +487,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["gpu-check"]:  # its own parser (attnbench.bench.gpucheck)
-        from attnbench.bench import gpucheck
+    if argv[:1] == ["gpu-check"]:  # its own parser (attnbench.gpucheck)
+        from attnbench import gpucheck
 
         return gpucheck.main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -90,6 +90,20 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+def model_shape(preset: str) -> tuple[int, int, int]:
+    """(heads, kv_heads, head_dim) of a model preset: attnbench's (``attnbench.model.PRESETS``) or
+    a transformers model's (``hf:NAME`` or ``hf:FOLDER``)."""
+    if preset.startswith("hf:"):
+        from attnbench import hf
+
+        cfg = hf.config(preset[3:])
+        heads = cfg.num_attention_heads
+        return (heads, getattr(cfg, "num_key_value_heads", None) or heads,
+                getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    cfg = ModelConfig.from_name(preset)
+    return cfg.n_heads, cfg.kv_heads, cfg.head_dim
+
+
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
     """Rotate pairs (x[..., :D/2], x[..., D/2:]) by position-dependent angles. x: (B, N, H, D)."""
     d = x.shape[-1]

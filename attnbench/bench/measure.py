@@ -261,10 +261,12 @@ CEILING_METHOD = ("square matmul (up to 2048 on CPU, 8192 on CUDA, as large as t
                   "device, at the start and the end of the run")
 
 
-def ceilings(dtypes: list[str], device: str) -> dict:
-    """The run's ceilings on ``device``: matmul FLOP/s per dtype name and copy bytes/s."""
+def ceilings(dtypes: list[str], device: str, budget_s: float = 2.0) -> dict:
+    """The run's ceilings on ``device``: matmul FLOP/s per dtype name and copy bytes/s, each
+    from about ``budget_s`` of repetitions (at least 10 and 5)."""
     from attnbench.case import parse_dtype
 
-    return {"matmul_flops_per_s": {name: matmul_ceiling(parse_dtype(name), device)
-                                   for name in dtypes},
-            "copy_bytes_per_s": copy_bandwidth(device), "method": CEILING_METHOD}
+    matmul = {name: matmul_ceiling(parse_dtype(name), device, budget_s=budget_s) for name in dtypes}
+    return {"matmul_flops_per_s": matmul,
+            "copy_bytes_per_s": copy_bandwidth(device, budget_s=budget_s / 2),
+            "method": CEILING_METHOD}

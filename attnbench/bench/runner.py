@@ -35,6 +35,7 @@ from tqdm import tqdm
 from attnbench.bench import measure, results
 from attnbench.bench.suite import Suite
 from attnbench.case import Case
+from attnbench.model import model_shape
 from attnbench.quality.cases import corpus_for, plan_quality, plan_recall
 from attnbench.registry import get_variant, load_plugin
 
@@ -79,22 +80,6 @@ def plan(suite: Suite) -> list[Case]:
     if suite.recall is not None:
         cases += plan_recall(suite.recall, device)
     return cases
-
-
-def model_shape(preset: str) -> tuple[int, int, int]:
-    """(heads, kv_heads, head_dim) of a model preset: attnbench's (``attnbench.model.PRESETS``) or
-    a transformers model's (``hf:NAME`` or ``hf:FOLDER``)."""
-    if preset.startswith("hf:"):
-        from attnbench import hf
-
-        cfg = hf.config(preset[3:])
-        heads = cfg.num_attention_heads
-        return (heads, getattr(cfg, "num_key_value_heads", None) or heads,
-                getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    from attnbench.model import ModelConfig
-
-    cfg = ModelConfig.from_name(preset)
-    return cfg.n_heads, cfg.kv_heads, cfg.head_dim
 
 
 def unsupported_reasons(case: Case) -> list[str]:

@@ -233,7 +233,7 @@ def _training_case(case: Case, init: dict) -> dict[str, Any]:
 
 def handle(kind: str, payload: Any, init: dict) -> dict[str, Any]:
     if kind == "ceilings":
-        return measure.ceilings(payload["dtypes"], payload["device"])
+        return measure.ceilings(payload["dtypes"], payload["device"], init["timing"]["ceiling_s"])
     case: Case = payload
     if case.level in ("quality", "recall"):
         return _training_case(case, init)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from attnbench.case import Case, QualityCase, RecallCase
-from attnbench.model import ModelConfig
+from attnbench.model import ModelConfig, model_shape
 from attnbench.quality import data as data_mod
 from attnbench.quality.recall import accuracy, train_recall
 from attnbench.quality.train import (
@@ -89,8 +89,6 @@ def plan_quality(cfg: QualityConfig, device: str) -> list[QualityCase]:
                                   trained_variant=trained, checkpoint=ckpt)
                       for spec in cfg.dropin_variants or cfg.variants]
     elif cfg.hf_model:  # a transformers model, trained with its own attention
-        from attnbench.bench.runner import model_shape
-
         heads, kv, d = model_shape(f"hf:{cfg.hf_model}")
         folder = str(Path(cfg.hf_model).resolve())
         hf_common = dict(common, preset=f"hf:{folder}", heads=heads, kv_heads=kv, head_dim=d)

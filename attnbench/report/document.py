@@ -48,6 +48,10 @@ PLOT_CAPTIONS = {
               "per sequence length.",
     "state": "Recall accuracy against the state each variant keeps per layer (Zoology's view): one "
              "point per (variant, setting).",
+    "model": "Inside a model (the identical LM or a transformers model): train step, prefill and "
+             "one decoded token against sequence length.",
+    "dropin": "One trained checkpoint evaluated with each variant swapped in: bits per byte "
+              "against evaluation length; dashed: the attention it was trained with.",
 }
 
 

@@ -98,7 +98,7 @@ def _save(fig, path: Path, tips: Tips | None = None) -> Path:
     return path
 
 
-SETTING_COLUMNS = ("dtype", "head_dim", "heads", "kv_heads", "batch", "causal")
+SETTING_COLUMNS = ("preset", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal")
 
 
 def _line_keys(frame: pd.DataFrame) -> pd.Series:
@@ -112,7 +112,7 @@ def _line_keys(frame: pd.DataFrame) -> pd.Series:
         parts = []
         for c in varying:
             v = r[c]
-            parts.append({"dtype": str(v), "head_dim": f"D{v}", "heads": f"H{v}",
+            parts.append({"preset": str(v), "dtype": str(v), "head_dim": f"D{v}", "heads": f"H{v}",
                           "kv_heads": f"KV{v}", "batch": f"B{v}",
                           "causal": "causal" if v else "non-causal"}[c])
         return f"{r['variant']} [{', '.join(parts)}]"
@@ -187,6 +187,48 @@ def plot_time(frame, env, path):
     op = frame[frame["level"] == "op"]
     return _line_panels(op, ["fwd", "fwd_bwd", "decode"], "time_ms", "time (ms)",
                         "Time vs sequence length (x: did not run there)", path, env)
+
+
+def plot_model(frame, env, path):
+    """Model level (the identical LM, or a transformers model): time of a train step, a prefill
+    and one decoded token against N, one line per variant (and model)."""
+    model = frame[frame["level"] == "model"]
+    return _line_panels(model, ["train_step", "prefill", "decode"], "time_ms", "time (ms)",
+                        "Inside a model: time vs sequence length", path, env)
+
+
+def plot_dropin(frame, env, path):
+    """A trained checkpoint with each variant swapped in: bits per byte against evaluation
+    length, the trained attention's own as a dashed line."""
+    d = frame[(frame["level"] == "quality") & (frame["pass"] == "dropin")
+              & (frame["status"] == "ok")]
+    if d.empty or "eval_len" not in d or d["eval_len"].isna().all():
+        return None
+    d = d[d["eval_len"].notna()]
+    variants = list(dict.fromkeys(d["variant"]))
+    style = _style(variants, dict(zip(d["variant"], d["family"])))
+    tips = Tips()
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    own = d.groupby("eval_len")["trained_bpb"].first()
+    ax.plot(own.index, own.values, color="black", linestyle="--", linewidth=1.2,
+            label=f"{d.iloc[0]['trained_variant']} (trained)")
+    for v in variants:
+        rows = d[d["variant"] == v].sort_values("eval_len")
+        line = {k: s for k, s in style[v].items() if k != "marker"}
+        ax.plot(rows["eval_len"], rows["bits_per_byte"], label=v, **line)
+        for _, r in rows.iterrows():
+            tips.add(ax, r["eval_len"], r["bits_per_byte"],
+                     f"{v}\neval length {int(r['eval_len'])}: {r['bits_per_byte']:.4f} bits per "
+                     f"byte ({100 * r['rel_diff']:+.3f}% vs trained)", color=style[v]["color"],
+                     marker=style[v]["marker"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation context length")
+    ax.set_ylabel("bits per byte")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.set_title(f"Drop-in: one checkpoint, each variant swapped in — {_title_suffix(d, env)}",
+                 fontsize=10)
+    _legend(fig, np.array([ax]))
+    return _save(fig, path, tips)
 
 
 def plot_memory(frame, env, path):
@@ -467,6 +509,8 @@ def write_all(frame: pd.DataFrame, info: dict[str, Any], folder: str | Path) -> 
         "patterns": lambda p: plot_patterns(frame, env, p),
         "recall": lambda p: plot_recall(frame, env, p),
         "state": lambda p: plot_state(frame, env, p),
+        "model": lambda p: plot_model(frame, env, p),
+        "dropin": lambda p: plot_dropin(frame, env, p),
     }
     out = {}
     for name, job in jobs.items():

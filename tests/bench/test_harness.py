@@ -33,7 +33,8 @@ def planted_variants():
 
 
 def _suite(variants, seq_lens=(256,), passes=("fwd",), dtypes=("float32",), model=None, **timing):
-    t = {"budget_s": 0.05, "min_reps": 5, "max_reps": 10, "timeout_s": 60, **timing}
+    t = {"budget_s": 0.05, "min_reps": 5, "max_reps": 10, "timeout_s": 60, "ceiling_s": 0.3,
+         **timing}
     data = {"name": "t", "device": "cpu",
             "op": {"variants": list(variants), "seq_lens": list(seq_lens), "heads": 2,
                    "head_dims": [32], "passes": list(passes), "dtypes": list(dtypes)},

@@ -19,7 +19,8 @@ from attnbench.report.plots import pareto_front
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-PLOTS = {"time", "memory", "flops", "quality", "pareto", "decode", "patterns", "recall", "state"}
+PLOTS = {"time", "memory", "flops", "quality", "pareto", "decode", "patterns", "recall", "state",
+         "model", "dropin"}
 
 
 @pytest.fixture(scope="module")

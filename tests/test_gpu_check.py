@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: run make gpu-check")
@@ -38,7 +38,7 @@ def test_gpu_check_without_cuda_skips_every_check_with_its_reason(tmp_path):
 
 
 def test_the_gpu_suite_and_training_variants_are_valid():
-    from attnbench.bench import gpucheck
+    from attnbench import gpucheck
     from attnbench.bench.suite import from_dict
 
     suite = from_dict(gpucheck.GPU_SUITE_REDUCED)
