@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 import attnbench
@@ -70,3 +75,22 @@ def assert_close_to_reference(name, got, plain, ref, dtype,
     gate's rule)."""
     why = reference_error(got, plain, ref, dtype, multiple, gradient=gradient, scale=scale)
     assert why is None, f"{name}: {why}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python run_bench.py ARGS`` from the project root; fails the test unless it exits 0."""
+    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def only_run(out: Path) -> Path:
+    """The one run folder a command wrote under ``out``."""
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run

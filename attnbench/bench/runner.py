@@ -206,6 +206,8 @@ class _Lines:
 def progress_bar(total: int, enabled: bool, unit: str = "case") -> tqdm:
     """A tqdm bar with ETA on a terminal; in a log, a line every tenth of the run."""
     tty = sys.stderr.isatty()
+    if not tty:  # tqdm's monitor thread would drop miniters to 1 after a slow case: a line per case
+        tqdm.monitor_interval = 0
     return tqdm(total=total, disable=not enabled or not total, unit=unit, dynamic_ncols=tty,
                 file=sys.stderr if tty else _Lines(sys.stderr), mininterval=0.5 if tty else 0,
                 miniters=1 if tty else max(1, total // 10), ascii=not tty)

@@ -15,23 +15,12 @@ import pytest
 
 from attnbench.bench import results, runner
 from attnbench.bench.suite import load_suite
+from helpers import only_run, run_cli
 
 pytest.importorskip("submitit")
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--quiet", "--budget", "0.02", "--set", "timing.max_reps=5"]
-
-
-def _bench(*args, timeout=600):
-    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
-
-
-def _only_run(out: Path) -> Path:
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
 
 
 def _ids(run: Path) -> list[str]:
@@ -43,11 +32,11 @@ def _smoke_ids() -> set[str]:
 
 
 def test_two_local_workers_and_two_submitit_jobs_give_the_local_cases(tmp_path):
-    _bench("run", "--suite", "smoke", "--out", str(tmp_path / "one"), *FAST)
-    _bench("run", "--suite", "smoke", "--out", str(tmp_path / "two"), "--workers", "2", *FAST)
-    _bench("run", "--suite", "smoke", "--out", str(tmp_path / "slurm"), "--launcher", "submitit",
+    run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "one"), *FAST)
+    run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "two"), "--workers", "2", *FAST)
+    run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "slurm"), "--launcher", "submitit",
            "--submitit-local", "--max-jobs", "2", *FAST)
-    one, two, slurm = (_only_run(tmp_path / d) for d in ("one", "two", "slurm"))
+    one, two, slurm = (only_run(tmp_path / d) for d in ("one", "two", "slurm"))
     want = _smoke_ids()
     for run in (one, two, slurm):
         ids = _ids(run)
@@ -116,7 +105,7 @@ def test_a_killed_job_leaves_its_cases_and_resume_submits_the_rest(tmp_path):
             pass
     _, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, err[-2000:]
-    run = _only_run(out)
+    run = only_run(out)
     info = results.read_run_json(run)
     sub = info["launcher"]["submissions"][0]
     assert sub["missing_cases"] > 0 and "cases missing" in err
@@ -124,7 +113,7 @@ def test_a_killed_job_leaves_its_cases_and_resume_submits_the_rest(tmp_path):
     assert killed.get("error") and killed["state"] != "COMPLETED"
     kept = set(_ids(run))
     assert len(kept) >= 3
-    _bench("run", "--resume", str(run), "--launcher", "submitit", "--submitit-local",
+    run_cli("run", "--resume", str(run), "--launcher", "submitit", "--submitit-local",
            "--max-jobs", "2", *FAST)
     ids = _ids(run)
     assert len(ids) == len(set(ids)) and set(ids) >= _smoke_ids() and kept <= set(ids)

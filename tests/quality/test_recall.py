@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from attnbench.bench import results
 from attnbench.quality import recall
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args, timeout=600):
-    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def _run_dir(out: Path) -> Path:
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
+from helpers import only_run, run_cli
 
 
 def test_mqar_sequences_ask_for_the_values_of_earlier_keys():
@@ -46,10 +28,10 @@ def test_mqar_sequences_ask_for_the_values_of_earlier_keys():
 
 def test_recall_run_records_accuracy_per_setting(tmp_path):
     out = tmp_path / "runs"
-    _cli("recall", "--variants", "fused.sdpa,linear.elu.chunked:chunk=16", "--seq-lens", "32,64",
+    run_cli("recall", "--variants", "fused.sdpa,linear.elu.chunked:chunk=16", "--seq-lens", "32,64",
          "--kv-pairs", "2,4,16", "--train-steps", "20", "--eval-sequences", "32", "--out", str(out),
          "--quiet")
-    rows = results.read_rows(_run_dir(out))
+    rows = results.read_rows(only_run(out))
     evals = [r for r in rows if r["pass"] == "eval"]
     assert {(r["seq_len"], r["kv_pairs"]) for r in evals} == {(32, 2), (32, 4), (64, 2),
                                                               (64, 4), (64, 16)}
@@ -59,11 +41,11 @@ def test_recall_run_records_accuracy_per_setting(tmp_path):
 
 def test_recall_rows_carry_chance_and_the_state_size(tmp_path):
     out = tmp_path / "runs"
-    _cli("recall", "--variants",
+    run_cli("recall", "--variants",
          "fused.sdpa,sliding_window.blocked:window=8,linear.elu.chunked:chunk=16",
          "--seq-lens", "32", "--kv-pairs", "2,4", "--train-steps", "5", "--eval-sequences", "16",
          "--out", str(out), "--quiet")
-    evals = {(r["variant"], r["kv_pairs"]): r for r in results.read_rows(_run_dir(out))
+    evals = {(r["variant"], r["kv_pairs"]): r for r in results.read_rows(only_run(out))
              if r["pass"] == "eval"}
     sdpa = evals[("fused.sdpa", 2)]
     assert sdpa["chance"] == 0.5 and sdpa["near_chance"] == (sdpa["accuracy"] < 0.75)

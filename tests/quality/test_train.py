@@ -26,6 +26,7 @@ from attnbench.quality.train import (
     load_checkpoint,
     train,
 )
+from helpers import only_run, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANTED = str(Path(__file__).parents[1] / "plugins" / "planted.py")
@@ -34,19 +35,6 @@ PLANTED = str(Path(__file__).parents[1] / "plugins" / "planted.py")
 @pytest.fixture(scope="module")
 def corpus():
     return load_corpus("pystdlib")
-
-
-def _cli(*args, env=None, timeout=600):
-    env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def _run_dir(out: Path) -> Path:
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
 
 
 def test_data_order_and_initial_weights_do_not_depend_on_the_variant():
@@ -113,10 +101,10 @@ def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
                 "sliding_window.blocked:window=8", "sparse.bigbird.blocked:block=16",
                 "linear.elu.chunked:chunk=32"]
     out = tmp_path / "runs"
-    proc = _cli("quality", "--dataset", "pystdlib", "--variants", ",".join(variants),
+    proc = run_cli("quality", "--dataset", "pystdlib", "--variants", ",".join(variants),
                 "--train-tokens", "240K", "--train-len", "64", "--batch", "16",
                 "--eval-lens", "32,64", "--eval-tokens", "8K", "--out", str(out), "--quiet")
-    run = _run_dir(out)
+    run = only_run(out)
     rows = results.read_rows(run)
     assert all(r["status"] == "ok" for r in rows), [(r["case_id"], r["reason"]) for r in rows
                                                      if r["status"] != "ok"]
@@ -148,10 +136,10 @@ def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
     assert payload["meta"]["dataset"] == "pystdlib"
     # drop-in mode from the command line, on that checkpoint
     out2 = tmp_path / "dropin"
-    _cli("quality", "--mode", "dropin", "--checkpoint", str(ckpt), "--variants",
+    run_cli("quality", "--mode", "dropin", "--checkpoint", str(ckpt), "--variants",
          "naive.softmax,sliding_window.masked:window=32", "--eval-lens", "32",
          "--eval-tokens", "8K", "--ngram-order", "0", "--out", str(out2), "--quiet")
-    rows2 = [r for r in results.read_rows(_run_dir(out2)) if "eval_len" in r]
+    rows2 = [r for r in results.read_rows(only_run(out2)) if "eval_len" in r]
     assert all(r["status"] == "ok" and abs(r["rel_diff"]) < 1e-4 for r in rows2)
     assert rows2[0]["trained_bpb"] == pytest.approx(dropin[("naive.softmax", 32)]["trained_bpb"],
                                                     rel=1e-6)
@@ -159,11 +147,11 @@ def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
 
 def test_divergence_is_a_status(tmp_path):
     out = tmp_path / "runs"
-    _cli("quality", "--dataset", "pystdlib", "--variants", "fused.planted_nan,fused.sdpa",
+    run_cli("quality", "--dataset", "pystdlib", "--variants", "fused.planted_nan,fused.sdpa",
          "--train-tokens", "4K", "--train-len", "32", "--batch", "4", "--eval-lens", "32",
          "--eval-tokens", "1K", "--ngram-order", "0", "--no-dropin", "--plugins", PLANTED,
          "--out", str(out), "--quiet")
-    rows = {(r["variant"], r["pass"]): r for r in results.read_rows(_run_dir(out))}
+    rows = {(r["variant"], r["pass"]): r for r in results.read_rows(only_run(out))}
     assert rows[("fused.planted_nan", "train")]["status"] == "diverged"
     assert "at step 1" in rows[("fused.planted_nan", "train")]["reason"]
     assert rows[("fused.planted_nan", "eval")]["status"] == "diverged"
@@ -174,15 +162,15 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
     args = ["quality", "--dataset", "pystdlib", "--variants", "fused.sdpa",
             "--train-tokens", "16K", "--train-len", "64", "--batch", "8", "--eval-lens", "64",
             "--eval-tokens", "4K", "--ngram-order", "0", "--no-dropin", "--quiet"]
-    _cli(*args, "--out", str(tmp_path / "one"))
+    run_cli(*args, "--out", str(tmp_path / "one"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", str(ROOT / "run_bench.py"), *args, "--out",
                            str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = {r["pass"]: r for r in results.read_rows(_run_dir(tmp_path / "one"))}
-    two_dir = _run_dir(tmp_path / "two")
+    one = {r["pass"]: r for r in results.read_rows(only_run(tmp_path / "one"))}
+    two_dir = only_run(tmp_path / "two")
     two = {r["pass"]: r for r in results.read_rows(two_dir)}
     assert one["train"]["status"] == two["train"]["status"] == "ok", one["train"]["reason"]
     assert two["train"]["world_size"] == 2
