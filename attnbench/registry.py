@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from attnbench.attention.backends import missing_reason
-from attnbench.attention.reference import MATHS, LinearMath, Math, SoftmaxMath
+from attnbench.attention.reference import MATHS, LinearMath, Math, SoftmaxMath, expand_heads
 from attnbench.case import FAMILIES, Capabilities, Case, dtype_name, parse_dtype
 
 _FAMILY_MATH = {"naive": "causal_softmax", "fused": "causal_softmax",
@@ -428,7 +428,7 @@ class Variant:
         if static:
             raise ValueError(f"variant {self.label} cannot run here: " + "; ".join(static))
         if k.shape[2] != q.shape[2] and not self.supports.on(q.device.type).gqa:
-            k, v = expand_kv(k, q.shape[2]), expand_kv(v, q.shape[2])
+            k, v = expand_heads(k, q.shape[2]), expand_heads(v, q.shape[2])
         if self.info.takes_causal:
             return self.info.fn(q, k, v, causal=causal, **self.params)
         return self.info.fn(q, k, v, **self.params)
@@ -523,11 +523,6 @@ class Variant:
         if not out and probe and self.info.probe is not None:
             out.extend(self.info.probe(case, self.params))
         return out
-
-
-def expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, N, H_kv, D) -> (B, N, heads, D): each key/value head repeated for its query heads."""
-    return x.repeat_interleave(heads // x.shape[2], dim=2)
 
 
 def _check_qkv(q, k, v) -> None:

@@ -23,7 +23,12 @@ import torch
 
 from attnbench.attention.backends import FLASH_CAPS, import_quietly, xformers_probe
 from attnbench.attention.blocksparse import banded_attention, block_sparse_attention
-from attnbench.attention.decode import FlashKVDecoder, FlexKVDecoder, KVCache, RingBufferDecoder
+from attnbench.attention.decode import (
+    FlashKVDecoder,
+    FlexKVDecoder,
+    RingBufferDecoder,
+    XformersKVDecoder,
+)
 from attnbench.attention.masked import (
     flex,
     masked_sdpa,
@@ -89,20 +94,14 @@ def _local_bias(xops, params):
     return LowerTriangularFromBottomRightLocalAttentionMask(params["window"])
 
 
-class XformersWindowDecoder(KVCache):
+class XformersWindowDecoder(XformersKVDecoder):
     """xformers' kernel over the last ``window`` keys of the KV cache."""
-
-    name = "kv_cache.xformers"
 
     def read_bytes(self) -> int:
         return min(self.position + 1, self.variant.params["window"]) * self._per_token()
 
-    def _step(self, q, k, v):
-        t = self._write(k, v)
-        first = max(0, t + 1 - self.variant.params["window"])
-        g = self.heads // self.kv_heads
-        keys, values = (x[:, first: t + 1].repeat_interleave(g, dim=2) for x in (self.k, self.v))
-        return import_quietly("xformers.ops").memory_efficient_attention(q, keys, values)
+    def first_key(self, t: int) -> int:
+        return max(0, t + 1 - self.variant.params["window"])
 
 
 @register_variant(

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.attention.patterns import Full, Pattern, SlidingWindow
-from attnbench.attention.reference import LinearMath
+from attnbench.attention.reference import LinearMath, expand_heads
 from attnbench.case import device_key
 
 
@@ -199,13 +199,16 @@ class XformersKVDecoder(KVCache):
 
     name = "kv_cache.xformers"
 
+    def first_key(self, t: int) -> int:
+        """The oldest cached key the token at ``t`` attends to (a window overrides it)."""
+        return 0
+
     def _step(self, q, k, v):
         from attnbench.attention.backends import import_quietly
 
         t = self._write(k, v)
-        g = self.heads // self.kv_heads
-        keys, values = (x[:, : t + 1].repeat_interleave(g, dim=2) if g > 1 else x[:, : t + 1]
-                        for x in (self.k, self.v))
+        first = self.first_key(t)
+        keys, values = (expand_heads(x[:, first : t + 1], self.heads) for x in (self.k, self.v))
         return import_quietly("xformers.ops").memory_efficient_attention(q, keys, values)
 
 
@@ -355,10 +358,3 @@ def default_decoder_class(math) -> type[Decoder]:
     if isinstance(pattern, Full):
         return SdpaKVDecoder
     return BlockSparseKVDecoder
-
-
-def default_decoder(variant, batch, heads, head_dim, *, kv_heads=None, max_len, dtype, device):
-    """A decoder for ``variant`` from its math (see ``default_decoder_class``)."""
-    cls = default_decoder_class(variant.math)
-    return cls(variant, batch, heads, head_dim, kv_heads=kv_heads, max_len=max_len, dtype=dtype,
-               device=device)

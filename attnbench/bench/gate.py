@@ -113,6 +113,16 @@ class ReferenceAttention:
         return self.variant.reference(q, k, v, causal=causal, dtype=self.dtype).to(q.dtype)
 
 
+def loss_and_grad_norm(lm, idx: torch.Tensor, n: int) -> tuple[float, float]:
+    """A train step's loss on ``idx[:, :n]`` and the global norm of its gradients (float64),
+    without an optimizer step: what the train-step gate compares."""
+    lm.train()
+    loss = lm.loss(idx[:, :n], idx[:, 1 : n + 1])
+    grads = torch.autograd.grad(loss, [p for p in lm.module.parameters() if p.requires_grad])
+    norm = torch.linalg.vector_norm(torch.stack([g.double().norm() for g in grads]))
+    return loss.item(), norm.item()
+
+
 def check_model(lm, pass_: str, idx: torch.Tensor, n: int, got: object) -> str | None:
     """The model-level gate. ``lm`` (``attnbench.bench.lm.LanguageModel``) runs the variant in the
     case's dtype; ``idx`` (B, n + 1) the tokens; ``got`` what the timed pass returned: logits
@@ -125,11 +135,8 @@ def check_model(lm, pass_: str, idx: torch.Tensor, n: int, got: object) -> str |
     for compute in (dtype, torch.float64):
         m = lm.with_attention(ReferenceAttention(variant, compute), compute)
         if pass_ == "train_step":
-            m.train()
-            loss = m.loss(idx[:, :n], idx[:, 1 : n + 1])
-            grads = torch.autograd.grad(loss, [p for p in m.module.parameters() if p.requires_grad])
-            norm = torch.linalg.vector_norm(torch.stack([g.double().norm() for g in grads]))
-            results.append(torch.stack([loss.detach().double(), norm]).view(2, 1))
+            pair = loss_and_grad_norm(m, idx, n)
+            results.append(torch.tensor(pair, dtype=torch.float64).view(2, 1))
         else:
             m.train(False)
             with torch.no_grad():

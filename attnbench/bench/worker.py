@@ -131,10 +131,7 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
         got = before = None
         if gate_on:  # loss and gradient norm before any optimizer step changes the weights
             before = lm.with_attention(lm.variant, case.dtype)
-            loss = lm.loss(idx[:, :-1], idx[:, 1:])
-            grads = torch.autograd.grad(loss, list(lm.module.parameters()))
-            norm = torch.linalg.vector_norm(torch.stack([x.double().norm() for x in grads]))
-            got = (loss.item(), norm.item())
+            got = gate.loss_and_grad_norm(lm, idx, n)
         opt = torch.optim.AdamW(lm.module.parameters(), lr=1e-4)
 
         def fn():
@@ -214,10 +211,8 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
 def memory_case(case: Case, timing: dict) -> dict[str, Any]:
     """The ``memory`` role: the peak of one call of the pass, after one unmeasured call."""
     p = prepare(case, dict(timing, gate=False))
-    device = torch.device(case.device)
-    del_first = p.fn()
-    del del_first
-    peak, method = measure.peak_memory(p.fn, device)
+    p.fn()  # the first call (compilation, caches) is not what the pass holds
+    peak, method = measure.peak_memory(p.fn, torch.device(case.device))
     return {"peak_mem_bytes": peak, "mem_method": method}
 
 
