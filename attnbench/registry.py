@@ -60,6 +60,7 @@ class VariantInfo:
     decoder: Callable[..., Any] | None = None
     validate: Callable[[dict], None] | None = None
     prepare: Callable[["Variant", "Case"], None] | None = None
+    kernel: Callable[..., str | None] | None = None
     takes_causal: bool = False
 
     def metadata(self) -> dict[str, Any]:
@@ -108,6 +109,7 @@ def register_variant(
     decoder: Callable[..., Any] | None = None,
     validate: Callable[[dict], None] | None = None,
     prepare: Callable[["Variant", "Case"], None] | None = None,
+    kernel: Callable[..., str | None] | None = None,
     description: str | None = None,
     replace_existing: bool = False,
 ):
@@ -132,6 +134,9 @@ def register_variant(
         validate: ``f(params)`` raising ``ValueError`` for bad implementation parameters.
         prepare: ``f(variant, case)`` that builds what the implementation caches per shape
             (masks, block plans), so the harness can time it apart from the kernel.
+        kernel: ``f(q, k, v, *, causal) -> str`` naming the kernel that a dispatcher picks for
+            these inputs (SDPA's default dispatch: math, flash, efficient or cuDNN); each row
+            records it as ``kernel``, so a dispatching variant is never timed unlabelled.
         description: one line; default: the first line of the function's docstring.
     """
     if family not in FAMILIES:
@@ -186,6 +191,7 @@ def register_variant(
             decoder=decoder,
             validate=validate,
             prepare=prepare,
+            kernel=kernel,
             takes_causal=takes_causal,
         )
         return fn
@@ -437,6 +443,10 @@ class Variant:
         """Build the per-shape caches (masks, block plans) of ``case`` ahead of timing."""
         if self.info.prepare is not None:
             self.info.prepare(self, case)
+
+    def kernel_used(self, q, k, v, *, causal: bool = True) -> str | None:
+        """The kernel a dispatching implementation runs for these inputs (None: it names none)."""
+        return None if self.info.kernel is None else self.info.kernel(q, k, v, causal=causal)
 
     def reference(self, q, k, v, *, causal: bool = True, dtype: torch.dtype = torch.float64):
         """This variant's math, materialised, in ``dtype`` (float64: the reference)."""

@@ -26,6 +26,7 @@ from attnbench.attention.backends import (
     HALF,
     import_quietly,
     probe,
+    sdpa_choice,
     xformers_probe,
 )
 from attnbench.attention.decode import (
@@ -55,7 +56,7 @@ def _sdpa(q, k, v, causal, backend=None):
 
 
 @register_variant("fused.sdpa", family="fused", decoder=SdpaKVDecoder,
-                  supports=Capabilities(noncausal=True, gqa=True))
+                  supports=Capabilities(noncausal=True, gqa=True), kernel=sdpa_choice)
 def sdpa(q, k, v, *, causal: bool = True):
     """PyTorch scaled_dot_product_attention, default backend dispatch."""
     return _sdpa(q, k, v, causal)
@@ -77,6 +78,9 @@ def _backend_decoder(backend: str, short: str) -> type[SdpaKVDecoder]:
 
     class BackendKVDecoder(SdpaKVDecoder):
         name = f"kv_cache.sdpa_{short}"
+
+        def kernel(self, q) -> str:
+            return short  # forced, not dispatched
 
         def _step(self, q, k, v):
             from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -141,3 +141,19 @@ def xformers_probe(bias_factory: Callable[[object, dict], object]):
         return [f"xformers: {r}" for r in found]
 
     return reasons
+
+
+def sdpa_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                mask: torch.Tensor | None = None) -> str:
+    """The backend that ``F.scaled_dot_product_attention``'s default dispatch picks for (B, N, H,
+    D) inputs under the backends enabled now: ``math``, ``flash``, ``efficient``, ``cudnn`` (on
+    sm_90 with CUDA 13, PyTorch prefers cuDNN), from PyTorch's own ``_fused_sdp_choice``."""
+    from torch.nn.attention import SDPBackend
+
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    choice = torch._fused_sdp_choice(qt, kt, vt, attn_mask=mask, is_causal=causal,
+                                     enable_gqa=k.shape[2] != q.shape[2])
+    names = {int(SDPBackend.MATH): "math", int(SDPBackend.FLASH_ATTENTION): "flash",
+             int(SDPBackend.EFFICIENT_ATTENTION): "efficient",
+             int(SDPBackend.CUDNN_ATTENTION): "cudnn"}
+    return names.get(int(choice), f"backend {int(choice)}")

@@ -94,6 +94,10 @@ class Decoder:
     def cache_bytes(self) -> int:
         raise NotImplementedError
 
+    def kernel(self, q) -> str | None:
+        """The kernel a dispatcher picks for the next step of query ``q`` (None: no dispatcher)."""
+        return None
+
     def read_bytes(self) -> int:
         """Bytes of cache or state the next step reads (for the achieved bandwidth of decoding):
         by default the whole cache with the new token."""
@@ -142,11 +146,24 @@ class KVCache(Decoder):
     def cache_bytes(self) -> int:
         return self.position * self._per_token()
 
+    def keys_read(self) -> int:
+        """Cached keys (with the new token's) the next step reads: all of them by default."""
+        return self.position + 1
+
+    def read_bytes(self) -> int:
+        return self.keys_read() * self._per_token()
+
 
 class SdpaKVDecoder(KVCache):
     """Full attention: PyTorch SDPA of the new token over the cache."""
 
     name = "kv_cache.sdpa"
+
+    def kernel(self, q) -> str | None:
+        from attnbench.attention.backends import sdpa_choice
+
+        t = self.position + 1
+        return sdpa_choice(q, self.k[:, :t], self.v[:, :t], causal=False)
 
     def _step(self, q, k, v):
         t = self._write(k, v)
@@ -192,6 +209,11 @@ class FlashKVDecoder(KVCache):
         w = self.variant.params.get("window")
         return {"window_size": (w - 1, 0)} if w else {}
 
+    def keys_read(self) -> int:
+        """With a window, the kernel reads the last ``window`` keys only (not the whole cache)."""
+        w = self.variant.params.get("window")
+        return min(self.position + 1, w) if w else self.position + 1
+
 
 class XformersKVDecoder(KVCache):
     """xformers' ``memory_efficient_attention`` of the new token over the cache (key/value heads
@@ -202,6 +224,9 @@ class XformersKVDecoder(KVCache):
     def first_key(self, t: int) -> int:
         """The oldest cached key the token at ``t`` attends to (a window overrides it)."""
         return 0
+
+    def keys_read(self) -> int:
+        return self.position + 1 - self.first_key(self.position)
 
     def _step(self, q, k, v):
         from attnbench.attention.backends import import_quietly

@@ -89,7 +89,13 @@ def prepare_op(case: Case, rows: int) -> Prepared:
         full = [torch.cat([x, x1], dim=1) for x, x1 in ((q, q1), (k, k1), (v, v1))]
         check = lambda out: gate.check_decode_step(variant, *full, out)  # noqa: E731
         extra.update(decoder=dec.name, cache_bytes=dec.cache_bytes(), read_bytes=dec.read_bytes())
+        if dec.kernel(q1):  # where a dispatcher picks the kernel: the one it picked
+            extra["kernel"] = dec.kernel(q1)
         return Prepared(fn, check, b, attention_flops(variant, case), extra)
+    if case.pass_ != "fwd":
+        inputs = [x.requires_grad_() for x in (q, k, v)]  # a dispatcher sees the backward too
+    if variant.kernel_used(q, k, v, causal=case.causal):
+        extra["kernel"] = variant.kernel_used(q, k, v, causal=case.causal)
     if case.pass_ == "fwd":
         def fn():
             with torch.no_grad():
@@ -97,7 +103,6 @@ def prepare_op(case: Case, rows: int) -> Prepared:
 
         check = lambda out: gate.check_forward(variant, q, k, v, out, case.causal, rows)  # noqa: E731
         return Prepared(fn, check, b * n, attention_flops(variant, case), extra)
-    inputs = [x.requires_grad_() for x in (q, k, v)]
     grad_out = torch.randn(b, n, h, d, generator=g).to(device=device, dtype=case.dtype)
     check = lambda _: gate.check_gradients(variant, q, k, v, case.causal, rows)  # noqa: E731
     if case.pass_ == "fwd_bwd":
@@ -177,7 +182,7 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
     reasons = variant.not_supported_reasons(case)
     if reasons:
         return {"status": "unsupported", "reason": "; ".join(reasons)}
-    device = torch.device(case.device)
+    device = measure.indexed(case.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     p = prepare(case, timing)
