@@ -89,8 +89,17 @@ def linear_attention(
     if causal:
         n = a.shape[-1]
         a = a * torch.ones(n, n, dtype=torch.bool, device=a.device).tril()
-    out = (a @ v) / a.sum(-1, keepdim=True)
-    return out.transpose(1, 2)
+    return _normalise(a, v, dtype).transpose(1, 2)
+
+
+def _normalise(a: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(a @ v) / a.sum(-1), the sums accumulated in float32 for a half dtype and the quotient
+    rounded to ``dtype``: what a kernel's float32 accumulators do. In float16 the sums
+    themselves overflow (at N = 1000, D = 64 the elu+1 denominator of late rows exceeds 65504),
+    and a plain result that is inf would calibrate nothing."""
+    acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    a, v = a.to(acc), v.to(acc)
+    return ((a @ v) / a.sum(-1, keepdim=True)).to(dtype)
 
 
 def expand_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -214,8 +223,7 @@ class LinearMath:
         a = fq @ fk.transpose(-1, -2)  # (B, H, R, N)
         if causal:
             a = a * (rows[:, None] >= torch.arange(k.shape[1], device=q.device)[None, :])
-        out = (a @ v.to(dtype).transpose(1, 2)) / a.sum(-1, keepdim=True)
-        return out.transpose(1, 2)
+        return _normalise(a, v.to(dtype).transpose(1, 2), dtype).transpose(1, 2)
 
     def attended_pairs(self, n: int, *, causal: bool = True) -> int:
         """Pairs of the quadratic form (used only for pattern pictures; FLOPs use ``flops``)."""
