@@ -156,8 +156,10 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
                gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
                timeout_min=args.job_timeout_min, progress=not args.quiet)
     else:
+        limit = getattr(args, "time_limit_s", None)
         runner.run(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
-                   force=args.force, progress=not args.quiet, workers=getattr(args, "workers", 1))
+                   force=args.force, progress=not args.quiet, workers=getattr(args, "workers", 1),
+                   deadline=None if limit is None else start + limit)
     rows = results.read_rows(run_dir)
     print(summary(rows))
     if rows:
@@ -268,11 +270,14 @@ def cmd_training(args: argparse.Namespace) -> int:
         if section != "quality":
             raise ValueError("only `quality` trains data-parallel under torchrun")
         run_dir = torchrun.run_quality(suite, args)
-        if run_dir is not None:  # process 0
+        if run_dir is not None:  # process 0: the same summary and report as every launcher
             from attnbench.bench import results
+            from attnbench.report.document import write_report
             from attnbench.report.tables import summary
 
             print(summary(results.read_rows(run_dir)))
+            written = write_report(run_dir)
+            print(f"\nreport: {written['markdown']}")
             print(f"run folder: {run_dir}")
         return 0
     return _run_suite(args, suite, sys.argv)
@@ -325,6 +330,9 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override any suite field, e.g. --set op.batch=2")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--time-limit-s", type=float, metavar="SECONDS",
+                   help="local launcher: start no case after this many seconds; the cases left "
+                        "are listed in run.json and measured by a later --resume")
     _launcher_args(p)
 
 
@@ -481,6 +489,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--time-limit-s", type=float, metavar="SECONDS",
+                   help="local launcher: start no case after this many seconds; the cases left "
+                        "are listed in run.json and measured by a later --resume")
     _launcher_args(p)
     p.set_defaults(func=cmd_training)
 

@@ -216,9 +216,12 @@ def progress_bar(total: int, enabled: bool, unit: str = "case") -> tqdm:
 def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (),
         command: list[str] | None = None,
         resume: bool = False, force: bool = False, progress: bool = True, workers: int = 1,
-        on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+        deadline: float | None = None) -> Path:
     """Measure every case of ``suite`` not yet in ``run_dir``; returns the run folder.
-    ``workers`` > 1: that many worker slots share the cases (see ``execute``)."""
+    ``workers`` > 1: that many worker slots share the cases (see ``execute``). ``deadline``
+    (``time.time()`` seconds): no case starts after it; the cases left are listed in run.json
+    (``deadline``) and get no row, so ``--resume`` measures them later."""
     run_dir = Path(run_dir)
     for path in plugins:
         load_plugin(path)
@@ -228,7 +231,7 @@ def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (),
     info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)
     info["launcher"] = {"kind": "local", "workers": workers}
     execute(todo, suite, run_dir, writer, info, plugins=plugins, progress=progress, workers=workers,
-            on_row=on_row)
+            on_row=on_row, deadline=deadline)
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results.write_run_json(run_dir, info)
     return run_dir
@@ -270,8 +273,24 @@ def start_info(suite: Suite, run_dir: Path, cases, todo, plugins, command, resum
                 "plugins": list(plugins), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "cases_planned": len(cases)}
     if suite.quality is not None:
-        info.setdefault("datasets", {})[suite.quality.dataset] = corpus_for(suite.quality).info()
+        info.setdefault("datasets", {})[suite.quality.dataset] = _corpus_info(suite)
     return info
+
+
+def _corpus_info(suite: Suite) -> dict[str, Any]:
+    """The quality corpus's provenance. A corpus that cannot be had (offline, no data folder)
+    stops a quality-only suite at once; in a suite with other sections it is recorded as
+    unavailable, the quality cases become ``error`` rows with the reason, and the rest runs (the
+    ``gpu`` suite on a machine without the network still measures its kernels)."""
+    from attnbench.quality.data import CorpusError
+
+    try:
+        return corpus_for(suite.quality).info()
+    except CorpusError as e:
+        if all(getattr(suite, s) is None for s in ("op", "model", "recall")):
+            raise
+        print(f"attnbench: warning: {e}; its quality cases will be error rows", file=sys.stderr)
+        return {"unavailable": str(e)}
 
 
 def groups_of(cases: list[Case]) -> list[list[Case]]:
@@ -313,7 +332,8 @@ class Slot:
 
 
 def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[str, Any], *,
-            plugins=(), progress: bool = True, workers: int = 1, on_row=None) -> None:
+            plugins=(), progress: bool = True, workers: int = 1, on_row=None,
+            deadline: float | None = None) -> None:
     """Measure ``todo`` into ``writer``: each slot's ceilings (at its start and end) and the
     environment into ``info`` (and run.json), then the sweep. With ``workers`` = K > 1, K slots
     take whole (variant, device) groups, each pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or to a
@@ -355,14 +375,19 @@ def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[st
                     on_row(row)
 
         sweeps = [(slot, cases) for slot, cases in zip(slots, balance(groups, k))]
+        late: list[str] = []  # cases the deadline left unstarted
+        if deadline is not None:
+            session["deadline"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                       time.localtime(deadline)),
+                                   "skipped_cases": late}
         if k == 1:
-            _sweep(todo, slots[0], writer, info, suite, env, done)
+            _sweep(todo, slots[0], writer, info, suite, env, done, deadline, late)
         else:
             errors: list[BaseException] = []
 
             def work(slot, cases):
                 try:
-                    _sweep(cases, slot, writer, info, suite, env, done)
+                    _sweep(cases, slot, writer, info, suite, env, done, deadline, late)
                 except BaseException as e:  # surfaced after the other slots finish
                     errors.append(e)
 
@@ -374,7 +399,9 @@ def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[st
             if errors:
                 raise errors[0]
         bar.close()
-        if dtypes:
+        if dtypes and deadline is not None and time.time() >= deadline:
+            session["ceilings"]["end"] = "not measured: past the run's deadline"
+        elif dtypes:
             end = [slot.measure_ceilings(dtypes, device) for slot in slots]
             session["ceilings"]["end"] = end[0]
             session["ceilings"]["drift"] = _drift(slots[0].ceilings, end[0])
@@ -402,11 +429,15 @@ def _probe_threads(worker: Worker) -> int | None:
     return worker.threads
 
 
-def _sweep(todo: list[Case], slot: Slot, writer, info, suite: Suite, env: dict, done) -> None:
+def _sweep(todo: list[Case], slot: Slot, writer, info, suite: Suite, env: dict, done,
+           deadline: float | None = None, late: list[str] | None = None) -> None:
     ceilings = slot.ceilings.get("matmul_flops_per_s", {})
     oom_at: dict[tuple, int] = {}
     host = platform.node()
     for case in todo:
+        if deadline is not None and time.time() >= deadline:
+            late.append(case.case_id)  # not started: no row, so a resume measures it
+            continue
         group = (case.level, case.variant, case.pass_, case.dtype_label, case.head_dim,
                  case.kv_heads, case.causal)
         t0 = time.time()
