@@ -24,8 +24,13 @@ from attnbench.bench import results
 from attnbench.quality.cases import corpus_for, plan_quality, run_quality_case
 
 
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+def launched_by_torchrun(environ=None) -> bool:
+    """Whether ``torchrun`` (torch.distributed.run) started this process, with any number of
+    processes: one process under torchrun still trains through its process group (NCCL on a GPU),
+    which is what the GPU check tests."""
+    env = os.environ if environ is None else environ
+    return "TORCHELASTIC_RUN_ID" in env or all(
+        k in env for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def _broadcast(obj: Any) -> Any:
@@ -84,6 +89,7 @@ def run_quality(suite, args) -> Path | None:
                 if rank == 0:
                     sub_rows = out.pop("rows", [])
                     row = {**case.row(), **out, "run_id": run_dir.name, "world_size": world,
+                           "backend": backend, "threads": torch.get_num_threads(),
                            "host": platform.node(), "wall_s": round(time.time() - t0, 3)}
                     writer.write_case(row, [dict(sub, run_id=run_dir.name, world_size=world)
                                             for sub in sub_rows])

@@ -192,6 +192,7 @@ def run_quality_case(case: QualityCase, cfg: QualityConfig, run_dir: str | Path,
         result = train(train_split, case.variant, settings, device, rank=rank, world=world)
         main = {"status": result.status, "reason": result.reason, "train_steps": result.steps,
                 "tokens_trained": result.tokens, "train_s": round(result.seconds, 3),
+                "data_parallel": result.data_parallel,
                 "tokens_per_s": result.tokens_per_s, "final_train_loss": result.final_loss,
                 "final_train_bpb": result.final_loss / LN2, "loss_curve": result.curve,
                 "curve_fields": ["step", "tokens", "seconds", "loss", "lr"],

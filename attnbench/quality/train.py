@@ -49,6 +49,7 @@ class TrainResult:
     seconds: float
     final_loss: float  # mean training loss (nats) over the last logged interval
     curve: list = field(default_factory=list)  # [[step, tokens, seconds, loss, lr], ...]
+    data_parallel: str = ""  # "ddp, nccl, world 1" when trained under a process group
 
     @property
     def tokens_per_s(self) -> float:
@@ -116,8 +117,12 @@ def train(data: np.ndarray, variant: str, s: TrainSettings, device="cpu", *,
         raise ValueError(f"batch={s.batch} must be divisible by the number of processes ({world})")
     model = build_model(s.preset, variant, s.seed, device)
     net = model
-    if world > 1:
+    data_parallel = ""
+    if distributed():  # DDP whenever a process group is up: with one process it still all-reduces
+        import torch.distributed as dist
+
         net = torch.nn.parallel.DistributedDataParallel(model)
+        data_parallel = f"ddp, {dist.get_backend()}, world {dist.get_world_size()}"
     opt = _optimizer(model, s)
     model.train()
     budget_s = s.train_seconds
@@ -161,11 +166,19 @@ def train(data: np.ndarray, variant: str, s: TrainSettings, device="cpu", *,
     seconds = time.perf_counter() - start
     model.eval()
     final = curve[-1][3] if curve else float("nan")
-    return TrainResult(model, status, reason, step, tokens, seconds, final, curve)
+    return TrainResult(model, status, reason, step, tokens, seconds, final, curve, data_parallel)
+
+
+def distributed() -> bool:
+    """Whether a process group is initialised (torchrun): then training uses DDP and the
+    collectives, whatever the world size."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _mean_over_processes(value: torch.Tensor, world: int) -> float:
-    if world > 1:
+    if distributed():
         import torch.distributed as dist
 
         value = value.clone()
@@ -177,7 +190,7 @@ def _mean_over_processes(value: torch.Tensor, world: int) -> float:
 def _agree_done(done: bool, world: int, device: torch.device) -> bool:
     """With a wall-clock budget, every process stops at the same step (rank 0's clock decides).
     The flag lives on the training device: NCCL broadcasts CUDA tensors only."""
-    if world == 1:
+    if not distributed():
         return done
     import torch.distributed as dist
 

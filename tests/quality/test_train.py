@@ -180,6 +180,30 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
     for (a, b) in zip(one["train"]["loss_curve"], two["train"]["loss_curve"]):
         assert a[3] == pytest.approx(b[3], rel=1e-4)
     assert one["eval"]["bits_per_byte"] == pytest.approx(two["eval"]["bits_per_byte"], rel=1e-4)
+    assert two["train"]["data_parallel"] == "ddp, gloo, world 2" and two["train"]["threads"] >= 1
+    assert one["train"]["data_parallel"] == ""  # no process group: plain training
+    assert (two_dir / "report.md").is_file()  # the torchrun path ends with the same report
+
+
+def test_torchrun_with_one_process_still_trains_through_its_process_group(tmp_path):
+    """What the GPU check's NCCL check relies on: one process under torchrun takes the torchrun
+    path, and DDP (which all-reduces even at world size 1) with the collectives."""
+    from attnbench.bench.torchrun import launched_by_torchrun
+
+    assert not launched_by_torchrun({"WORLD_SIZE": "1"})
+    assert launched_by_torchrun({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "1"})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "1", str(ROOT / "run_bench.py"), "quality",
+                           "--dataset", "pystdlib", "--variants", "fused.sdpa", "--train-tokens",
+                           "2K", "--train-len", "32", "--batch", "4", "--eval-lens", "32",
+                           "--eval-tokens", "1K", "--ngram-order", "0", "--no-dropin", "--quiet",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run(tmp_path)
+    assert results.read_run_json(run)["distributed"]["backend"] == "gloo"
+    train = next(r for r in results.read_rows(run) if r["pass"] == "train")
+    assert train["data_parallel"] == "ddp, gloo, world 1" and train["status"] == "ok"
 
 
 class _Copier(torch.nn.Module):
