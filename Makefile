@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv bench test list gpu-check clean
+.PHONY: venv bench test list gpu-check gpu-wheels clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,12 @@ test: venv
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) run_bench.py gpu-check
+
+# The wheels the GPU machine lacks and can use (fla-core, xformers and its CUDA 12 runtime; see
+# attnbench/gpuwheels.py), fetched with pip into the ignored .whl/. Run as a file, not with -m:
+# the package imports torch, and this needs only pip and the package registries.
+gpu-wheels:
+	$(PYTHON) attnbench/gpuwheels.py download --dest .whl
 
 clean:
 	rm -rf $(VENV)
