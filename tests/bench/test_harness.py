@@ -328,3 +328,38 @@ def test_cli_op_command_and_errors(tmp_path):
     bad = subprocess.run(cmd + ["op", "--variants", "fused.sdpx", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown variant 'fused.sdpx'" in bad.stderr
+
+
+def test_a_deadline_starts_no_case_after_it_and_a_resume_measures_the_rest(tmp_path):
+    suite = _suite(["fused.sdpa", "naive.softmax"], seq_lens=(64, 128), memory=False)
+    run_dir = tmp_path / "run"
+    runner.run(suite, run_dir, progress=False, deadline=time.time() - 1)
+    info = results.read_run_json(run_dir)
+    left = info["deadline"]["skipped_cases"]
+    assert results.read_rows(run_dir) == [] and len(left) == 4
+    assert info["ceilings"]["end"].startswith("not measured")
+    runner.run(suite, run_dir, progress=False, resume=True)
+    rows = results.read_rows(run_dir)
+    assert sorted(r["case_id"] for r in rows) == sorted(left)
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_an_unavailable_corpus_fails_its_quality_cases_not_the_suite(tmp_path, monkeypatch):
+    from attnbench.quality.data import CorpusError
+
+    monkeypatch.setenv("ATTNBENCH_OFFLINE", "1")
+    monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ATTNBENCH_DATA_DIR", raising=False)
+    quality = {"dataset": "enwik8", "variants": ["fused.sdpa"], "preset": "tiny",
+               "train_len": 32, "batch": 2, "train_tokens": 256, "eval_lens": [32],
+               "eval_tokens": 64, "ngram_order": 0, "dropin": False}
+    data = {**_suite(["fused.sdpa"], seq_lens=(64,), memory=False).to_dict(), "quality": quality}
+    runner.run(from_dict(data), tmp_path / "run", progress=False)
+    rows = results.read_rows(tmp_path / "run")
+    assert {r["status"] for r in rows if r["level"] == "op"} == {"ok"}
+    assert {r["status"] for r in rows if r["level"] == "quality"} == {"error"}
+    info = results.read_run_json(tmp_path / "run")
+    assert "unavailable" in info["datasets"]["enwik8"]
+    only_quality = from_dict({"name": "q", "device": "cpu", "quality": quality})
+    with pytest.raises(CorpusError):  # alone, it still fails at once
+        runner.run(only_quality, tmp_path / "run2", progress=False)
