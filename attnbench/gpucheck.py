@@ -417,8 +417,8 @@ GPU_SUITE_REDUCED = {
     "op": {"variants": ["fused.sdpa", "fused.sdpa_flash", "fused.sdpa_efficient",
                         "fused.sdpa_cudnn", "fused.flash_attn", "fused.flash_attn3",
                         "fused.xformers", "fused.flex", "sliding_window.triton:window=1024",
-                        "sliding_window.flex:window=1024", "linear.elu.chunked",
-                        "linear.elu.fla"],
+                        "sliding_window.xformers:window=1024", "linear.elu.chunked",
+                        "linear.elu.fla"],  # one FlexAttention variant: 6 compiles
            "seq_lens": [2048, 8192], "total_tokens": 16384, "model_dim": 2048,
            "head_dims": [128], "dtypes": ["bfloat16"], "passes": ["fwd", "fwd_bwd", "decode"]},
     "model": {"preset": "gpt2", "variants": ["fused.sdpa", "linear.elu.chunked"],
