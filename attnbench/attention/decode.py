@@ -98,6 +98,26 @@ class Decoder:
         """The kernel a dispatcher picks for the next step of query ``q`` (None: no dispatcher)."""
         return None
 
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Tensors a step changes in place beyond the slot it writes (a recurrent state); a KV
+        cache has none: the next step at the same position overwrites the same slot."""
+        return []
+
+    def snapshot(self) -> tuple:
+        """What ``restore`` needs to bring the decoder back to now (position, state, the model's
+        short-convolution tail kept on the decoder)."""
+        return (self.position, [t.clone() for t in self.state_tensors()],
+                getattr(self, "conv_tail", None))
+
+    def restore(self, snap: tuple) -> None:
+        """Back to a ``snapshot``: every timed step then decodes the same token from the same
+        state (the step the gate checked)."""
+        self.position = snap[0]
+        for t, saved in zip(self.state_tensors(), snap[1]):
+            t.copy_(saved)
+        if snap[2] is not None:
+            self.conv_tail = snap[2]
+
     def read_bytes(self) -> int:
         """Bytes of cache or state the next step reads (for the achieved bandwidth of decoding):
         by default the whole cache with the new token."""
@@ -364,6 +384,9 @@ class RecurrentDecoder(Decoder):
         num = torch.einsum("bkgf,bkfd->bkgd", fq, self.state)
         den = torch.einsum("bkgf,bkf->bkg", fq, self.norm)
         return (num / den[..., None]).reshape(b, 1, h, d).to(q.dtype)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [self.state, self.norm]
 
     def cache_bytes(self) -> int:
         return (self.state.numel() + self.norm.numel()) * self.state.element_size()

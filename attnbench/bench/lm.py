@@ -65,6 +65,13 @@ class LanguageModel:
         """Logits (B, 1, V) of one new token at ``position``, continuing ``state``."""
         raise NotImplementedError
 
+    def snapshot(self, state: Any) -> Any:
+        """What ``restore`` needs to decode the same token again from ``state`` as it is now."""
+        return None
+
+    def restore(self, state: Any, snap: Any) -> None:
+        """Back to ``snapshot``'s state (untimed, before each timed decode step)."""
+
     def decoder_name(self, state: Any) -> str:
         raise NotImplementedError
 
@@ -124,9 +131,14 @@ class OwnModel(LanguageModel):
         return decoders
 
     def step(self, state, token, position):
-        for dec in state:
-            dec.position = position  # every repetition decodes the same token
         return self.module(token, state, start=position)
+
+    def snapshot(self, state):
+        return [dec.snapshot() for dec in state]
+
+    def restore(self, state, snap) -> None:
+        for dec, s in zip(state, snap):
+            dec.restore(s)
 
     def decoder_name(self, state) -> str:
         return state[0].name

@@ -35,7 +35,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -111,16 +111,29 @@ def indexed(device: torch.device | str, current: Callable[[], int] | None = None
     return torch.device("cuda", (current or torch.cuda.current_device)())
 
 
-def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", *, warmup: int = 1,
+def time_fn(fn: Callable[[], object] | Sequence[Callable[[], object]],
+            device: torch.device | str = "cpu", *, warmup: int = 1,
             budget_s: float = 0.5, min_reps: int = 5, max_reps: int = 200, l2_flush: bool = True,
-            cuda_graphs: bool = False) -> Timing:
+            cuda_graphs: bool = False, outputs: dict[int, object] | None = None,
+            before: Callable[[int], None] | None = None) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then repetitions until ``budget_s`` is spent
-    (between ``min_reps`` and ``max_reps``)."""
+    (between ``min_reps`` and ``max_reps``).
+
+    ``fn`` may be a list of functions, one per input set: repetition i runs ``fn[i % len]``, so
+    the timed calls alternate between input sets (a kernel that memoises its first result cannot
+    be both fast and right). With ``outputs``, the last timed output of each input set is kept
+    there (``outputs[set]``) for the gate to check; ``before(set)`` runs untimed before each
+    repetition (a decoder restoring its state, so every timed step is the step that was
+    checked)."""
+    fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
     device = torch.device(device)
     if device.type == "cuda":
-        return _time_cuda(fn, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda_graphs)
-    for _ in range(warmup):
-        fn()
+        return _time_cuda(fns, device, warmup, budget_s, min_reps, max_reps, l2_flush,
+                          cuda_graphs, outputs, before)
+    for i in range(max(warmup, len(fns) if warmup else 0)):
+        if before:
+            before(i % len(fns))
+        fns[i % len(fns)]()
     times: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -129,9 +142,14 @@ def time_fn(fn: Callable[[], object], device: torch.device | str = "cpu", *, war
         while len(times) < max_reps and (
             len(times) < min_reps or time.perf_counter() - start_all < budget_s
         ):
+            j = len(times) % len(fns)
+            if before:
+                before(j)
             t0 = time.perf_counter_ns()
-            out = fn()
+            out = fns[j]()
             t1 = time.perf_counter_ns()
+            if outputs is not None:
+                outputs[j] = out  # the previous output of this set is freed here, untimed
             del out  # freed after the clock stopped
             times.append((t1 - t0) / 1e6)
     finally:
@@ -145,29 +163,35 @@ def _l2_buffer(device: torch.device) -> torch.Tensor | None:
     return torch.empty(2 * size // 4, dtype=torch.int32, device=device)
 
 
-def _time_cuda(fn, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda_graphs) -> Timing:
+def _time_cuda(fns, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda_graphs,
+               outputs=None, before=None) -> Timing:
     device = indexed(device)
     torch.cuda.set_device(device)
-    run = fn
-    if cuda_graphs:
+    runs = fns
+    if cuda_graphs:  # one graph per input set, captured after warm-up on a side stream
+        runs, static = [], []
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            for _ in range(max(1, warmup)):
-                fn()
+            for f in fns:
+                for _ in range(max(1, warmup)):
+                    f()
         torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        run = graph.replay
+        for f in fns:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static.append(f())  # the graph writes its output here on every replay
+            runs.append(graph.replay)
     else:
-        for _ in range(warmup):
-            fn()
+        for i in range(max(warmup, len(fns) if warmup else 0)):
+            if before:
+                before(i % len(fns))
+            fns[i % len(fns)]()
     flush = _l2_buffer(device) if l2_flush else None
     torch.cuda.synchronize(device)
     # an estimate of one repetition sizes the batches launched between host synchronisations
     t0 = time.perf_counter()
-    run()
+    runs[0]()
     torch.cuda.synchronize(device)
     estimate = max(time.perf_counter() - t0, 1e-6)
     times: list[float] = []
@@ -180,12 +204,19 @@ def _time_cuda(fn, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda_
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(batch)]
         for begin, end in events:
+            j = len(times) % len(runs)
+            if before:
+                before(j)
             if flush is not None:
                 flush.zero_()
             begin.record()
-            run()
+            out = runs[j]()
             end.record()
+            if outputs is not None:
+                outputs[j] = static[j] if cuda_graphs else out
+            times.append(0.0)  # placeholder: counts the repetition for the set rotation
         torch.cuda.synchronize(device)
+        del times[len(times) - batch:]
         times.extend(b.elapsed_time(e) for b, e in events)
     return summarize(times)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+import zlib
 from typing import Any, Callable
 
 import torch
@@ -44,91 +45,162 @@ def _classify(exc: BaseException) -> str:
 
 
 class Prepared:
-    """A case ready to run: ``fn()`` runs the pass once; ``check(result)`` gates a result of it."""
+    """A case ready to run, on two input sets: ``fns[i]()`` runs the pass once on set ``i``;
+    ``checks[i](result)`` gates its first result (None when right); ``timed_checks[i]`` gates the
+    result of a timed repetition (default: the same); ``before(i)``, when given, runs untimed
+    before each call (a decoder restoring its state)."""
 
-    def __init__(self, fn: Callable[[], Any], check: Callable[[Any], str | None], tokens: int,
-                 flops: int, extra: dict[str, Any]):
-        self.fn, self.check, self.tokens, self.flops, self.extra = fn, check, tokens, flops, extra
+    def __init__(self, fns: list[Callable[[], Any]], checks: list[Callable[[Any], str | None]],
+                 tokens: int, flops: int, extra: dict[str, Any],
+                 before: Callable[[int], None] | None = None,
+                 timed_checks: list[Callable[[Any], str | None]] | None = None):
+        self.fns, self.checks, self.tokens, self.flops = fns, checks, tokens, flops
+        self.extra, self.before = extra, before
+        self.timed_checks = timed_checks or checks
+
+    @property
+    def fn(self) -> Callable[[], Any]:
+        return self.fns[0]
 
 
-def _inputs(case: Case, device: torch.device, seed: int = 0):
+INPUT_SETS = 2  # timed alternately, each gated
+DECODE_STEPS = 4  # consecutive steps the decode gate checks before timing
+
+
+def case_seed(case: Case) -> int:
+    """The gate's seed for ``case``: from its id, so each case samples its own rows."""
+    return zlib.crc32(case.case_id.encode()) % (2**31 - 8)
+
+
+def _inputs(case: Case, device: torch.device, seed: int = 0, dist: str = "normal"):
     g = torch.Generator(device="cpu").manual_seed(seed)
 
     def rand(heads):
-        x = torch.randn(case.batch, case.seq_len, heads, case.head_dim, generator=g)
-        return x.to(device=device, dtype=case.dtype)
+        return torch.randn(case.batch, case.seq_len, heads, case.head_dim, generator=g)
 
-    return rand(case.heads), rand(case.kv_heads), rand(case.kv_heads), g
+    q, k, v = rand(case.heads), rand(case.kv_heads), rand(case.kv_heads)
+    q, k = gate.shape_inputs(q, k, dist)
+    return [x.to(device=device, dtype=case.dtype) for x in (q, k, v)] + [g]
+
+
+def _record_kernel(extra: dict, variant, q, k, v, causal: bool) -> None:
+    kernel = variant.kernel_used(q, k, v, causal=causal)
+    if kernel:
+        extra["kernel"] = kernel
 
 
 def prepare_op(case: Case, rows: int) -> Prepared:
-    """Inputs, masks and plans of an op case, and its pass as a function (``mask_ms`` covers what
-    the variant builds per shape, and for decode the decoder with its cache)."""
+    """Inputs (two sets, from the gate's two distributions for this math), masks and plans of an
+    op case, and its pass as functions (``mask_ms`` covers what the variant builds per shape,
+    and for decode the decoders with their caches)."""
     variant = get_variant(case.variant)
     device = torch.device(case.device)
-    q, k, v, g = _inputs(case, device)
-    b, n, h, d = case.batch, case.seq_len, case.heads, case.head_dim
+    dists = gate.distributions_for(variant)
+    b, n = case.batch, case.seq_len
     kw = {} if case.causal else {"causal": False}
-    extra: dict[str, Any] = {}
+    seed = case_seed(case)
+    extra: dict[str, Any] = {"gate_inputs": list(dists), "gate_seed": seed}
+    sets = [_inputs(case, device, seed=seed + i, dist=dist) for i, dist in enumerate(dists)]
     t0 = time.perf_counter()
     variant.prepare(case)
     if case.pass_ == "decode":
-        dec = variant.decoder(b, h, d, kv_heads=case.kv_heads, max_len=n + 1, dtype=case.dtype,
-                              device=device)
+        return _prepare_decode(case, variant, sets, extra, t0)
+    measure.sync(device)
+    extra["mask_ms"] = (time.perf_counter() - t0) * 1e3
+    flops = attention_flops(variant, case)
+    fns, checks, timed = [], [], []
+    for i, (q, k, v, _) in enumerate(sets):
+        if case.pass_ == "fwd":
+            def fn(q=q, k=k, v=v):
+                with torch.no_grad():
+                    return variant(q, k, v, **kw)
+
+            fns.append(fn)
+            checks.append(gate.ForwardGate(variant, q, k, v, case.causal, rows, seed + i).check)
+            continue
+        inputs = [x.requires_grad_() for x in (q, k, v)]  # a dispatcher sees the backward too
+        grads = gate.GradientGate(variant, q, k, v, case.causal, rows, seed=seed + i)
+        if case.pass_ == "fwd_bwd":
+            def fn(inputs=inputs, grads=grads):
+                out = variant(*inputs, **kw)
+                return torch.autograd.grad(out, inputs, grads.grad)
+        else:  # bwd: the backward alone, from one forward whose graph is kept
+            holder: dict[str, Any] = {}
+
+            def fn(inputs=inputs, grads=grads, holder=holder):
+                if "out" not in holder:
+                    holder["out"] = variant(*inputs, **kw)
+                return torch.autograd.grad(holder["out"], inputs, grads.grad, retain_graph=True)
+
+        def first_check(result, grads=grads):
+            # the first result, then a fresh forward and backward with its output checked too
+            return grads.check(result) or grads.check_fresh()
+
+        fns.append(fn)
+        checks.append(first_check)
+        timed.append(grads.check)
+    _record_kernel(extra, variant, sets[0][0], sets[0][1], sets[0][2], case.causal)
+    return Prepared(fns, checks, b * n, flops, extra, timed_checks=timed or None)
+
+
+def _prepare_decode(case: Case, variant, sets, extra: dict, t0: float) -> Prepared:
+    """One decoder per input set, filled with N tokens; each timed step decodes token N from
+    that same state (restored untimed before every repetition)."""
+    device = torch.device(case.device)
+    b, n, h, d = case.batch, case.seq_len, case.heads, case.head_dim
+
+    def new_decoder(max_len=n + 1):
+        return variant.decoder(b, h, d, kv_heads=case.kv_heads, max_len=max_len,
+                               dtype=case.dtype, device=device)
+
+    decs, snaps, fns, checks, timed = [], [], [], [], []
+    for q, k, v, g in sets:
+        dec = new_decoder()
         dec.fill(k, v)
         q1, k1, v1 = (torch.randn(b, 1, x.shape[2], d, generator=g).to(device=device,
                                                                        dtype=case.dtype)
                       for x in (q, k, v))
-    measure.sync(device)
-    extra["mask_ms"] = (time.perf_counter() - t0) * 1e3
-    if case.pass_ == "decode":
-        def fn():
-            dec.position = n  # every repetition decodes token n with n tokens of context
+        decs.append(dec)
+        snaps.append(dec.snapshot())
+        full = [torch.cat([x, x1], dim=1) for x, x1 in ((q, q1), (k, k1), (v, v1))]
+
+        def fn(dec=dec, q1=q1, k1=k1, v1=v1):
             return dec.step(q1, k1, v1)
 
-        full = [torch.cat([x, x1], dim=1) for x, x1 in ((q, q1), (k, k1), (v, v1))]
-        check = lambda out: gate.check_decode_step(variant, *full, out)  # noqa: E731
-        extra.update(decoder=dec.name, cache_bytes=dec.cache_bytes(), read_bytes=dec.read_bytes())
-        if dec.kernel(q1):  # where a dispatcher picks the kernel: the one it picked
-            extra["kernel"] = dec.kernel(q1)
-        return Prepared(fn, check, b, attention_flops(variant, case), extra)
-    if case.pass_ != "fwd":
-        inputs = [x.requires_grad_() for x in (q, k, v)]  # a dispatcher sees the backward too
-    if variant.kernel_used(q, k, v, causal=case.causal):
-        extra["kernel"] = variant.kernel_used(q, k, v, causal=case.causal)
-    if case.pass_ == "fwd":
-        def fn():
-            with torch.no_grad():
-                return variant(q, k, v, **kw)
+        def first_check(out, full=full):
+            return gate.check_decode_step(variant, *full, out) or gate.check_decode_steps(
+                variant, *full, DECODE_STEPS, lambda: new_decoder(full[0].shape[1]))
 
-        check = lambda out: gate.check_forward(variant, q, k, v, out, case.causal, rows)  # noqa: E731
-        return Prepared(fn, check, b * n, attention_flops(variant, case), extra)
-    grad_out = torch.randn(b, n, h, d, generator=g).to(device=device, dtype=case.dtype)
-    check = lambda _: gate.check_gradients(variant, q, k, v, case.causal, rows)  # noqa: E731
-    if case.pass_ == "fwd_bwd":
-        def fn():
-            out = variant(*inputs, **kw)
-            return torch.autograd.grad(out, inputs, grad_out)
-    else:  # bwd: the backward alone, from one forward whose graph is kept
-        holder = {}
+        fns.append(fn)
+        checks.append(first_check)
+        timed.append(lambda out, full=full: gate.check_decode_step(variant, *full, out))
+    measure.sync(device)
+    extra["mask_ms"] = (time.perf_counter() - t0) * 1e3
 
-        def fn():
-            if "out" not in holder:
-                holder["out"] = variant(*inputs, **kw)
-            return torch.autograd.grad(holder["out"], inputs, grad_out, retain_graph=True)
-    return Prepared(fn, check, b * n, attention_flops(variant, case), extra)
+    def before(i):
+        decs[i].restore(snaps[i])
+
+    dec = decs[0]
+    extra.update(decoder=dec.name, cache_bytes=dec.cache_bytes(), read_bytes=dec.read_bytes(),
+                 decode_steps_gated=DECODE_STEPS)
+    kernel = dec.kernel(sets[0][0][:, :1])
+    if kernel:  # where a dispatcher picks the kernel: the one it picked
+        extra["kernel"] = kernel
+    return Prepared(fns, checks, b, attention_flops(variant, case), extra, before=before,
+                    timed_checks=timed)
 
 
 def prepare_model(case: Case, gate_on: bool) -> Prepared:
     """A language model with the variant (``attnbench.bench.lm``: the identical LM at a preset,
-    or ``hf:NAME`` for a transformers model): train step, prefill or decode."""
+    or ``hf:NAME`` for a transformers model): train step, prefill or decode, on two token sets."""
     from attnbench.bench.lm import LanguageModel
 
     device = torch.device(case.device)
     b, n = case.batch, case.seq_len
     lm = LanguageModel.build(case)
     g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, lm.vocab_size, (b, n + 1), generator=g).to(device)
+    idxs = [torch.randint(0, lm.vocab_size, (b, n + 1), generator=g).to(device)
+            for _ in range(INPUT_SETS)]
     extra: dict[str, Any] = {"model_params": lm.num_params(), "model_kind": lm.kind}
     flops = model_flops(lm, b, n, case.pass_)
     if case.pass_ == "train_step":
@@ -136,37 +208,57 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
         got = before = None
         if gate_on:  # loss and gradient norm before any optimizer step changes the weights
             before = lm.with_attention(lm.variant, case.dtype)
-            got = gate.loss_and_grad_norm(lm, idx, n)
+            got = gate.loss_and_grad_norm(lm, idxs[0], n)
         opt = torch.optim.AdamW(lm.module.parameters(), lr=1e-4)
+        fns = []
+        for idx in idxs:
+            def fn(idx=idx):
+                loss = lm.loss(idx[:, :-1], idx[:, 1:])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return loss.detach()
 
-        def fn():
-            loss = lm.loss(idx[:, :-1], idx[:, 1:])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss.detach()
+            fns.append(fn)
 
-        check = lambda _: gate.check_model(before, "train_step", idx, n, got)  # noqa: E731
-        return Prepared(fn, check, b * n, flops, extra)
+        def first(_):
+            return gate.check_model(before, "train_step", idxs[0], n, got)
+
+        def finite(loss):  # the weights move with every step: only the loss's finiteness
+            return None if torch.isfinite(loss).all() else f"train step loss {float(loss)}"
+
+        return Prepared(fns, [first, finite], b * n, flops, extra, timed_checks=[finite] * 2)
     lm.train(False)
     if case.pass_ == "prefill":
-        def fn():
-            with torch.no_grad():
-                return lm.logits(idx[:, :n])
+        fns, checks = [], []
+        for idx in idxs:
+            def fn(idx=idx):
+                with torch.no_grad():
+                    return lm.logits(idx[:, :n])
 
-        check = lambda out: gate.check_model(lm, "prefill", idx, n, out)  # noqa: E731
-        return Prepared(fn, check, b * n, flops, extra)
-    with torch.no_grad():
-        state = lm.prefill(idx[:, :n])
-    nxt = idx[:, n : n + 1]
-
-    def fn():
+            fns.append(fn)
+            checks.append(gate.ModelGate(lm, "prefill", idx, n).check)
+        return Prepared(fns, checks, b * n, flops, extra)
+    fns, checks, states, snaps = [], [], [], []
+    for idx in idxs:
         with torch.no_grad():
-            return lm.step(state, nxt, n)
+            state = lm.prefill(idx[:, :n])
+        states.append(state)
+        snaps.append(lm.snapshot(state))
+        nxt = idx[:, n : n + 1]
 
-    check = lambda out: gate.check_model(lm, "decode", idx, n, out)  # noqa: E731
-    extra.update(decoder=lm.decoder_name(state), cache_bytes=lm.cache_bytes(state))
-    return Prepared(fn, check, b, flops, extra)
+        def fn(state=state, nxt=nxt):
+            with torch.no_grad():
+                return lm.step(state, nxt, n)
+
+        fns.append(fn)
+        checks.append(gate.ModelGate(lm, "decode", idx, n).check)
+
+    def restore(i):
+        lm.restore(states[i], snaps[i])
+
+    extra.update(decoder=lm.decoder_name(states[0]), cache_bytes=lm.cache_bytes(states[0]))
+    return Prepared(fns, checks, b, flops, extra, before=restore)
 
 
 def prepare(case: Case, timing: dict) -> Prepared:
@@ -176,7 +268,9 @@ def prepare(case: Case, timing: dict) -> Prepared:
 
 
 def time_case(case: Case, timing: dict) -> dict[str, Any]:
-    """The ``time`` role: probes, setup, first call, gate, warm-up, timing (and on CUDA memory)."""
+    """The ``time`` role: probes, setup, first call, the gate of both input sets, warm-up, timing
+    over the input sets alternately, the gate of the timed repetitions' outputs (and on CUDA the
+    allocator's peak)."""
     variant = get_variant(case.variant)
     # with the kernel probes: here, not in the launcher
     reasons = variant.not_supported_reasons(case)
@@ -187,19 +281,38 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
         torch.cuda.set_device(device)
     p = prepare(case, timing)
     row: dict[str, Any] = dict(p.extra)
+    if p.before:
+        p.before(0)
     t0 = time.perf_counter()
-    first = p.fn()
+    first = p.fns[0]()
     measure.sync(device)
     row["first_call_ms"] = (time.perf_counter() - t0) * 1e3
     row["gated"] = bool(timing["gate"])
     if timing["gate"]:
-        why = p.check(first)
-        if why:
-            return {**row, "status": "incorrect", "reason": why}
+        t0 = time.perf_counter()
+        for i, check in enumerate(p.checks):
+            if i:
+                if p.before:
+                    p.before(i)
+                first = p.fns[i]()
+            why = check(first)
+            if why:
+                return {**row, "status": "incorrect", "reason": _which(p, i, why)}
+        row["gate_ms"] = (time.perf_counter() - t0) * 1e3
     del first
-    t = measure.time_fn(p.fn, device, warmup=timing["warmup"], budget_s=timing["budget_s"],
+    outputs: dict[int, Any] = {}
+    t = measure.time_fn(p.fns, device, warmup=timing["warmup"], budget_s=timing["budget_s"],
                         min_reps=timing["min_reps"], max_reps=timing["max_reps"],
-                        l2_flush=timing["l2_flush"], cuda_graphs=timing["cuda_graphs"])
+                        l2_flush=timing["l2_flush"], cuda_graphs=timing["cuda_graphs"],
+                        outputs=outputs if timing["gate"] else None, before=p.before)
+    if timing["gate"]:
+        measure.sync(device)
+        for i, check in enumerate(p.timed_checks):
+            why = check(outputs[i]) if i in outputs else "no timed repetition ran on it"
+            if why:
+                return {**row, "status": "incorrect",
+                        "reason": "a timed repetition, " + _which(p, i, why)}
+    outputs.clear()
     seconds = t.median_ms / 1e3
     row.update(status="ok", reason="", time_ms=t.median_ms, time_ms_p20=t.p20_ms,
                time_ms_p80=t.p80_ms, reps=t.reps, spread=t.spread, noisy=t.spread > timing["noisy"],
@@ -207,16 +320,27 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
     if "read_bytes" in row:
         row["bytes_per_s"] = row["read_bytes"] / seconds
     if device.type == "cuda" and timing["memory"]:
-        row["peak_mem_bytes"], row["mem_method"] = measure.peak_memory(p.fn, device)
+        if p.before:
+            p.before(0)
+        row["peak_mem_bytes"], row["mem_method"] = measure.peak_memory(p.fns[0], device)
     if timing["cooldown_s"]:
         time.sleep(timing["cooldown_s"])
     return row
 
 
+def _which(p: Prepared, i: int, why: str) -> str:
+    dists = p.extra.get("gate_inputs")
+    return f"input set {i}" + (f" ({dists[i]})" if dists else "") + f": {why}"
+
+
 def memory_case(case: Case, timing: dict) -> dict[str, Any]:
     """The ``memory`` role: the peak of one call of the pass, after one unmeasured call."""
     p = prepare(case, dict(timing, gate=False))
+    if p.before:
+        p.before(0)
     p.fn()  # the first call (compilation, caches) is not what the pass holds
+    if p.before:
+        p.before(0)
     peak, method = measure.peak_memory(p.fn, torch.device(case.device))
     return {"peak_mem_bytes": peak, "mem_method": method}
 

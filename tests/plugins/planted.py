@@ -121,3 +121,121 @@ class DropOldestDecoder(attnbench.attention.decode.SdpaKVDecoder):
 def planted_drop_oldest(q, k, v):
     """Right in parallel; its decoder drops the oldest key."""
     return _sdpa(q, k, v)
+
+
+# --- what the gate must reject (tests/bench/test_gate.py): each wrong in one way only ---------
+
+_MEMO = {}
+
+
+@attnbench.register_variant("fused.planted_memoised", family="fused")
+def planted_memoised(q, k, v):
+    """Right on its first call, then returns that result for any input of the same shape."""
+    key = (tuple(q.shape), q.dtype)
+    if key not in _MEMO:
+        _MEMO[key] = _sdpa(q, k, v)
+    return _MEMO[key]
+
+
+_CALLS = {"n": 0}
+
+
+@attnbench.register_variant("fused.planted_right_once", family="fused")
+def planted_right_once(q, k, v):
+    """Right on its first two calls (one per input set), zeros after."""
+    _CALLS["n"] += 1
+    out = _sdpa(q, k, v)
+    return out if _CALLS["n"] <= 2 else torch.zeros_like(out)
+
+
+@attnbench.register_variant("fused.planted_batch0", family="fused")
+def planted_batch0(q, k, v):
+    """Computes batch element 0 and returns it for every element (half the work at B = 2)."""
+    return _sdpa(q[:1], k[:1], v[:1]).expand(q.shape[0], -1, -1, -1)
+
+
+@attnbench.register_variant("fused.planted_bad_tile", family="fused")
+def planted_bad_tile(q, k, v):
+    """Wrong (scaled by 1.5) on every query row of the 64-row tiles 1, 3, 5, ..."""
+    out = _sdpa(q, k, v)
+    bad = (torch.arange(q.shape[1], device=q.device) // 64) % 2 == 1
+    return torch.where(bad[None, :, None, None], out * 1.5, out)
+
+
+class _ZeroLateKeys(torch.autograd.Function):
+    """Identity forward; backward zeroes the gradient of every key after the first 64."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        grad[:, 64:] = 0
+        return grad
+
+
+@attnbench.register_variant("fused.planted_late_dk", family="fused")
+def planted_late_dk(q, k, v):
+    """Right forward; dK zeroed for every key beyond the first 64."""
+    return _sdpa(q, _ZeroLateKeys.apply(k), v)
+
+
+@attnbench.register_variant("fused.planted_scaled", family="fused")
+def planted_scaled(q, k, v, *, factor: float = 1.04):
+    """Every output `factor` times too large (4 %: inside an 8-epsilon bfloat16 floor)."""
+    return _sdpa(q, k, v) * factor
+
+
+@attnbench.register_variant("fused.planted_fp8_values", family="fused")
+def planted_fp8_values(q, k, v):
+    """Values rounded to float8 (e4m3) before attention: a quantised KV cache posing as exact."""
+    return _sdpa(q, k, v.to(torch.float8_e4m3fn).to(v.dtype))
+
+
+@attnbench.register_variant("fused.planted_bf16_inside", family="fused")
+def planted_bf16_inside(q, k, v):
+    """Computes in bfloat16 whatever the input dtype (a float16 case done in bfloat16)."""
+    return _sdpa(*(x.to(torch.bfloat16) for x in (q, k, v))).to(q.dtype)
+
+
+@attnbench.register_variant("fused.planted_no_max", family="fused")
+def planted_no_max(q, k, v):
+    """Softmax without max subtraction, in the input dtype: overflows once scores reach ~88
+    (float32, bfloat16) or ~11 (float16)."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+    n = q.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    e = torch.exp(scores).masked_fill(~causal, 0)
+    return torch.einsum("bhqk,bkhd->bqhd", e / e.sum(-1, keepdim=True), v)
+
+
+@attnbench.register_variant("fused.planted_leaky", family="fused")
+def planted_leaky(q, k, v):
+    """Registered as causal, attends to every key (it sees the future)."""
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                          v.transpose(1, 2)).transpose(1, 2)
+
+
+class RightOnceDecoder(attnbench.attention.decode.SdpaKVDecoder):
+    """A KV-cache decoder right on its first step, then attending to the first key only."""
+
+    name = "kv_cache.planted_right_once"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+
+    def _step(self, q, k, v):
+        self.steps += 1
+        t = self._write(k, v)
+        last = t + 1 if self.steps == 1 else 1
+        return attnbench.attention.decode.sdpa_one(q, self.k[:, :last], self.v[:, :last])
+
+
+@attnbench.register_variant("fused.planted_decoder_once", family="fused",
+                            decoder=RightOnceDecoder)
+def planted_decoder_once(q, k, v):
+    """Right in parallel; its decoder is right on its first step only."""
+    return _sdpa(q, k, v)
