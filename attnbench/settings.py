@@ -171,7 +171,8 @@ class TimingConfig:
     min_reps: int = 5  # timed repetitions at least (and the budget, whichever is more)
     max_reps: int = 50
     timeout_s: float = 300.0  # a case running longer is killed and recorded as `timeout`
-    threads: int = 0  # torch threads in the worker (0: PyTorch's default)
+    threads: int = 0  # torch threads of the timing worker (0: one on a CPU, PyTorch's default
+    #   on CUDA; training always takes PyTorch's default when 0)
     repeats: int = 1  # measure each case this many times
     gate: bool = True  # check every timed pass against the float64 reference first
     gate_rows: int = 48  # query rows compared per gate (first, last and spread rows)

@@ -25,6 +25,11 @@ from attnbench.case import device_key
 class FeatureMap:
     label: str
 
+    def projection_flops(self, head_dim: int) -> int:
+        """FLOPs to map one row (a query or key of ``head_dim``) to its features, beyond
+        element-wise work: none for an element-wise map."""
+        return 0
+
     def num_features(self, head_dim: int) -> int:
         raise NotImplementedError
 
@@ -62,6 +67,9 @@ class Performer(FeatureMap):
 
     def num_features(self, head_dim: int) -> int:
         return self.features
+
+    def projection_flops(self, head_dim: int) -> int:
+        return 2 * head_dim * self.num_features(head_dim)  # x @ W^T, (D) x (D, F)
 
     def projection(self, head_dim: int, dtype: torch.dtype, device) -> torch.Tensor:
         """(F, D) random projection, built in float64 on the CPU from the seed, then cast."""

@@ -363,3 +363,19 @@ MATHS: dict[str, MathSpec] = {
         ),
     )
 }
+
+
+class ReferenceAttention:
+    """A variant's math, materialised in ``dtype``, in place of the variant inside a model (the
+    model-level gate's reference). Everything else (pattern, math, label, ...) is the variant's,
+    so a model that inspects its attention (``attnbench.hf``) sees the same declarations."""
+
+    def __init__(self, variant, dtype: torch.dtype):
+        self.variant, self.dtype = variant, dtype
+        self.label = f"{variant.label} [reference, {str(dtype).removeprefix('torch.')}]"
+
+    def __getattr__(self, name):
+        return getattr(self.variant, name)
+
+    def __call__(self, q, k, v, *, causal: bool = True):
+        return self.variant.reference(q, k, v, causal=causal, dtype=self.dtype).to(q.dtype)

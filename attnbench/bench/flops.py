@@ -8,7 +8,9 @@ sparse and windowed variants get honest numbers. Backward = 2.5 x forward; forwa
 Linear attention (its own formula, the recurrent/state form): per token and head, the state update
 phi(k) v^T and the read-out phi(q)^T S cost 2*F*D each, so a forward pass costs
 ``4 * B * H * N * F * D`` (F = number of features), independent of how an implementation arranges
-the work. Backward and forward+backward use the same 2.5 x and 3.5 x factors.
+the work, plus the feature map's own projection where it has one (FAVOR+: each query and key
+row multiplied by a D x F random matrix, 2 D F per row, as much again as the state work at equal
+head counts). Backward and forward+backward use the same 2.5 x and 3.5 x factors.
 
 The chunked form of linear attention executes more than that: inside each chunk of C tokens it also
 forms the full C x C block phi(Q_c) phi(K_c)^T (masked afterwards) and multiplies it with V,
@@ -18,7 +20,7 @@ to the matmul ceiling; ``attention_flops`` (and every row's ``flops``) keeps the
 implementation-independent count.
 
 A decode step counts the pairs of the new token only (its row of the pattern), or 4*F*D per head
-for linear attention.
+for linear attention (plus the projection of its query and key).
 """
 
 from __future__ import annotations
@@ -34,14 +36,17 @@ def attention_flops(variant, case) -> int:
     same work per query head, so ``heads`` counts, not ``kv_heads``)."""
     b, n, h, d = case.batch, case.seq_len, case.heads, case.head_dim
     math = variant.math
+    if isinstance(math, LinearMath):  # the projection of every query and key row (FAVOR+)
+        rows = (1 if case.pass_ == "decode" else n) * b * (h + (case.kv_heads or h))
+        projection = rows * math.feature_map.projection_flops(d)
     if case.pass_ == "decode":
         if isinstance(math, LinearMath):
-            return 4 * b * h * math.feature_map.num_features(d) * d
+            return 4 * b * h * math.feature_map.num_features(d) * d + projection
         # the new token sits at position n, after n tokens of context
         row = int(variant.math.pattern_for(case.causal).row_mask(n).sum())
         return 4 * b * h * d * row
     if isinstance(math, LinearMath):
-        fwd = 4 * b * h * n * math.feature_map.num_features(d) * d
+        fwd = 4 * b * h * n * math.feature_map.num_features(d) * d + projection
     else:
         fwd = 4 * b * h * d * math.attended_pairs(n, causal=case.causal)
     return int(fwd * PASS_FACTOR[case.pass_])
@@ -49,12 +54,14 @@ def attention_flops(variant, case) -> int:
 
 def chunked_linear_flops(variant, case) -> int:
     """FLOPs the chunked linear-attention form executes at ``case`` (chunk size from the variant's
-    ``chunk`` parameter): ``attention_flops`` times (1 + C (F + D) / (2 F D))."""
+    ``chunk`` parameter): ``attention_flops`` plus the intra-chunk blocks, 2 N C (F + D) per head
+    and pass factor."""
     math = variant.math
     if not isinstance(math, LinearMath) or "chunk" not in variant.params:
         raise ValueError(f"{variant.label} is not a chunked linear-attention variant")
     f, d, c = math.feature_map.num_features(case.head_dim), case.head_dim, variant.params["chunk"]
-    return int(attention_flops(variant, case) * (1 + c * (f + d) / (2 * f * d)))
+    blocks = 2 * case.batch * case.heads * case.seq_len * c * (f + d) * PASS_FACTOR[case.pass_]
+    return int(attention_flops(variant, case) + blocks)
 
 
 def model_flops(lm, batch: int, seq_len: int, pass_: str) -> int:

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.attention.reference import reference_error, score_bound
+from attnbench.attention.reference import ReferenceAttention, reference_error, score_bound
+
+__all__ = ["ReferenceAttention"]  # the model-level gate's reference, defined with the maths
 
 TILE = 64  # query rows per tile: one sampled row in each
 MAX_TILES = 256  # beyond this many tiles, a seeded sample of them (recorded by the seed)
@@ -236,39 +238,35 @@ def check_decode_steps(variant, q, k, v, steps: int, make_decoder) -> str | None
     return None
 
 
-class ReferenceAttention:
-    """A variant's math, materialised in ``dtype``, in place of the variant inside a model (the
-    model-level gate's reference). Everything else (pattern, math, label, ...) is the variant's,
-    so a model that inspects its attention (``attnbench.hf``) sees the same declarations."""
-
-    def __init__(self, variant, dtype: torch.dtype):
-        self.variant, self.dtype = variant, dtype
-        self.label = f"{variant.label} [reference, {str(dtype).removeprefix('torch.')}]"
-
-    def __getattr__(self, name):
-        return getattr(self.variant, name)
-
-    def __call__(self, q, k, v, *, causal: bool = True):
-        return self.variant.reference(q, k, v, causal=causal, dtype=self.dtype).to(q.dtype)
+def loss_and_grads(lm, idx: torch.Tensor, n: int) -> tuple[float, list[tuple[str, torch.Tensor]]]:
+    """A train step's loss on ``idx[:, :n]`` and every parameter's gradient (name, tensor),
+    without an optimizer step: what the train-step gate compares."""
+    lm.train()
+    named = [(k, p) for k, p in lm.module.named_parameters() if p.requires_grad]
+    loss = lm.loss(idx[:, :n], idx[:, 1 : n + 1])
+    grads = torch.autograd.grad(loss, [p for _, p in named])
+    return loss.item(), [(k, g.detach()) for (k, _), g in zip(named, grads)]
 
 
 def loss_and_grad_norm(lm, idx: torch.Tensor, n: int) -> tuple[float, float]:
-    """A train step's loss on ``idx[:, :n]`` and the global norm of its gradients (float64),
-    without an optimizer step: what the train-step gate compares."""
-    lm.train()
-    loss = lm.loss(idx[:, :n], idx[:, 1 : n + 1])
-    grads = torch.autograd.grad(loss, [p for p in lm.module.parameters() if p.requires_grad])
-    norm = torch.linalg.vector_norm(torch.stack([g.double().norm() for g in grads]))
-    return loss.item(), norm.item()
+    """A train step's loss and the global norm of its gradients (float64)."""
+    loss, grads = loss_and_grads(lm, idx, n)
+    return loss, float(torch.linalg.vector_norm(torch.stack([g.double().norm() for _, g in grads])))
+
+
+PEAK_QK = 4.0  # the model-level gate's query and key projections are scaled by this (scores 16x)
 
 
 class ModelGate:
     """The model-level gate of one token set. ``lm`` (``attnbench.bench.lm.LanguageModel``) runs
-    the variant in the case's dtype; ``idx`` (B, n + 1) the tokens. The same model with the
-    reference attention in that dtype ('plain') and in float64 gives the calibration and the
-    reference, computed once; ``check(got)`` judges what the pass returned: logits (prefill:
-    (B, n, V); decode: the new token's (B, 1, V)), or for a train step ``(loss, grad_norm)``
-    before the optimizer step."""
+    the variant in the case's dtype, with query and key projections scaled by ``PEAK_QK`` (the
+    same for every variant: at initial weights q.k is near 0 and attention nearly uniform, where
+    an attention that ignores q and k, or a window posing as full attention, would pass);
+    ``idx`` (B, n + 1) the tokens. The same model with the reference attention in that dtype
+    ('plain') and in float64 gives the calibration and the reference, computed once;
+    ``check(got)`` judges what the pass returned: logits at every position (prefill: (B, n, V);
+    decode: the new token's (B, 1, V)), or for a train step ``(loss, [(name, gradient)])`` before
+    the optimizer step: the loss and every parameter's gradient, row by row."""
 
     def __init__(self, lm, pass_: str, idx: torch.Tensor, n: int):
         self.lm, self.pass_, self.idx, self.n = lm, pass_, idx, n
@@ -281,8 +279,7 @@ class ModelGate:
             for compute in (self.dtype, torch.float64):
                 m = self.lm.with_attention(ReferenceAttention(self.lm.variant, compute), compute)
                 if self.pass_ == "train_step":
-                    pair = loss_and_grad_norm(m, self.idx, self.n)
-                    results.append(torch.tensor(pair, dtype=torch.float64).view(2, 1))
+                    results.append(loss_and_grads(m, self.idx, self.n))
                     continue
                 m.train(False)
                 with torch.no_grad():
@@ -295,13 +292,20 @@ class ModelGate:
 
     def check(self, got) -> str | None:
         plain, ref = self.reference()
-        if self.pass_ == "train_step":
-            loss, norm = got
-            mine = torch.tensor([[float(loss)], [float(norm)]], dtype=torch.float64)
-            return _why("train step (loss, gradient norm)",
-                        reference_error(mine, plain, ref, self.dtype, gradient=True,
-                                        same_dtype=False))
-        return _why("logits", reference_error(got.detach(), plain, ref.double(), self.dtype))
+        if self.pass_ != "train_step":
+            return _why("logits", reference_error(got.detach(), plain, ref.double(), self.dtype))
+        loss, grads = got
+        as_t = lambda x: torch.tensor([[float(x)]], dtype=torch.float64)  # noqa: E731
+        why = reference_error(as_t(loss), as_t(plain[0]), as_t(ref[0]), self.dtype,
+                              same_dtype=False)
+        if why:
+            return _why("train step loss", why)
+        scale = max(float(g.abs().max()) for _, g in ref[1])
+        for (name, g), (_, p), (_, r) in zip(grads, plain[1], ref[1]):
+            why = reference_error(g, p, r, self.dtype, gradient=True, scale=scale)
+            if why:
+                return _why(f"gradient of {name}", why)
+        return None
 
 
 def check_model(lm, pass_: str, idx: torch.Tensor, n: int, got: object) -> str | None:

@@ -101,6 +101,21 @@ class LanguageModel:
         other.set_attention(attention)
         return other
 
+    def scale_query_key(self, factor: float) -> None:
+        """Multiply every layer's query and key projections by ``factor`` (scores by its square):
+        peaked attention at initial weights, for the model-level gate."""
+        with torch.no_grad():
+            for w in self.query_key_weights():
+                w.mul_(factor)
+
+    def query_key_weights(self) -> list[torch.Tensor]:
+        """The weight rows that make queries and keys (every layer)."""
+        out = []
+        for name, module in self.module.named_modules():
+            if name.endswith(("q_proj", "k_proj")) and hasattr(module, "weight"):
+                out.append(module.weight)
+        return out
+
     def train(self, mode: bool = True) -> LanguageModel:
         self.module.train(mode)
         return self
@@ -124,6 +139,11 @@ class OwnModel(LanguageModel):
 
     def matmul_params(self) -> int:
         return super().matmul_params() + self.module.embed.weight.numel()  # the tied head
+
+    def query_key_weights(self) -> list[torch.Tensor]:
+        cfg = self.module.cfg
+        qk = cfg.dim + cfg.kv_heads * cfg.head_dim  # the q and k rows of each fused projection
+        return [blk.attn.qkv.weight[:qk] for blk in self.module.blocks]
 
     def prefill(self, idx):
         decoders = self.module.new_decoders(idx.shape[0], idx.shape[1] + 1)

@@ -31,7 +31,7 @@ CORE_FIELDS = [
     "device", "status", "reason", "time_ms", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
     "flops", "flops_per_s", "frac_of_ceiling", "tokens_per_s",
 ]
-STATUSES = ("ok", "unsupported", "incorrect", "oom", "error", "timeout", "crash",
+STATUSES = ("ok", "unsupported", "incorrect", "implausible", "oom", "error", "timeout", "crash",
             "skipped_after_oom", "diverged")
 PACKAGES = ("torch", "triton", "flash-attn", "flash_attn_3", "xformers", "fla-core",
             "transformers", "numpy", "pandas", "matplotlib")

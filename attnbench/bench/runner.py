@@ -313,11 +313,12 @@ def balance(groups: list[list[Case]], k: int) -> list[list[Case]]:
 class Slot:
     """One launcher slot: its timing, memory and training workers, its host and ceilings."""
 
-    def __init__(self, init: dict[str, Any], timing_env: dict[str, str], pin: dict[str, str]):
+    def __init__(self, init: dict[str, Any], timing_env: dict[str, str], pin: dict[str, str],
+                 train_init: dict[str, Any] | None = None):
         self.timing_env = {**timing_env, **pin}
         self.time = Worker(init, env=self.timing_env)
         self.memory = Worker(init, env={**measure.MEMORY_ENV, **self.timing_env})
-        self.train = Worker(init, env=self.timing_env)
+        self.train = Worker(train_init or init, env=self.timing_env)
         self.ceilings: dict[str, Any] = {}
 
     def worker_for(self, case: Case) -> Worker:
@@ -346,8 +347,14 @@ def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[st
         threads = max(1, (threads or os.cpu_count() or 1) // k)
     init = {"threads": threads, "plugins": list(plugins), "timing": vars(suite.timing),
             "suite": suite.to_dict(), "run_dir": str(run_dir)}
-    slots = [Slot(init, dict(suite.timing.env),
-                  {"CUDA_VISIBLE_DEVICES": str(i)} if k > 1 and device.startswith("cuda") else {})
+    # The timing and memory workers on a CPU: one thread unless the suite says otherwise (as
+    # torch.utils.benchmark does): two threads on two shared cores made 62 of 135 quick-suite
+    # rows noisy; training keeps PyTorch's default.
+    timing_init = dict(init, threads=suite.timing.threads or (0 if device.startswith("cuda")
+                                                               else TIMING_THREADS_CPU))
+    slots = [Slot(timing_init, dict(suite.timing.env),
+                  {"CUDA_VISIBLE_DEVICES": str(i)} if k > 1 and device.startswith("cuda") else {},
+                  train_init=init)
              for i in range(k)]
     dtypes = sorted({c.dtype_label for c in todo if c.level in ("op", "model")})
     session = info["resumed"][-1] if info.get("resumed") else info
@@ -462,7 +469,8 @@ def _sweep(todo: list[Case], slot: Slot, writer, info, suite: Suite, env: dict, 
             row["timing_env"] = dict(suite.timing.env)
             _efficiency(row, ceilings, slot.ceilings.get("copy_bytes_per_s"),
                         env.get("device_name", ""))
-        if row.get("status") != "ok":  # no number of a failed or incorrect case is a result
+        if row.get("status") not in ("ok", "implausible"):  # no number of a failed or
+            # incorrect case is a result (an implausible row keeps its numbers to inspect)
             for f in ("time_ms", "time_ms_p20", "time_ms_p80", "flops_per_s", "tokens_per_s",
                       "frac_of_ceiling", "peak_mem_bytes", "bytes_per_s"):
                 row[f] = None
@@ -481,18 +489,53 @@ def _memory(slot: Slot, case: Case, suite: Suite) -> dict[str, Any]:
             "mem_reason": f"{mem.get('status')}: {mem.get('reason', '')}"}
 
 
+TIMING_THREADS_CPU = 1  # torch threads of a CPU timing worker when the suite sets none
+PLAUSIBLE_MARGIN = 0.10  # a row may exceed its ceiling by this much (the ceiling's own noise)
+BANDWIDTH_MIN_BYTES = 64 << 20  # below this a decode step may read from cache, beyond DRAM's
+# copy bandwidth: its bandwidth is not judged
+
+
+def compute_ceiling(ceilings: dict[str, float], dtype: str) -> tuple[float | None, str | None]:
+    """(FLOP/s, the dtype it was measured in) that a row in ``dtype`` is judged against: the
+    fastest way this machine does the work. A kernel may compute bfloat16 or float16 in float32
+    (SDPA on a CPU without native bfloat16 matmul), so a half dtype's ceiling is the faster of its
+    own matmul and float32's."""
+    own = ceilings.get(dtype)
+    candidates = [(own, dtype)]
+    if dtype in ("bfloat16", "float16"):
+        candidates.append((ceilings.get("float32"), "float32"))
+    best = max((c for c in candidates if c[0]), default=(None, None), key=lambda c: c[0])
+    return best
+
+
 def _efficiency(row: dict[str, Any], ceilings: dict[str, float], copy_bw: float | None,
                 device_name: str) -> None:
     """Fractions of the ceilings of the process and host that measured the row, and of the
-    device's published peak."""
-    ceiling = ceilings.get(row["dtype"])
+    device's published peak; a row above its ceiling (beyond ``PLAUSIBLE_MARGIN``) or above the
+    published peak is ``implausible``: it keeps its time for inspection, and no report ranks,
+    summarises or plots it."""
+    ceiling, ceiling_dtype = compute_ceiling(ceilings, row["dtype"])
     row["ceiling_flops_per_s"] = ceiling
+    row["ceiling_dtype"] = ceiling_dtype
     if row.get("status") != "ok":
         return
+    why = []
     if row.get("flops_per_s") and ceiling:
         row["frac_of_ceiling"] = row["flops_per_s"] / ceiling
+        if row["frac_of_ceiling"] > 1 + PLAUSIBLE_MARGIN:
+            why.append(f"{row['frac_of_ceiling']:.2f}x the measured {ceiling_dtype} matmul "
+                       f"ceiling ({ceiling / 1e9:.1f} GFLOP/s)")
     peak = measure.published_peak(device_name, row["dtype"])
     if peak and row.get("flops_per_s"):
         row["frac_of_peak"] = row["flops_per_s"] / peak
+        if row["frac_of_peak"] > 1:
+            why.append(f"{row['frac_of_peak']:.2f}x the device's published peak")
     if row.get("bytes_per_s") and copy_bw:
         row["frac_of_bandwidth"] = row["bytes_per_s"] / copy_bw
+        if row["frac_of_bandwidth"] > 1 + PLAUSIBLE_MARGIN and \
+                (row.get("read_bytes") or 0) >= BANDWIDTH_MIN_BYTES:
+            why.append(f"{row['frac_of_bandwidth']:.2f}x the measured copy bandwidth")
+    if why:
+        row["status"] = "implausible"
+        row["reason"] = ("faster than this machine can do the work: " + "; ".join(why)
+                         + " (a kernel that skips work, or a mismeasured ceiling)")

@@ -198,17 +198,19 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
     device = torch.device(case.device)
     b, n = case.batch, case.seq_len
     lm = LanguageModel.build(case)
+    lm.scale_query_key(gate.PEAK_QK)  # peaked attention: what the gate can see (every variant)
     g = torch.Generator().manual_seed(1)
     idxs = [torch.randint(0, lm.vocab_size, (b, n + 1), generator=g).to(device)
             for _ in range(INPUT_SETS)]
-    extra: dict[str, Any] = {"model_params": lm.num_params(), "model_kind": lm.kind}
+    extra: dict[str, Any] = {"model_params": lm.num_params(), "model_kind": lm.kind,
+                             "qk_scale": gate.PEAK_QK}
     flops = model_flops(lm, b, n, case.pass_)
     if case.pass_ == "train_step":
         lm.train()
         got = before = None
         if gate_on:  # loss and gradient norm before any optimizer step changes the weights
             before = lm.with_attention(lm.variant, case.dtype)
-            got = gate.loss_and_grad_norm(lm, idxs[0], n)
+            got = gate.loss_and_grads(lm, idxs[0], n)
         opt = torch.optim.AdamW(lm.module.parameters(), lr=1e-4)
         fns = []
         for idx in idxs:
@@ -222,7 +224,7 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
             fns.append(fn)
 
         def first(_):
-            return gate.check_model(before, "train_step", idxs[0], n, got)
+            return gate.ModelGate(before, "train_step", idxs[0], n).check(got)
 
         def finite(loss):  # the weights move with every step: only the loss's finiteness
             return None if torch.isfinite(loss).all() else f"train step loss {float(loss)}"

@@ -25,6 +25,7 @@ import torch
 from attnbench.case import Case, QualityCase, RecallCase
 from attnbench.model import ModelConfig, model_shape
 from attnbench.quality import data as data_mod
+from attnbench.quality.precheck import check_in_model
 from attnbench.quality.recall import accuracy, train_recall
 from attnbench.quality.train import (
     LN2,
@@ -187,6 +188,12 @@ def run_quality_case(case: QualityCase, cfg: QualityConfig, run_dir: str | Path,
                               eval_method="windows", order0_bpb=order0))
         return {"status": "ok", "reason": "", "order0_bpb": order0, "dataset_sha256": corpus.sha256,
                 "rows": rows}
+    if not case.preset.startswith("hf:"):  # the gate before any number: causal, and right
+        why = check_in_model(case.preset or cfg.preset, case.variant, cfg.train_len, device)
+        if why:
+            return {"status": "incorrect", "reason": why, "order0_bpb": order0,
+                    "rows": [_part(case, f"eval{n}", **{"pass": "eval"}, seq_len=n, eval_len=n,
+                                   status="incorrect", reason=why) for n in cfg.eval_lens]}
     if case.pass_ == "train":
         settings = replace(_settings(TrainSettings, cfg), seed=case.seed)
         result = train(train_split, case.variant, settings, device, rank=rank, world=world)
@@ -280,6 +287,13 @@ def _hf_dropin_model(case: QualityCase, cfg: QualityConfig, held_out: np.ndarray
 
 def run_recall_case(case: RecallCase, cfg: RecallConfig) -> dict[str, Any]:
     settings = _settings(RecallSettings, cfg)
+    why = check_in_model(cfg.preset, case.variant, max(n for n, _ in settings.grid()),
+                         case.device)
+    if why:  # no recall number for a variant that sees the answer
+        return {"status": "incorrect", "reason": why,
+                "rows": [_part(case, f"N{n}-kv{kv}", **{"pass": "eval"}, seq_len=n, kv_pairs=kv,
+                               chance=chance(kv), status="incorrect", reason=why)
+                         for n, kv in settings.grid()]}
     result = train_recall(case.variant, settings, case.device)
     main = {"status": result.status, "reason": result.reason, "train_steps": result.steps,
             "train_s": round(result.seconds, 3), "final_train_loss": result.final_loss}

@@ -33,7 +33,8 @@ STYLES = ["-", "--", "-.", ":"]
 PASS_TITLES = {"fwd": "forward", "fwd_bwd": "forward + backward", "decode": "decode (one token)",
                "train_step": "train step", "prefill": "prefill"}
 FAILED_MARK = {"oom": "OOM", "error": "error", "timeout": "timeout", "crash": "crash",
-               "incorrect": "incorrect", "skipped_after_oom": "OOM", "diverged": "diverged"}
+               "incorrect": "incorrect", "skipped_after_oom": "OOM", "diverged": "diverged",
+               "implausible": "implausible"}
 DPI = 110
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from attnbench.report.tables import STATUS_TEXT
 
-FAILED = ("incorrect", "error", "oom", "timeout", "crash", "diverged")
+FAILED = ("incorrect", "implausible", "error", "oom", "timeout", "crash", "diverged")
 SETTING = ["pass", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal"]
 
 
@@ -46,9 +46,17 @@ def best_per_n(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         lines = []
         for n, at_n in sub.groupby("seq_len"):
             t = at_n.groupby("variant")["time_ms"].median()
-            line = {"N": int(n), "fastest": t.idxmin(), "ms": f"{t.min():.3f}",
+            lo, hi = (at_n.groupby("variant")[c].median() if c in at_n else t
+                      for c in ("time_ms_p20", "time_ms_p80"))
+            first = t.idxmin()
+            # a winner only beyond the rows' own spread: every variant whose p20 is below the
+            # fastest's p80 ties with it
+            ties = [v for v in t.sort_values().index[1:] if lo[v] <= hi[first]]
+            fastest = first if not ties else f"tie: {', '.join([first, *ties])}"
+            line = {"N": int(n), "fastest": fastest, "ms": f"{t.min():.3f}",
                     "runner-up": (f"{t.nsmallest(2).index[-1]} "
-                                  f"({t.nsmallest(2).iloc[-1] / t.min():.2f}× slower)"
+                                  f"({t.nsmallest(2).iloc[-1] / t.min():.2f}× slower"
+                                  + (", within the spread" if ties else "") + ")"
                                   if len(t) > 1 else "–")}
             if memory in at_n and at_n[memory].notna().any():
                 m = at_n.groupby("variant")[memory].median().dropna()

@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 STATUS_TEXT = {"oom": "OOM", "skipped_after_oom": "OOM (skipped)", "unsupported": "unsupported",
                "incorrect": "INCORRECT", "error": "error", "timeout": "timeout", "crash": "crash",
-               "diverged": "diverged"}
+               "diverged": "diverged", "implausible": "IMPLAUSIBLE"}
 ORDER0_MARGIN = 0.5  # bits per byte a trained model must gain over the order-0 entropy
 
 

@@ -74,7 +74,10 @@ def test_flops_follow_the_documented_convention():
     assert (attention_flops(sw, case)
             == 4 * 2 * 3 * 16 * int(SlidingWindow(10).dense_mask(100).sum()))
     lin = attnbench.get_variant("linear.performer.chunked:features=32")
-    assert attention_flops(lin, case) == 4 * 2 * 3 * 100 * 32 * 16
+    projection = 2 * 100 * (3 + 3) * 2 * 16 * 32  # B * N * (q and k heads) * 2 D F
+    assert attention_flops(lin, case) == 4 * 2 * 3 * 100 * 32 * 16 + projection
+    elu = attnbench.get_variant("linear.elu.chunked")  # element-wise features: no projection
+    assert attention_flops(elu, case) == 4 * 2 * 3 * 100 * 16 * 16
 
 
 def test_mask_caches_have_one_key_per_device():

@@ -140,3 +140,28 @@ def test_a_wrong_dtype_or_shape_is_incorrect():
     assert "float64, expected float32" in gate.check_forward(v, q, q, q, out.double(), True, 48)
     assert "shape" in gate.check_forward(v, q, q, q, out[:, :32], True, 48)
     assert gate.check_forward(v, q, q, q, out, True, 48) is None
+
+
+def measure_model(spec: str, pass_: str, dtype: str = "float32") -> dict:
+    v = attnbench.get_variant(spec)
+    case = Case(level="model", variant=v.label, family=v.family, math=v.info.math, impl=v.impl,
+                exact=v.exact, batch=2, seq_len=64, heads=2, kv_heads=2, head_dim=32,
+                dtype=DTYPES[dtype], device="cpu", preset="tiny", pass_=pass_)
+    return worker.time_case(case, TIMING)
+
+
+@pytest.mark.parametrize("spec, bad, good", [
+    ("fused.planted_layer2_dk", ("train_step",), ("prefill", "decode")),
+    # (its decoder is the default KV-cache SDPA over a cache its prefill filled wrongly)
+    ("fused.planted_ignores_qk", ("train_step", "prefill"), ()),
+    ("fused.sdpa", (), ("train_step", "prefill", "decode")),
+])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_model_level_gate_sees_attention_and_every_layer(spec, bad, good, dtype):
+    for pass_ in bad:
+        row = measure_model(spec, pass_, dtype)
+        assert row["status"] == "incorrect", (pass_, row.get("reason"))
+    for pass_ in good:
+        row = measure_model(spec, pass_, dtype)
+        assert row["status"] == "ok", (pass_, row.get("reason"))
+        assert row["qk_scale"] == gate.PEAK_QK

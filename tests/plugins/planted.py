@@ -63,8 +63,9 @@ def planted_wrong(q, k, v):
 
 @attnbench.register_variant("fused.planted_nan", family="fused")
 def planted_nan(q, k, v):
-    """SDPA that turns into NaN: a model trained with it diverges."""
-    return _sdpa(q, k, v) * float("nan")
+    """SDPA that turns into NaN while training (gradients on): a model trained with it
+    diverges, though the gate before training (no gradients) passes it."""
+    return _sdpa(q, k, v) * (float("nan") if torch.is_grad_enabled() else 1.0)
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -239,3 +240,26 @@ class RightOnceDecoder(attnbench.attention.decode.SdpaKVDecoder):
 def planted_decoder_once(q, k, v):
     """Right in parallel; its decoder is right on its first step only."""
     return _sdpa(q, k, v)
+
+
+_LAYER = {"calls": 0}
+
+
+@attnbench.register_variant("fused.planted_layer2_dk", family="fused")
+def planted_layer2_dk(q, k, v):
+    """Right forward; while training, every second call (layer 2 of a 2-layer model) has dK = 0."""
+    if torch.is_grad_enabled() and q.requires_grad:
+        _LAYER["calls"] += 1
+        if _LAYER["calls"] % 2 == 0:
+            return _sdpa(q, _ZeroLateKeys.apply(k) * 0 + k.detach(), v)
+    return _sdpa(q, k, v)
+
+
+@attnbench.register_variant("fused.planted_ignores_qk", family="fused")
+def planted_ignores_qk(q, k, v):
+    """Uniform causal attention (the mean of the values so far), whatever q and k say: what
+    near-uniform attention at initial weights cannot tell from softmax."""
+    n = q.shape[1]
+    counts = torch.arange(1, n + 1, device=v.device, dtype=v.dtype).view(1, n, 1, 1)
+    mean = v.cumsum(1) / counts
+    return mean.repeat_interleave(q.shape[2] // v.shape[2], dim=2)

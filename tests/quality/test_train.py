@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import attnbench
 from attnbench.bench import results
 from attnbench.quality.data import load_corpus
 from attnbench.quality.train import (
@@ -156,6 +157,31 @@ def test_divergence_is_a_status(tmp_path):
     assert "at step 1" in rows[("fused.planted_nan", "train")]["reason"]
     assert rows[("fused.planted_nan", "eval")]["status"] == "diverged"
     assert rows[("fused.sdpa", "eval")]["status"] == "ok"
+
+
+def test_a_variant_that_sees_the_future_gets_no_quality_number(tmp_path):
+    out = tmp_path / "q"
+    run_cli("quality", "--dataset", "pystdlib", "--variants", "fused.planted_leaky,fused.sdpa",
+            "--train-tokens", "2K", "--train-len", "32", "--batch", "4", "--eval-lens", "32",
+            "--eval-tokens", "1K", "--ngram-order", "0", "--no-dropin", "--plugins", PLANTED,
+            "--out", str(out), "--quiet")
+    rows = results.read_rows(only_run(out))
+    leaky = [r for r in rows if r["variant"] == "fused.planted_leaky"]
+    assert leaky and all(r["status"] == "incorrect" for r in leaky)
+    assert all("sees the future" in r["reason"] for r in leaky)
+    assert all(r.get("bits_per_byte") is None for r in leaky)
+    assert {r["status"] for r in rows if r["variant"] == "fused.sdpa"} == {"ok"}
+
+
+def test_the_precheck_passes_every_trained_variant_and_rejects_leaks():
+    from attnbench.quality.precheck import check_in_model
+
+    attnbench.load_plugin(PLANTED)
+    for spec in ("fused.sdpa", "linear.elu.chunked:chunk=16", "sliding_window.banded:window=16",
+                 "sparse.bigbird.blocked:block=16"):
+        assert check_in_model("tiny", spec, 64) is None, spec
+    assert "sees the future" in check_in_model("tiny", "fused.planted_leaky", 64)
+    assert "differ from the reference" in check_in_model("tiny", "fused.planted_scaled", 64)
 
 
 def test_torchrun_two_processes_train_like_one(tmp_path):

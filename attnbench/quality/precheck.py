@@ -1,0 +1,50 @@
+"""The gate before training: a variant is trained, evaluated or scored for recall only once it
+passes, inside the identical model at the shape it will run at, two checks:
+
+- **future leak**: the tokens after position t are changed; the logits at positions <= t must not
+  move (beyond float rounding). A variant that sees the next tokens (a non-causal kernel
+  registered as causal) would otherwise win by a bit per byte and recall perfectly.
+- **the model-level reference**: the same model with the variant's reference attention (float64,
+  and plain PyTorch in float32 for the tolerance) gives the same logits at every position.
+
+A failing variant gets an ``incorrect`` row with the reason and no quality or recall number.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from attnbench.attention.reference import ReferenceAttention, reference_error
+
+LEAK_TOL = 1e-5  # of the logits' largest magnitude: what float rounding can move
+
+
+def check_in_model(preset: str, variant: str, seq_len: int, device="cpu", seed: int = 0,
+                   batch: int = 2) -> str | None:
+    """None when ``variant`` inside the model of ``preset`` at ``seq_len`` tokens is causal and
+    matches its reference; else why."""
+    from attnbench.quality.train import build_model
+
+    model = build_model(preset, variant, seed, device).eval()
+    g = torch.Generator().manual_seed(seed + 11)
+    x = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=g).to(device)
+    t = seq_len // 2
+    changed = x.clone()
+    changed[:, t + 1 :] = torch.randint(0, model.cfg.vocab_size, (batch, seq_len - t - 1),
+                                        generator=g).to(device)
+    with torch.no_grad():
+        a, b = model(x), model(changed)
+        moved = float((a[:, : t + 1] - b[:, : t + 1]).abs().max())
+        if moved > LEAK_TOL * float(a.abs().max()):
+            return (f"sees the future: changing the tokens after position {t} moved the logits "
+                    f"at positions <= {t} by up to {moved:.3g} (the logits reach "
+                    f"{float(a.abs().max()):.3g})")
+        outs = []
+        for dtype in (torch.float32, torch.float64):
+            ref_model = copy.deepcopy(model).to(dtype)
+            ref_model.set_attention(ReferenceAttention(model.variant, dtype))
+            outs.append(ref_model(x))
+    why = reference_error(a, outs[0], outs[1], torch.float32)
+    return None if why is None else f"inside the model, the logits differ from the reference: {why}"
