@@ -314,7 +314,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="results", help="parent folder of new run folders")
+    p.add_argument("--out", default="runs",
+                   help="parent folder of new run folders (curated references go to results/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept another suite or commit (recorded in run.json)")
@@ -481,7 +482,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, help="sequences per optimizer step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", default="results", help="parent folder of new run folders")
+    p.add_argument("--out", default="runs",
+                   help="parent folder of new run folders (curated references go to results/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept another suite or commit (recorded in run.json)")

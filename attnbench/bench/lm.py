@@ -22,6 +22,8 @@ HF_PREFIX = "hf:"
 class LanguageModel:
     """What the harness asks of a model: logits, loss, prefill and one decode step."""
 
+    decode_kind = "decoder"  # "full_forward": decode rows run a parallel forward (see HFModel)
+
     kind = "attnbench"
 
     def __init__(self, module: torch.nn.Module):
@@ -211,8 +213,13 @@ class HFModel(LanguageModel):
             state.crop(-extra)
         return self.module(token, use_cache=True, **{self._cache_kwarg(): state}).logits
 
+    # transformers hands the attention the new token's query and every cached key; attnbench.hf
+    # pads the query and runs the variant's parallel forward over the whole cache: not the
+    # variant's decoder. Such rows are labelled and never ranked against real decoders.
+    decode_kind = "full_forward"
+
     def decoder_name(self, state) -> str:
-        return "transformers.DynamicCache + variant over the cache"
+        return "transformers.DynamicCache + a full forward of the variant over the cache"
 
     def cache_bytes(self, state) -> int:
         total = 0

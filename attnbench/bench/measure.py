@@ -40,8 +40,19 @@ from typing import Callable, Sequence
 
 import torch
 
-# glibc: mmap every block of 64 KiB and more, and give it back when freed (peak RSS per case)
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+# glibc: mmap every block of 64 KiB and more, and give it back when freed (peak RSS per case);
+# fill every allocation with a byte (MALLOC_PERTURB_), so an allocated but untouched buffer is
+# resident and counted (a 64 MiB torch.empty would otherwise count 1 MiB)
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536",
+              "MALLOC_PERTURB_": "165"}
+
+
+def held_bytes(device: torch.device | str) -> int:
+    """Bytes this process holds now: the CUDA allocator's, or the resident set on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return _status_kib("VmRSS") * 1024
 
 # Dense (no sparsity) bfloat16/float16 tensor-core peaks from the vendors' datasheets, TFLOP/s,
 # matched by substring of the device name (most specific first).

@@ -41,10 +41,13 @@ from attnbench.registry import get_variant, load_plugin
 
 
 def plan(suite: Suite) -> list[Case]:
-    """Every case of ``suite``, grouped by variant with N ascending (so OOM skipping works)."""
+    """Every case of ``suite``, grouped by variant with N ascending (so OOM skipping works); with
+    ``timing.repeats`` > 1 the whole op and model sweep is repeated, so the measurements of one
+    case are interleaved with the other variants' rather than taken back to back (a slow spell
+    of the machine then spreads over every variant instead of landing on one)."""
     device = suite.resolved_device()
     cases: list[Case] = []
-    reps = range(suite.timing.repeats)
+    reps = range(1)
     if suite.op is not None:
         op = suite.op
         for spec in op.variants:
@@ -75,6 +78,7 @@ def plan(suite: Suite) -> list[Case]:
                                        batch=m.batch, seq_len=n, heads=heads,
                                        kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
                                        device=device, preset=m.preset, repeat=r) for r in reps]
+    cases = [c.replace(repeat=r) for r in range(suite.timing.repeats) for c in cases]
     if suite.quality is not None:
         cases += plan_quality(suite.quality, device)
     if suite.recall is not None:

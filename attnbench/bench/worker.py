@@ -102,7 +102,10 @@ def prepare_op(case: Case, rows: int) -> Prepared:
     extra: dict[str, Any] = {"gate_inputs": list(dists), "gate_seed": seed}
     sets = [_inputs(case, device, seed=seed + i, dist=dist) for i, dist in enumerate(dists)]
     t0 = time.perf_counter()
-    variant.prepare(case)
+    held = measure.held_bytes(device)
+    variant.prepare(case)  # per-shape state (masks, plans): the variant's, not an input
+    measure.sync(device)
+    extra["setup_mem_bytes"] = max(0, measure.held_bytes(device) - held)
     if case.pass_ == "decode":
         return _prepare_decode(case, variant, sets, extra, t0)
     measure.sync(device)
@@ -259,7 +262,8 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
     def restore(i):
         lm.restore(states[i], snaps[i])
 
-    extra.update(decoder=lm.decoder_name(states[0]), cache_bytes=lm.cache_bytes(states[0]))
+    extra.update(decoder=lm.decoder_name(states[0]), cache_bytes=lm.cache_bytes(states[0]),
+                 decode_kind=lm.decode_kind)
     return Prepared(fns, checks, b, flops, extra, before=restore)
 
 
@@ -324,7 +328,9 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
     if device.type == "cuda" and timing["memory"]:
         if p.before:
             p.before(0)
-        row["peak_mem_bytes"], row["mem_method"] = measure.peak_memory(p.fns[0], device)
+        peak, row["mem_method"] = measure.peak_memory(p.fns[0], device)
+        row["call_peak_mem_bytes"] = peak
+        row["peak_mem_bytes"] = peak + (row.get("setup_mem_bytes") or 0)
     if timing["cooldown_s"]:
         time.sleep(timing["cooldown_s"])
     return row
@@ -344,7 +350,9 @@ def memory_case(case: Case, timing: dict) -> dict[str, Any]:
     if p.before:
         p.before(0)
     peak, method = measure.peak_memory(p.fn, torch.device(case.device))
-    return {"peak_mem_bytes": peak, "mem_method": method}
+    setup = p.extra.get("setup_mem_bytes") or 0
+    return {"peak_mem_bytes": None if peak is None else peak + setup, "mem_method": method,
+            "setup_mem_bytes": setup, "call_peak_mem_bytes": peak}
 
 
 def _training_case(case: Case, init: dict) -> dict[str, Any]:

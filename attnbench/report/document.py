@@ -96,6 +96,19 @@ def is_exact(frame: pd.DataFrame) -> pd.Series:
     return frame["exact"].astype(object).where(frame["exact"].notna(), math_exact).astype(bool)
 
 
+def _ceiling_note(sub: pd.DataFrame) -> str:
+    """Which ceiling the fractions divide by: the row dtype's own matmul, or float32's where that
+    is faster (a half dtype computed in float32)."""
+    if "ceiling_dtype" not in sub or sub["ceiling_dtype"].isna().all():
+        return ""
+    parts = []
+    for (dt, cd), g in sub.groupby(["dtype", "ceiling_dtype"]):
+        rate = g["ceiling_flops_per_s"].dropna()
+        parts.append(f"{dt} rows by the {cd} matmul" + (f" ({rate.iloc[0] / 1e9:.0f} GFLOP/s)"
+                                                        if len(rate) else ""))
+    return " (" + "; ".join(parts) + ")"
+
+
 def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """For each non-exact variant and setting: the smallest N from which it beats the fastest
     (or leanest) exact variant *of the same setting* (pass, dtype, head dim, heads, kv heads,
@@ -266,7 +279,8 @@ def _op_blocks(frame: pd.DataFrame) -> list[Block]:
             blocks.append(Block("p", f"{NOISY_MARK} noisy: the p20–p80 spread of its repetitions "
                                      "exceeds 10% of the median."))
         if p != "decode":
-            blocks.append(Block("p", "Fraction of the measured matmul ceiling:"))
+            blocks.append(Block("p", "Fraction of the measured matmul ceiling" + _ceiling_note(sub)
+                                + ":"))
             blocks.append(Block("table", frame=pivot(sub, "seq_len", "frac_of_ceiling", ".1%")))
             if "frac_of_peak" in sub and sub["frac_of_peak"].notna().any():
                 blocks.append(Block("p", "Fraction of the device's published dense peak:"))

@@ -194,6 +194,8 @@ def plot_model(frame, env, path):
     """Model level (the identical LM, or a transformers model): time of a train step, a prefill
     and one decoded token against N, one line per variant (and model)."""
     model = frame[frame["level"] == "model"]
+    if "decode_kind" in model:  # a full forward over a transformers cache is no decoder
+        model = model[~((model["pass"] == "decode") & (model["decode_kind"] == "full_forward"))]
     return _line_panels(model, ["train_step", "prefill", "decode"], "time_ms", "time (ms)",
                         "Inside a model: time vs sequence length", path, env)
 

@@ -165,3 +165,16 @@ def test_the_model_level_gate_sees_attention_and_every_layer(spec, bad, good, dt
         row = measure_model(spec, pass_, dtype)
         assert row["status"] == "ok", (pass_, row.get("reason"))
         assert row["qk_scale"] == gate.PEAK_QK
+
+
+def test_the_pytest_benchmark_suite_gates_before_it_times():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "test_ops.py"
+    spec = importlib.util.spec_from_file_location("attnbench_benchmarks_ops", path)
+    ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ops)
+    p = ops.gated("fused.sdpa", "fwd", (1, 128, 2, 32))
+    assert p.timed_checks[0](p.fns[0]()) is None
+    with pytest.raises(AssertionError, match="incorrect"):
+        ops.gated("fused.planted_wrong", "fwd", (1, 128, 2, 32))

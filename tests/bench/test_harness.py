@@ -69,13 +69,20 @@ def test_time_scales_with_planted_work(tmp_path):
 
 
 def test_memory_sees_a_planted_buffer(tmp_path):
-    suite = _suite(["fused.planted_work", "fused.planted_buffer"], seq_lens=[512])
+    """A buffer written during the call, one allocated and never written, and 64 MiB of
+    per-shape state built in ``prepare``: each counts in the variant's footprint."""
+    suite = _suite(["fused.planted_work", "fused.planted_buffer", "fused.planted_untouched",
+                    "fused.planted_setup"], seq_lens=[512])
     runner.run(suite, tmp_path / "run", plugins=[PLANTED], progress=False)
-    rows = results.read_rows(tmp_path / "run")
-    assert all(r["mem_method"] == "cpu_peak_rss" for r in rows)  # by the separate memory worker
-    extra = rows[1]["peak_mem_bytes"] - rows[0]["peak_mem_bytes"]
+    rows = {r["variant"].split(":")[0]: r for r in results.read_rows(tmp_path / "run")}
+    assert all(r["mem_method"] == "cpu_peak_rss" for r in rows.values())  # the memory worker
+    base = rows["fused.planted_work"]["peak_mem_bytes"]
     want = 64 * 2**20
-    assert abs(extra - want) <= 0.1 * want, extra / 2**20
+    for name in ("fused.planted_buffer", "fused.planted_untouched", "fused.planted_setup"):
+        extra = rows[name]["peak_mem_bytes"] - base
+        assert abs(extra - want) <= 0.1 * want, (name, extra / 2**20)
+    setup = rows["fused.planted_setup"]["setup_mem_bytes"]
+    assert abs(setup - want) <= 0.1 * want and rows["fused.planted_work"]["setup_mem_bytes"] < want
 
 
 def test_failures_are_rows_and_the_sweep_goes_on(tmp_path):

@@ -263,3 +263,24 @@ def planted_ignores_qk(q, k, v):
     counts = torch.arange(1, n + 1, device=v.device, dtype=v.dtype).view(1, n, 1, 1)
     mean = v.cumsum(1) / counts
     return mean.repeat_interleave(q.shape[2] // v.shape[2], dim=2)
+
+
+@attnbench.register_variant("fused.planted_untouched", family="fused")
+def planted_untouched(q, k, v, *, mib: int = BUFFER_MIB):
+    """SDPA while holding an allocated but never written buffer of `mib` MiB."""
+    extra = torch.empty(mib * 2**20 // 4, dtype=torch.float32)
+    out = _sdpa(q, k, v)
+    return out + 0 * extra[:1].sum().nan_to_num()
+
+
+_SETUP = {}
+
+
+def _prepare_big_mask(variant, case):
+    _SETUP[case.seq_len] = torch.ones(BUFFER_MIB * 2**20, dtype=torch.bool)  # 64 MiB, touched
+
+
+@attnbench.register_variant("fused.planted_setup", family="fused", prepare=_prepare_big_mask)
+def planted_setup(q, k, v):
+    """SDPA that builds 64 MiB of per-shape state in prepare (a dense mask)."""
+    return _sdpa(q, k, v)
