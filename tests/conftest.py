@@ -49,3 +49,18 @@ def poison_uninitialized():
     finally:
         det.fill_uninitialized_memory = old_fill
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+
+
+PLANTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "planted.py")
+
+
+@pytest.fixture(scope="module")
+def planted_variants():
+    """The planted variants of ``tests/plugins/planted.py`` for one test module, unregistered
+    after it (a module uses it with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    attnbench.load_plugin(PLANTED)
+    yield
+    for name in attnbench.variant_names():
+        if ".planted_" in name:
+            attnbench.unregister_variant(name)
+    attnbench.registry._PLUGINS.discard(os.path.realpath(PLANTED))

@@ -23,6 +23,7 @@ from attnbench.case import device_key
 
 
 class FeatureMap:
+    exponential = False  # features exp(...) of the input: their rounding grows with |x|^2
     label: str
 
     def projection_flops(self, head_dim: int) -> int:
@@ -56,6 +57,7 @@ class Performer(FeatureMap):
     features: int = 128
     seed: int = 0
     _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    exponential = True  # a class attribute, not a field
 
     def __post_init__(self):
         if not isinstance(self.features, int) or self.features < 1:

@@ -86,9 +86,12 @@ def sample_rows(n: int, rows: int, device, seed: int = 0) -> torch.Tensor:
 
 
 def conditioning(variant, q, k) -> float:
-    """The softmax's amplification of score rounding (``reference.score_bound``); none for
-    linear attention."""
-    return 0.0 if variant.math.kind == "linear" else score_bound(q, k)
+    """The amplification of score rounding (``reference.score_bound``) in a softmax, and in
+    exponential features (FAVOR+ approximates the same exp(q.k / sqrt(D))); none for element-wise
+    features such as elu + 1."""
+    if variant.math.kind == "linear" and not variant.math.feature_map.exponential:
+        return 0.0
+    return score_bound(q, k)
 
 
 def _finite(name: str, t: torch.Tensor) -> str | None:

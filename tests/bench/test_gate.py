@@ -6,7 +6,6 @@ dtypes it breaks; the honest controls stay ``ok`` in float32, bfloat16 and float
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,7 @@ TIMING = {"gate": True, "gate_rows": 48, "warmup": 1, "budget_s": 0.01, "min_rep
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def planted_variants():
-    attnbench.load_plugin(PLANTED)
-    yield
-    for name in attnbench.variant_names():
-        if ".planted_" in name:
-            attnbench.unregister_variant(name)
-    attnbench.registry._PLUGINS.discard(os.path.realpath(PLANTED))
+pytestmark = pytest.mark.usefixtures("planted_variants")  # tests/conftest.py
 
 
 def measure(spec: str, pass_: str = "fwd", dtype: str = "float32", n: int = 256, batch: int = 2,

@@ -22,14 +22,7 @@ PLANTED = str(Path(__file__).parents[1] / "plugins" / "planted.py")
 NAN_ROW = 101  # where tests/plugins/planted.py puts its NaN
 
 
-@pytest.fixture(scope="module", autouse=True)
-def planted_variants():
-    attnbench.load_plugin(PLANTED)
-    yield
-    for name in attnbench.variant_names():
-        if ".planted_" in name:
-            attnbench.unregister_variant(name)
-    attnbench.registry._PLUGINS.discard(os.path.realpath(PLANTED))
+pytestmark = pytest.mark.usefixtures("planted_variants")  # tests/conftest.py
 
 
 def _suite(variants, seq_lens=(256,), passes=("fwd",), dtypes=("float32",), model=None, **timing):
