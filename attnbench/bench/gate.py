@@ -22,7 +22,8 @@ finite, of the input's dtype and shape.
 
 Inputs come from named distributions (``DISTRIBUTIONS``): standard normal, large scores (softmax
 nearly one-hot, scores beyond 30: a softmax without max subtraction overflows), outlier channels;
-every case is timed and gated on two of them (``distributions_for``), recorded in its row.
+every op case is timed on two standard-normal sets and gated on those and on the math's second
+distribution (``distributions_for``), recorded in its row.
 
 Each comparison uses ``attnbench.attention.reference.reference_error``: row by row and on the mean
 over rows, against plain PyTorch's error in the same dtype (the same math, materialised, in that

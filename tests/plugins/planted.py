@@ -143,10 +143,10 @@ _CALLS = {"n": 0}
 
 @attnbench.register_variant("fused.planted_right_once", family="fused")
 def planted_right_once(q, k, v):
-    """Right on its first two calls (one per input set), zeros after."""
+    """Right on its first three calls (one per input set the gate checks first), zeros after."""
     _CALLS["n"] += 1
     out = _sdpa(q, k, v)
-    return out if _CALLS["n"] <= 2 else torch.zeros_like(out)
+    return out if _CALLS["n"] <= 3 else torch.zeros_like(out)
 
 
 @attnbench.register_variant("fused.planted_batch0", family="fused")
