@@ -205,23 +205,6 @@ def variant_items() -> list[tuple[str, torch.dtype, tuple]]:
     return eager + compiling
 
 
-def _decode_check(variant, q, k, v) -> str | None:
-    """The variant's decoder over the sequence's last ``DECODE_STEPS`` tokens after a prefill,
-    each step against the reference row at its position."""
-    from attnbench.bench import gate
-
-    b, n, h, d = q.shape
-    p = n - DECODE_STEPS
-    dec = variant.decoder(b, h, d, kv_heads=k.shape[2], max_len=n, dtype=q.dtype, device=q.device)
-    dec.prefill(q[:, :p], k[:, :p], v[:, :p])
-    for t in range(p, n):
-        out = dec.step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1])
-        why = gate.check_decode_step(variant, q[:, : t + 1], k[:, : t + 1], v[:, : t + 1], out)
-        if why:
-            return f"{dec.name} step at position {t}: {why}"
-    return None
-
-
 def check_variants(check: Check) -> None:
     import attnbench
     from attnbench.bench import gate
@@ -251,7 +234,9 @@ def check_variants(check: Check) -> None:
                 item["backward"] = True
             decodes = not variant.not_supported_reasons(case.replace(pass_="decode"))
             if not why and decodes and not _compiles(variant) and shape == SHAPES[1]:
-                why = _decode_check(variant, q, k, v)
+                why = gate.check_decode_steps(variant, q, k, v, DECODE_STEPS, lambda: (
+                    variant.decoder(b, h, d, kv_heads=kv, max_len=n, dtype=dtype,
+                                    device="cuda")))
                 item["decode_steps"] = DECODE_STEPS
             item.update(status="failed" if why else "ok", detail=why or "")
         except Exception as e:  # noqa: BLE001 - one variant's failure is its result

@@ -16,7 +16,7 @@ finite, of the input's dtype and shape.
   reference. The whole output and all of dq, dk and dv must be finite.
 - ``decode``: several consecutive steps of the decoder against the reference rows at their
   positions, then the output of timed steps (each from the same state).
-- model level (``check_model``): the same model with the variant swapped for its reference
+- model level (``ModelGate``): the same model with the variant swapped for its reference
   attention gives the same logits (prefill, decode) or the same loss and gradient norm (train
   step).
 
@@ -252,12 +252,6 @@ def loss_and_grads(lm, idx: torch.Tensor, n: int) -> tuple[float, list[tuple[str
     return loss.item(), [(k, g.detach()) for (k, _), g in zip(named, grads)]
 
 
-def loss_and_grad_norm(lm, idx: torch.Tensor, n: int) -> tuple[float, float]:
-    """A train step's loss and the global norm of its gradients (float64)."""
-    loss, grads = loss_and_grads(lm, idx, n)
-    return loss, float(torch.linalg.vector_norm(torch.stack([g.double().norm() for _, g in grads])))
-
-
 PEAK_QK = 4.0  # the model-level gate's query and key projections are scaled by this (scores 16x)
 
 
@@ -310,11 +304,6 @@ class ModelGate:
             if why:
                 return _why(f"gradient of {name}", why)
         return None
-
-
-def check_model(lm, pass_: str, idx: torch.Tensor, n: int, got: object) -> str | None:
-    """``ModelGate(lm, pass_, idx, n).check(got)``."""
-    return ModelGate(lm, pass_, idx, n).check(got)
 
 
 def _why(what: str, reason: str | None) -> str | None:

@@ -127,7 +127,6 @@ def prepare_op(case: Case, rows: int) -> Prepared:
     extra["setup_mem_bytes"] = max(0, measure.held_bytes(device) - held)
     if case.pass_ == "decode":
         return _prepare_decode(case, variant, sets, extra, t0)
-    measure.sync(device)
     extra["mask_ms"] = (time.perf_counter() - t0) * 1e3
     flops = attention_flops(variant, case)
     fns, checks, timed = [], [], []
@@ -189,13 +188,16 @@ def _prepare_decode(case: Case, variant, sets, extra: dict, t0: float) -> Prepar
         def fn(dec=dec, q1=q1, k1=k1, v1=v1):
             return dec.step(q1, k1, v1)
 
-        def first_check(out, full=full):
-            return gate.check_decode_step(variant, *full, out) or gate.check_decode_steps(
+        def step_check(out, full=full):
+            return gate.check_decode_step(variant, *full, out)
+
+        def first_check(out, full=full, step_check=step_check):  # then consecutive steps
+            return step_check(out) or gate.check_decode_steps(
                 variant, *full, DECODE_STEPS, lambda: new_decoder(full[0].shape[1]))
 
         fns.append(fn)
         checks.append(first_check)
-        timed.append(lambda out, full=full: gate.check_decode_step(variant, *full, out))
+        timed.append(step_check)
     measure.sync(device)
     extra["mask_ms"] = (time.perf_counter() - t0) * 1e3
 
