@@ -70,10 +70,11 @@ def random_qkv(shape, dtype, device="cpu", seed=0, requires_grad=False):
 
 
 def assert_close_to_reference(name, got, plain, ref, dtype,
-                              multiple=3.0, gradient=False, scale=0.0):
+                              multiple=3.0, gradient=False, scale=0.0, conditioning=0.0):
     """Self-calibrating check (``attnbench.attention.reference.reference_error``, the benchmark
     gate's rule)."""
-    why = reference_error(got, plain, ref, dtype, multiple, gradient=gradient, scale=scale)
+    why = reference_error(got, plain, ref, dtype, multiple, gradient=gradient, scale=scale,
+                          conditioning=conditioning)
     assert why is None, f"{name}: {why}"
 
 
