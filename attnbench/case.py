@@ -31,12 +31,26 @@ MODEL_PASSES = ("train_step", "prefill", "decode")
 # trained models: train a variant (then evaluate it), fit the n-gram floor, swap a variant into a
 # trained checkpoint, and the per-length / per-setting evaluation rows they write
 TRAINING_PASSES = ("train", "fit", "dropin", "eval", "copy")
-PASSES = {"op": OP_PASSES, "model": MODEL_PASSES, "quality": TRAINING_PASSES,
-          "recall": TRAINING_PASSES}
+PASSES = {
+    "op": OP_PASSES,
+    "model": MODEL_PASSES,
+    "quality": TRAINING_PASSES,
+    "recall": TRAINING_PASSES,
+}
 # what each pass asks of the attention variant (None: no attention at all)
-ATTENTION_PASS = {"fwd": "fwd", "bwd": "fwd_bwd", "fwd_bwd": "fwd_bwd", "decode": "decode",
-                  "train_step": "fwd_bwd", "prefill": "fwd", "train": "fwd_bwd", "eval": "fwd",
-                  "dropin": "fwd", "copy": "fwd", "fit": None}
+ATTENTION_PASS = {
+    "fwd": "fwd",
+    "bwd": "fwd_bwd",
+    "fwd_bwd": "fwd_bwd",
+    "decode": "decode",
+    "train_step": "fwd_bwd",
+    "prefill": "fwd",
+    "train": "fwd_bwd",
+    "eval": "fwd",
+    "dropin": "fwd",
+    "copy": "fwd",
+    "fit": None,
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -116,14 +130,18 @@ class Case:
         if self.level not in LEVELS:
             raise ValueError(f"unknown level {self.level!r}; valid: {', '.join(LEVELS)}")
         if self.pass_ not in PASSES[self.level]:
-            raise ValueError(f"unknown pass {self.pass_!r} at level {self.level}; valid: "
-                             f"{', '.join(PASSES[self.level])}")
+            raise ValueError(
+                f"unknown pass {self.pass_!r} at level {self.level}; valid: "
+                f"{', '.join(PASSES[self.level])}"
+            )
         if self.kv_heads == 0:
             object.__setattr__(self, "kv_heads", self.heads)
         if self.kv_heads < 1 or self.heads % self.kv_heads:
-            raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads} "
-                             "(grouped-query attention: each key/value head serves heads/kv_heads "
-                             "query heads)")
+            raise ValueError(
+                f"kv_heads={self.kv_heads} must divide heads={self.heads} "
+                "(grouped-query attention: each key/value head serves heads/kv_heads "
+                "query heads)"
+            )
         if isinstance(self.dtype, str):
             object.__setattr__(self, "dtype", parse_dtype(self.dtype))
 
@@ -204,8 +222,17 @@ class QualityCase(Case):
     trained_variant: str = ""  # dropin: the variant the checkpoint was trained with
 
     def _id_parts(self) -> list[str]:
-        parts = [self.level, self.variant, self.pass_, self.dataset, self.preset,
-                 f"L{self.train_len}", self.budget, f"s{self.seed}", self.device]
+        parts = [
+            self.level,
+            self.variant,
+            self.pass_,
+            self.dataset,
+            self.preset,
+            f"L{self.train_len}",
+            self.budget,
+            f"s{self.seed}",
+            self.device,
+        ]
         if self.pass_ == "dropin":
             parts.append(f"from={self.trained_variant}")
         return parts
@@ -228,8 +255,14 @@ class RecallCase(Case):
     key_vocab: int = 64
 
     def _id_parts(self) -> list[str]:
-        return [self.level, self.variant, self.preset, f"steps{self.train_steps}", f"s{self.seed}",
-                self.device]
+        return [
+            self.level,
+            self.variant,
+            self.preset,
+            f"steps{self.train_steps}",
+            f"s{self.seed}",
+            self.device,
+        ]
 
     @property
     def case_id(self) -> str:

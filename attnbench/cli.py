@@ -50,32 +50,65 @@ def cmd_list(args: argparse.Namespace) -> int:
         variant = registry.get_variant(meta["name"])
         case = Case(device=args.device, dtype=dtype, head_dim=args.head_dim)
         passes = {p: variant.not_supported_reasons(case, pass_=p) for p in LIST_PASSES}
-        rows.append({**meta, "label": variant.label,
-                     "runs": {p: not r for p, r in passes.items()},
-                     "reasons": passes["fwd"] or sorted({x for r in passes.values() for x in r})})
+        rows.append(
+            {
+                **meta,
+                "label": variant.label,
+                "runs": {p: not r for p, r in passes.items()},
+                "reasons": passes["fwd"] or sorted({x for r in passes.values() for x in r}),
+            }
+        )
     if args.json:
         json.dump(rows, sys.stdout, indent=1, default=str)
         print()
         return 0
-    print(f"{len(rows)} variants; availability for device={args.device}, dtype={args.dtype}, "
-          f"head_dim={args.head_dim}\n")
+    print(
+        f"{len(rows)} variants; availability for device={args.device}, dtype={args.dtype}, "
+        f"head_dim={args.head_dim}\n"
+    )
     table = []
     for family in FAMILIES:
         for r in (r for r in rows if r["family"] == family):
-            table.append([r["label"], r["family"], r["math"], "yes" if r["exact"] else "no",
-                          *("yes" if r["runs"][p] else "no" for p in LIST_PASSES), r["gqa"],
-                          r["decoder"]])
+            table.append(
+                [
+                    r["label"],
+                    r["family"],
+                    r["math"],
+                    "yes" if r["exact"] else "no",
+                    *("yes" if r["runs"][p] else "no" for p in LIST_PASSES),
+                    r["gqa"],
+                    r["decoder"],
+                ]
+            )
             if not all(r["runs"].values()):
                 for reason in r["reasons"]:
-                    for line in textwrap.wrap(reason, 100, initial_indent="  why not: ",
-                                              subsequent_indent="           "):
+                    for line in textwrap.wrap(
+                        reason, 100, initial_indent="  why not: ", subsequent_indent="           "
+                    ):
                         table.append([line] + [""] * 8)
-    print(tabulate(table, headers=["variant", "family", "math", "exact", "fwd", "bwd", "decode",
-                                   "kv heads", "decoder"], disable_numparse=True))
+    print(
+        tabulate(
+            table,
+            headers=[
+                "variant",
+                "family",
+                "math",
+                "exact",
+                "fwd",
+                "bwd",
+                "decode",
+                "kv heads",
+                "decoder",
+            ],
+            disable_numparse=True,
+        )
+    )
     counts = {f: sum(r["family"] == f for r in rows) for f in FAMILIES}
     usable = sum(r["runs"]["fwd"] for r in rows)
-    print(f"\n{usable} of {len(rows)} run here; per family: "
-          + ", ".join(f"{f} {n}" for f, n in counts.items()))
+    print(
+        f"\n{usable} of {len(rows)} run here; per family: "
+        + ", ".join(f"{f} {n}" for f, n in counts.items())
+    )
     return 0
 
 
@@ -91,8 +124,10 @@ def _csv(kind):
         try:
             return [kind(x) for x in items]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {kind.__name__}, got {text!r}"
+            ) from None
+
     return parse
 
 
@@ -101,21 +136,37 @@ def _overrides(args: argparse.Namespace, section: str | None) -> dict:
     from attnbench.bench.suite import parse_override
 
     out = {}
-    flags = {"variants": "variants", "seq_lens": "seq_lens", "passes": "passes", "dtype": "dtypes",
-             "batch": "batch", "heads": "heads", "kv_heads": "kv_heads", "head_dims": "head_dims",
-             "total_tokens": "total_tokens", "model_dim": "model_dim", "causal": "causal",
-             "preset": "preset"}
+    flags = {
+        "variants": "variants",
+        "seq_lens": "seq_lens",
+        "passes": "passes",
+        "dtype": "dtypes",
+        "batch": "batch",
+        "heads": "heads",
+        "kv_heads": "kv_heads",
+        "head_dims": "head_dims",
+        "total_tokens": "total_tokens",
+        "model_dim": "model_dim",
+        "causal": "causal",
+        "preset": "preset",
+    }
     if getattr(args, "hf_config", None):
         args.preset = f"hf:{args.hf_config}"
     for attr, key in flags.items():
         value = getattr(args, attr, None)
         if value is not None:
             if section is None:
-                raise ValueError(f"--{attr.replace('_', '-')} needs a level: use the `op` or "
-                                 "`model` command, or --set op.KEY=VALUE with `run`")
+                raise ValueError(
+                    f"--{attr.replace('_', '-')} needs a level: use the `op` or "
+                    "`model` command, or --set op.KEY=VALUE with `run`"
+                )
             out[f"{section}.{key}"] = value
-    for attr, key in (("budget", "budget_s"), ("timeout", "timeout_s"), ("threads", "threads"),
-                      ("repeats", "repeats")):
+    for attr, key in (
+        ("budget", "budget_s"),
+        ("timeout", "timeout_s"),
+        ("threads", "threads"),
+        ("repeats", "repeats"),
+    ):
         if getattr(args, attr, None) is not None:
             out[f"timing.{key}"] = getattr(args, attr)
     if getattr(args, "no_gate", False):
@@ -133,8 +184,9 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
     from attnbench.report.tables import summary
 
     if getattr(args, "workers", 1) < 1 or getattr(args, "max_jobs", 1) < 1:
-        raise ValueError("--workers and --max-jobs must be >= 1 "
-                         f"(got {args.workers}, {args.max_jobs})")
+        raise ValueError(
+            f"--workers and --max-jobs must be >= 1 (got {args.workers}, {args.max_jobs})"
+        )
     if args.resume:
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
@@ -144,35 +196,59 @@ def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
         if run_dir.exists():
             raise ValueError(f"{run_dir} already exists; use --resume to continue it")
     start = time.time()
-    print(f"attnbench: {len(runner.plan(suite))} cases of suite {suite.name!r} -> {run_dir}",
-          file=sys.stderr)
+    print(
+        f"attnbench: {len(runner.plan(suite))} cases of suite {suite.name!r} -> {run_dir}",
+        file=sys.stderr,
+    )
     launcher = getattr(args, "launcher", "local")
     if launcher == "submitit":
         from attnbench.bench.scaleout import launch
 
-        launch(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
-               force=args.force, local=args.submitit_local, max_jobs=args.max_jobs,
-               partition=args.slurm_partition,
-               gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
-               timeout_min=args.job_timeout_min, progress=not args.quiet)
+        launch(
+            suite,
+            run_dir,
+            plugins=args.plugins,
+            command=command,
+            resume=bool(args.resume),
+            force=args.force,
+            local=args.submitit_local,
+            max_jobs=args.max_jobs,
+            partition=args.slurm_partition,
+            gpus_per_job=args.gpus_per_job,
+            cpus_per_job=args.cpus_per_job,
+            timeout_min=args.job_timeout_min,
+            progress=not args.quiet,
+        )
     else:
         limit = getattr(args, "time_limit_s", None)
-        runner.run(suite, run_dir, plugins=args.plugins, command=command, resume=bool(args.resume),
-                   force=args.force, progress=not args.quiet, workers=getattr(args, "workers", 1),
-                   deadline=None if limit is None else start + limit)
+        runner.run(
+            suite,
+            run_dir,
+            plugins=args.plugins,
+            command=command,
+            resume=bool(args.resume),
+            force=args.force,
+            progress=not args.quiet,
+            workers=getattr(args, "workers", 1),
+            deadline=None if limit is None else start + limit,
+        )
     rows = results.read_rows(run_dir)
     print(summary(rows))
     if rows:
         from attnbench.report.document import write_report
 
         written = write_report(run_dir)
-        print(f"\nreport: {written['markdown']} and {written['html'].name}, "
-              f"{sum(k.startswith('plot:') for k in written)} plots in {run_dir / 'plots'}")
+        print(
+            f"\nreport: {written['markdown']} and {written['html'].name}, "
+            f"{sum(k.startswith('plot:') for k in written)} plots in {run_dir / 'plots'}"
+        )
     bad = {}
     for r in rows:
         bad[r["status"]] = bad.get(r["status"], 0) + 1
-    print(f"\n{len(rows)} cases ({', '.join(f'{k} {v}' for k, v in sorted(bad.items()))}) in "
-          f"{time.time() - start:.0f} s")
+    print(
+        f"\n{len(rows)} cases ({', '.join(f'{k} {v}' for k, v in sorted(bad.items()))}) in "
+        f"{time.time() - start:.0f} s"
+    )
     print(f"run folder: {run_dir}")
     return 0
 
@@ -219,15 +295,33 @@ def _count(text: str) -> int:
             return int(float(t[:-1]) * scale[t[-1]])
         return int(t)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected a count such as 20M, 500K or 100000, "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a count such as 20M, 500K or 100000, got {text!r}"
+        ) from None
 
 
 # the flags of `quality` and `recall` beyond those `_overrides` knows (variants, seq_lens, batch,
 # preset, device, --set)
-_QUALITY_FLAGS = ("dataset", "data_dir", "train_tokens", "train_seconds", "train_len", "lr", "seed",
-                  "eval_lens", "eval_tokens", "eval_method", "stride", "eval_split", "mode",
-                  "checkpoint", "hf_model", "ngram_order", "val_fraction", "seeds")
+_QUALITY_FLAGS = (
+    "dataset",
+    "data_dir",
+    "train_tokens",
+    "train_seconds",
+    "train_len",
+    "lr",
+    "seed",
+    "eval_lens",
+    "eval_tokens",
+    "eval_method",
+    "stride",
+    "eval_split",
+    "mode",
+    "checkpoint",
+    "hf_model",
+    "ngram_order",
+    "val_fraction",
+    "seeds",
+)
 _RECALL_FLAGS = ("kv_pairs", "train_steps", "lr", "seed", "key_vocab", "eval_sequences")
 
 
@@ -239,8 +333,9 @@ def cmd_training(args: argparse.Namespace) -> int:
         registry.load_plugin(path)
     section = args.command
     names = _QUALITY_FLAGS if section == "quality" else _RECALL_FLAGS
-    overrides = {f"{section}.{k}": getattr(args, k) for k in names
-                 if getattr(args, k, None) is not None}
+    overrides = {
+        f"{section}.{k}": getattr(args, k) for k in names if getattr(args, k, None) is not None
+    }
     if getattr(args, "hf_model", None) and not args.mode:
         overrides["quality.mode"] = "dropin"
     if section == "quality" and args.mode == "dropin" and args.checkpoint and not args.dataset:
@@ -256,12 +351,18 @@ def cmd_training(args: argparse.Namespace) -> int:
         base = from_dict(read_run_json(args.resume)["suite"])
     elif args.suite:  # a suite's section, flags on top
         base = load_suite(args.suite)
-        base = Suite(name=base.name, description=base.description, device=base.device,
-                     timing=base.timing, **{section: getattr(base, section)})
+        base = Suite(
+            name=base.name,
+            description=base.description,
+            device=base.device,
+            timing=base.timing,
+            **{section: getattr(base, section)},
+        )
     else:
         if not args.variants:
-            raise ValueError(f"`{section}` needs --variants "
-                             f"(or --suite NAME for a suite's [{section}])")
+            raise ValueError(
+                f"`{section}` needs --variants (or --suite NAME for a suite's [{section}])"
+            )
         base = Suite(name=section, description=f"`{section}` command")
     suite = with_overrides(base, overrides)
     from attnbench.bench import torchrun
@@ -303,56 +404,104 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from attnbench.report.compare import compare
 
-    floors = {k: v for k, v in (("time_ms", args.floor_ms), ("bits_per_byte", args.floor_bpb),
-                                ("accuracy", args.floor_accuracy)) if v is not None}
+    floors = {
+        k: v
+        for k, v in (
+            ("time_ms", args.floor_ms),
+            ("bits_per_byte", args.floor_bpb),
+            ("accuracy", args.floor_accuracy),
+        )
+        if v is not None
+    }
     if args.floor_mib is not None:
         floors["peak_mem_bytes"] = args.floor_mib * 2**20
-    code, text = compare(args.run_a, args.run_b, threshold=args.threshold, floors=floors,
-                         allow_device_mismatch=args.allow_device_mismatch, show_all=args.all)
+    code, text = compare(
+        args.run_a,
+        args.run_b,
+        threshold=args.threshold,
+        floors=floors,
+        allow_device_mismatch=args.allow_device_mismatch,
+        show_all=args.all,
+    )
     print(text)
     return code
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs",
-                   help="parent folder of new run folders (curated references go to results/)")
+    p.add_argument(
+        "--out",
+        default="runs",
+        help="parent folder of new run folders (curated references go to results/)",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: accept another suite or commit (recorded in run.json)")
-    p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py",
-                   help="Python files that register more variants")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: accept another suite or commit (recorded in run.json)",
+    )
+    p.add_argument(
+        "--plugins",
+        nargs="*",
+        default=[],
+        metavar="FILE.py",
+        help="Python files that register more variants",
+    )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--budget", type=float, help="seconds of repetitions per case")
     p.add_argument("--timeout", type=float, help="seconds before a case is killed")
     p.add_argument("--threads", type=int, help="torch threads in the worker")
     p.add_argument("--repeats", type=int, help="measure each case this many times")
-    p.add_argument("--no-gate", action="store_true",
-                   help="skip the correctness gate (every row and the report say so)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override any suite field, e.g. --set op.batch=2")
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="skip the correctness gate (every row and the report say so)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override any suite field, e.g. --set op.batch=2",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--time-limit-s", type=float, metavar="SECONDS",
-                   help="local launcher: start no case after this many seconds; the cases left "
-                        "are listed in run.json and measured by a later --resume")
+    p.add_argument(
+        "--time-limit-s",
+        type=float,
+        metavar="SECONDS",
+        help="local launcher: start no case after this many seconds; the cases left "
+        "are listed in run.json and measured by a later --resume",
+    )
     _launcher_args(p)
 
 
 def _launcher_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("launcher (see README: scale-out)")
-    g.add_argument("--launcher", choices=["local", "submitit"], default="local",
-                   help="local (default): worker processes here; submitit: Slurm jobs")
-    g.add_argument("--workers", type=int, default=1,
-                   help="local: worker processes sharing the cases, each pinned to one GPU or a "
-                        "share of the CPU threads")
-    g.add_argument("--submitit-local", action="store_true",
-                   help="submitit's local executor: real job processes on this machine, no Slurm")
-    g.add_argument("--max-jobs", type=int, default=32,
-                   help="submitit: jobs to split the cases into")
+    g.add_argument(
+        "--launcher",
+        choices=["local", "submitit"],
+        default="local",
+        help="local (default): worker processes here; submitit: Slurm jobs",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local: worker processes sharing the cases, each pinned to one GPU or a "
+        "share of the CPU threads",
+    )
+    g.add_argument(
+        "--submitit-local",
+        action="store_true",
+        help="submitit's local executor: real job processes on this machine, no Slurm",
+    )
+    g.add_argument(
+        "--max-jobs", type=int, default=32, help="submitit: jobs to split the cases into"
+    )
     g.add_argument("--slurm-partition", help="submitit: Slurm partition")
     g.add_argument("--gpus-per-job", type=int, default=0, help="submitit: GPUs per job")
     g.add_argument("--cpus-per-job", type=int, help="submitit: CPUs per job")
-    g.add_argument("--job-timeout-min", type=int, default=240,
-                   help="submitit: job time limit (minutes)")
+    g.add_argument(
+        "--job-timeout-min", type=int, default=240, help="submitit: job time limit (minutes)"
+    )
 
 
 def _level_args(p: argparse.ArgumentParser) -> None:
@@ -364,16 +513,22 @@ def _level_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnbench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="attnbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="list the registered variants and where they run")
     p.add_argument("--family", choices=FAMILIES)
     p.add_argument("--device", default=_default_device())
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py",
-                   help="Python files that register more variants")
+    p.add_argument(
+        "--plugins",
+        nargs="*",
+        default=[],
+        metavar="FILE.py",
+        help="Python files that register more variants",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
@@ -388,13 +543,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_args(p)
     _level_args(p)
     p.add_argument("--heads", type=int, help="query heads")
-    p.add_argument("--kv-heads", dest="kv_heads", type=_csv(int),
-                   help="key/value heads (grouped-query attention; each divides --heads)")
+    p.add_argument(
+        "--kv-heads",
+        dest="kv_heads",
+        type=_csv(int),
+        help="key/value heads (grouped-query attention; each divides --heads)",
+    )
     p.add_argument("--head-dims", dest="head_dims", type=_csv(int))
-    p.add_argument("--total-tokens", dest="total_tokens", type=int,
-                   help="batch = total tokens // N at each N (flash-attention's sweep)")
-    p.add_argument("--model-dim", dest="model_dim", type=int,
-                   help="heads = model dim // head dim (flash-attention: 2048)")
+    p.add_argument(
+        "--total-tokens",
+        dest="total_tokens",
+        type=int,
+        help="batch = total tokens // N at each N (flash-attention's sweep)",
+    )
+    p.add_argument(
+        "--model-dim",
+        dest="model_dim",
+        type=int,
+        help="heads = model dim // head dim (flash-attention: 2048)",
+    )
     p.add_argument("--causal", type=_csv(_bool), help="true, false or both: true,false")
     p.set_defaults(func=cmd_level, level="op")
 
@@ -402,42 +569,72 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_args(p)
     _level_args(p)
     p.add_argument("--preset", help="the identical LM's preset: tiny, small, gpt2")
-    p.add_argument("--hf-config", dest="hf_config", metavar="NAME_OR_DIR",
-                   help="a transformers model instead: a preset of attnbench.hf (llama-tiny, "
-                        "mistral-tiny, qwen2-tiny, llama-small) or a save_pretrained folder")
+    p.add_argument(
+        "--hf-config",
+        dest="hf_config",
+        metavar="NAME_OR_DIR",
+        help="a transformers model instead: a preset of attnbench.hf (llama-tiny, "
+        "mistral-tiny, qwen2-tiny, llama-small) or a save_pretrained folder",
+    )
     p.set_defaults(func=cmd_level, level="model")
 
-    p = sub.add_parser("quality",
-                       help="train per variant on a corpus; bits per byte by context length")
+    p = sub.add_parser(
+        "quality", help="train per variant on a corpus; bits per byte by context length"
+    )
     _training_args(p)
-    p.add_argument("--dataset", help="pystdlib (default), tinyshakespeare, enwik8, text8, "
-                   "wikitext103, wikitext2, enwiki-excerpt, or file:PATH")
-    p.add_argument("--data-dir", dest="data_dir",
-                   help="folder already holding the corpus files (default: $ATTNBENCH_DATA_DIR)")
-    p.add_argument("--val-fraction", dest="val_fraction", type=float,
-                   help="held-out share of file:PATH")
-    p.add_argument("--train-tokens", dest="train_tokens", type=_count,
-                   help="token budget, e.g. 20M")
-    p.add_argument("--train-seconds", dest="train_seconds", type=float,
-                   help="wall-clock budget per variant instead of a token budget")
+    p.add_argument(
+        "--dataset",
+        help="pystdlib (default), tinyshakespeare, enwik8, text8, "
+        "wikitext103, wikitext2, enwiki-excerpt, or file:PATH",
+    )
+    p.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        help="folder already holding the corpus files (default: $ATTNBENCH_DATA_DIR)",
+    )
+    p.add_argument(
+        "--val-fraction", dest="val_fraction", type=float, help="held-out share of file:PATH"
+    )
+    p.add_argument(
+        "--train-tokens", dest="train_tokens", type=_count, help="token budget, e.g. 20M"
+    )
+    p.add_argument(
+        "--train-seconds",
+        dest="train_seconds",
+        type=float,
+        help="wall-clock budget per variant instead of a token budget",
+    )
     p.add_argument("--train-len", dest="train_len", type=int, help="training sequence length")
-    p.add_argument("--eval-lens", dest="eval_lens", type=_csv(int),
-                   help="evaluation context lengths")
-    p.add_argument("--eval-tokens", dest="eval_tokens", type=_count,
-                   help="held-out bytes scored per length (0: the whole split)")
+    p.add_argument(
+        "--eval-lens", dest="eval_lens", type=_csv(int), help="evaluation context lengths"
+    )
+    p.add_argument(
+        "--eval-tokens",
+        dest="eval_tokens",
+        type=_count,
+        help="held-out bytes scored per length (0: the whole split)",
+    )
     p.add_argument("--eval-split", dest="eval_split", choices=["val", "test"])
     p.add_argument("--eval-method", dest="eval_method", choices=["windows", "sliding"])
     p.add_argument("--stride", type=int, help="sliding evaluation: bytes between windows")
-    p.add_argument("--ngram-order", dest="ngram_order", type=int,
-                   help="n-gram floor order (0: none)")
+    p.add_argument(
+        "--ngram-order", dest="ngram_order", type=int, help="n-gram floor order (0: none)"
+    )
     p.add_argument("--mode", choices=["train", "dropin"])
     p.add_argument("--checkpoint", help="dropin mode: a checkpoint saved by a quality run")
-    p.add_argument("--hf-model", dest="hf_model", metavar="DIR",
-                   help="dropin mode: a transformers model folder (save_pretrained), evaluated "
-                        "with each variant swapped in (per token with its own tokenizer)")
+    p.add_argument(
+        "--hf-model",
+        dest="hf_model",
+        metavar="DIR",
+        help="dropin mode: a transformers model folder (save_pretrained), evaluated "
+        "with each variant swapped in (per token with its own tokenizer)",
+    )
     p.add_argument("--seeds", type=_csv(int), help="train each variant with each seed (spread)")
-    p.add_argument("--no-dropin", action="store_true",
-                   help="train mode: skip the drop-in evaluation of the first variant's checkpoint")
+    p.add_argument(
+        "--no-dropin",
+        action="store_true",
+        help="train mode: skip the drop-in evaluation of the first variant's checkpoint",
+    )
 
     p = sub.add_parser("recall", help="multi-query associative recall (MQAR) per variant")
     _training_args(p)
@@ -450,27 +647,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(re)write report.md, report.html and plots of a run folder")
     p.add_argument("run_dir")
-    p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py",
-                   help="files that registered the run's own variants (for the pattern plot)")
+    p.add_argument(
+        "--plugins",
+        nargs="*",
+        default=[],
+        metavar="FILE.py",
+        help="files that registered the run's own variants (for the pattern plot)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="compare run B against run A; exit 1 on a regression")
     p.add_argument("run_a")
     p.add_argument("run_b")
-    p.add_argument("--threshold", type=float, default=0.10,
-                   help="relative change that counts (default 0.10 = 10%%)")
-    p.add_argument("--floor-ms", dest="floor_ms", type=float,
-                   help="absolute time floor (default 0.05 ms)")
-    p.add_argument("--floor-mib", dest="floor_mib", type=float,
-                   help="absolute memory floor (default 1 MiB)")
-    p.add_argument("--floor-bpb", dest="floor_bpb", type=float,
-                   help="bits per byte floor (default 0.01)")
-    p.add_argument("--floor-accuracy", dest="floor_accuracy", type=float,
-                   help="recall accuracy floor (default 0.02)")
-    p.add_argument("--allow-device-mismatch", action="store_true",
-                   help="compare runs from different devices anyway")
-    p.add_argument("--all", action="store_true",
-                   help="print every compared metric, not only flagged ones")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.10,
+        help="relative change that counts (default 0.10 = 10%%)",
+    )
+    p.add_argument(
+        "--floor-ms", dest="floor_ms", type=float, help="absolute time floor (default 0.05 ms)"
+    )
+    p.add_argument(
+        "--floor-mib", dest="floor_mib", type=float, help="absolute memory floor (default 1 MiB)"
+    )
+    p.add_argument(
+        "--floor-bpb", dest="floor_bpb", type=float, help="bits per byte floor (default 0.01)"
+    )
+    p.add_argument(
+        "--floor-accuracy",
+        dest="floor_accuracy",
+        type=float,
+        help="recall accuracy floor (default 0.02)",
+    )
+    p.add_argument(
+        "--allow-device-mismatch",
+        action="store_true",
+        help="compare runs from different devices anyway",
+    )
+    p.add_argument(
+        "--all", action="store_true", help="print every compared metric, not only flagged ones"
+    )
     p.set_defaults(func=cmd_compare)
     return parser
 
@@ -482,18 +699,28 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, help="sequences per optimizer step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", default="runs",
-                   help="parent folder of new run folders (curated references go to results/)")
+    p.add_argument(
+        "--out",
+        default="runs",
+        help="parent folder of new run folders (curated references go to results/)",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: accept another suite or commit (recorded in run.json)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: accept another suite or commit (recorded in run.json)",
+    )
     p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--time-limit-s", type=float, metavar="SECONDS",
-                   help="local launcher: start no case after this many seconds; the cases left "
-                        "are listed in run.json and measured by a later --resume")
+    p.add_argument(
+        "--time-limit-s",
+        type=float,
+        metavar="SECONDS",
+        help="local launcher: start no case after this many seconds; the cases left "
+        "are listed in run.json and measured by a later --resume",
+    )
     _launcher_args(p)
     p.set_defaults(func=cmd_training)
 

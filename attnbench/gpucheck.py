@@ -46,6 +46,7 @@ It writes at most 8 files: ``check.md``, ``run.json`` (every check with its item
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -55,9 +56,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -87,19 +89,43 @@ class Spec:
 # process start and imports: about 5 s).
 CHECKS = (
     Spec("environment", 15, False, "imports only"),
-    Spec("variants", 110, True, "about 100 eager (variant, dtype, shape) items at < 0.3 s with "
-         "their gates, plus 5 FlexAttention variants x 1 shape x (forward + backward) compiles "
-         "at 5-10 s each"),
-    Spec("train_step", 35, True, "about 12 training variants x one step of the tiny model (one "
-         "FlexAttention compile each for 3 of them)"),
+    Spec(
+        "variants",
+        110,
+        True,
+        "about 100 eager (variant, dtype, shape) items at < 0.3 s with "
+        "their gates, plus 5 FlexAttention variants x 1 shape x (forward + backward) compiles "
+        "at 5-10 s each",
+    ),
+    Spec(
+        "train_step",
+        35,
+        True,
+        "about 12 training variants x one step of the tiny model (one "
+        "FlexAttention compile each for 3 of them)",
+    ),
     Spec("nccl", 45, True, "torchrun start-up (about 15 s) + 8 s of training + evaluation"),
-    Spec("flex_block_mask", 35, True, "4 patterns x a compiled block-mask build at N = 32k (the "
-         "first compiles)"),
+    Spec(
+        "flex_block_mask",
+        35,
+        True,
+        "4 patterns x a compiled block-mask build at N = 32k (the first compiles)",
+    ),
     Spec("timing", 25, True, "2 shapes x 3 timers x 0.5 s of repetitions"),
-    Spec("hf", 45, True, "a tiny Llama: 2 variants x (prefill + decode) cases through the "
-         "launcher, its workers' start-up and imports of transformers"),
-    Spec("gpu_suite", 170, True, "the reduced suite: about 60 cases; eager ones at 1-2 s "
-         "(0.3 s of repetitions, gate, memory), FlexAttention's at one compile each, 2 ceilings"),
+    Spec(
+        "hf",
+        45,
+        True,
+        "a tiny Llama: 2 variants x (prefill + decode) cases through the "
+        "launcher, its workers' start-up and imports of transformers",
+    ),
+    Spec(
+        "gpu_suite",
+        170,
+        True,
+        "the reduced suite: about 60 cases; eager ones at 1-2 s "
+        "(0.3 s of repetitions, gate, memory), FlexAttention's at one compile each, 2 ceilings",
+    ),
 )
 CHECK_NAMES = tuple(s.name for s in CHECKS)
 TOTAL_BOX_S = sum(s.box_s for s in CHECKS)
@@ -144,8 +170,9 @@ class Check:
         return out
 
     def out_of_time(self) -> int:
-        return sum(i.get("status") == "skipped" and i.get("detail") == "out of time"
-                   for i in self.items)
+        return sum(
+            i.get("status") == "skipped" and i.get("detail") == "out of time" for i in self.items
+        )
 
     def verdict(self) -> None:
         """``ok``/``failed``/``incomplete`` from the items, unless the check already failed."""
@@ -163,21 +190,31 @@ class Check:
 # ---------------------------------------------------------------------------------------------
 # the checks (each runs in a child process: ``python -m attnbench.gpucheck --child NAME``)
 
+
 def check_environment(check: Check) -> None:
     from attnbench.attention.backends import missing_reason
     from attnbench.bench.results import environment
 
     env = environment("cuda" if torch.cuda.is_available() else "cpu")
-    packages = {m: missing_reason(m) or "imports" for m in
-                ("triton", "flash_attn", "flash_attn_interface", "xformers", "fla", "transformers")}
-    check.add({"environment": env, "optional_packages": packages,
-               "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", ""),
-               "carried_wheels": os.environ.get("ATTNBENCH_CARRIED_WHEELS", "")})
+    packages = {
+        m: missing_reason(m) or "imports"
+        for m in ("triton", "flash_attn", "flash_attn_interface", "xformers", "fla", "transformers")
+    }
+    check.add(
+        {
+            "environment": env,
+            "optional_packages": packages,
+            "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", ""),
+            "carried_wheels": os.environ.get("ATTNBENCH_CARRIED_WHEELS", ""),
+        }
+    )
     check.status = "ok"
     missing = [m for m, why in packages.items() if why != "imports"]
-    check.detail = (f"{env.get('device_name')} (CUDA {env.get('cuda')}, capability "
-                    f"{env.get('capability')}), torch {env['packages'].get('torch')}"
-                    + (f"; not importable here: {', '.join(missing)}" if missing else ""))
+    check.detail = (
+        f"{env.get('device_name')} (CUDA {env.get('cuda')}, capability "
+        f"{env.get('capability')}), torch {env['packages'].get('torch')}"
+        + (f"; not importable here: {', '.join(missing)}" if missing else "")
+    )
 
 
 def _qkv(shape, dtype, seed=0):
@@ -213,13 +250,26 @@ def check_variants(check: Check) -> None:
     for name, dtype, shape in variant_items():
         variant = attnbench.get_variant(name)
         b, n, h, d, kv = shape
-        item = check.add({"variant": variant.label, "dtype": dtype_name(dtype),
-                          "shape": f"B{b}-N{n}-H{h}-KV{kv}-D{d}"})
+        item = check.add(
+            {
+                "variant": variant.label,
+                "dtype": dtype_name(dtype),
+                "shape": f"B{b}-N{n}-H{h}-KV{kv}-D{d}",
+            }
+        )
         if check.left() < (25 if _compiles(variant) else 2):
             item.update(status="skipped", detail="out of time")
             continue
-        case = Case(batch=b, seq_len=n, heads=h, kv_heads=kv, head_dim=d, dtype=dtype,
-                    device="cuda", pass_="fwd")
+        case = Case(
+            batch=b,
+            seq_len=n,
+            heads=h,
+            kv_heads=kv,
+            head_dim=d,
+            dtype=dtype,
+            device="cuda",
+            pass_="fwd",
+        )
         reasons = variant.not_supported_reasons(case)
         if reasons:
             item.update(status="skipped", detail="; ".join(reasons)[:300])
@@ -234,9 +284,10 @@ def check_variants(check: Check) -> None:
                 item["backward"] = True
             decodes = not variant.not_supported_reasons(case.replace(pass_="decode"))
             if not why and decodes and not _compiles(variant) and shape == SHAPES[1]:
-                why = gate.check_decode_steps(variant, q, k, v, DECODE_STEPS, lambda: (
-                    variant.decoder(b, h, d, kv_heads=kv, max_len=n, dtype=dtype,
-                                    device="cuda")))
+                make = functools.partial(
+                    variant.decoder, b, h, d, kv_heads=kv, max_len=n, dtype=dtype, device="cuda"
+                )
+                why = gate.check_decode_steps(variant, q, k, v, DECODE_STEPS, make)
                 item["decode_steps"] = DECODE_STEPS
             item.update(status="failed" if why else "ok", detail=why or "")
         except Exception as e:  # noqa: BLE001 - one variant's failure is its result
@@ -245,9 +296,11 @@ def check_variants(check: Check) -> None:
         check.save()
         torch.cuda.empty_cache()
     c = check.counts()
-    check.detail = (f"{c['ran'] - c['failed']} of {c['ran']} (variant, dtype, shape) items match "
-                    f"the float64 reference; {c['skipped']} skipped "
-                    f"({check.out_of_time()} for time)")
+    check.detail = (
+        f"{c['ran'] - c['failed']} of {c['ran']} (variant, dtype, shape) items match "
+        f"the float64 reference; {c['skipped']} skipped "
+        f"({check.out_of_time()} for time)"
+    )
 
 
 def suite_training_variants() -> list[str]:
@@ -258,7 +311,7 @@ def suite_training_variants() -> list[str]:
     for path in sorted(SUITES_DIR.glob("*.toml")):
         suite = load_suite(path.stem)
         for sec in (suite.quality, suite.recall):
-            for spec in (sec.variants if sec else ()):
+            for spec in sec.variants if sec else ():
                 if spec not in specs:
                     specs.append(spec)
     return specs
@@ -284,8 +337,10 @@ def check_train_step(check: Check) -> None:
             item.update(status="failed", detail=f"{type(e).__name__}: {str(e)[:300]}")
         check.save()
     c = check.counts()
-    check.detail = (f"{c['ran'] - c['failed']} of {c['ran']} variants train one step under "
-                    "bfloat16 autocast with a finite loss")
+    check.detail = (
+        f"{c['ran'] - c['failed']} of {c['ran']} variants train one step under "
+        "bfloat16 autocast with a finite loss"
+    )
 
 
 def nccl_verdict(info: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str, str]:
@@ -294,30 +349,69 @@ def nccl_verdict(info: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[str,
     dist = info.get("distributed") or {}
     train = next((r for r in rows if r.get("pass") == "train"), {})
     ev = next((r for r in rows if r.get("pass") == "eval"), {})
-    detail = (f"torchrun, backend {dist.get('backend')}, world {dist.get('world_size')}, "
-              f"training '{train.get('data_parallel') or 'without DDP'}': "
-              f"{train.get('train_steps')} steps, eval bits per byte {ev.get('bits_per_byte')}")
-    ok = (dist.get("backend") == "nccl" and train.get("status") == "ok"
-          and str(train.get("data_parallel", "")).startswith("ddp, nccl"))
+    detail = (
+        f"torchrun, backend {dist.get('backend')}, world {dist.get('world_size')}, "
+        f"training '{train.get('data_parallel') or 'without DDP'}': "
+        f"{train.get('train_steps')} steps, eval bits per byte {ev.get('bits_per_byte')}"
+    )
+    ok = (
+        dist.get("backend") == "nccl"
+        and train.get("status") == "ok"
+        and str(train.get("data_parallel", "")).startswith("ddp, nccl")
+    )
     return ("ok" if ok else "failed"), detail
 
 
 def check_nccl(check: Check) -> None:
     out = Path(tempfile.mkdtemp(prefix="gpu-check-nccl-"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-           str(ROOT / "run_bench.py"), "quality", "--variants", "fused.sdpa",
-           "--dataset", "pystdlib", "--device", "cuda",
-           "--train-seconds", "8", "--train-len", "256", "--batch", "8", "--eval-lens", "256",
-           "--eval-tokens", "8K", "--ngram-order", "0", "--no-dropin", "--out", str(out), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                          timeout=max(10, check.left()))
-    item = check.add({"command": " ".join(cmd[2:]), "returncode": proc.returncode,
-                      "stderr_tail": proc.stderr[-1500:]})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        str(ROOT / "run_bench.py"),
+        "quality",
+        "--variants",
+        "fused.sdpa",
+        "--dataset",
+        "pystdlib",
+        "--device",
+        "cuda",
+        "--train-seconds",
+        "8",
+        "--train-len",
+        "256",
+        "--batch",
+        "8",
+        "--eval-lens",
+        "256",
+        "--eval-tokens",
+        "8K",
+        "--ngram-order",
+        "0",
+        "--no-dropin",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, timeout=max(10, check.left())
+    )
+    item = check.add(
+        {
+            "command": " ".join(cmd[2:]),
+            "returncode": proc.returncode,
+            "stderr_tail": proc.stderr[-1500:],
+        }
+    )
     if proc.returncode != 0:
         item["status"] = "failed"
         check.status = "failed"
-        check.detail = (proc.stderr.strip().splitlines()[-1][:500] if proc.stderr.strip()
-                        else "no output")
+        check.detail = (
+            proc.stderr.strip().splitlines()[-1][:500] if proc.stderr.strip() else "no output"
+        )
         return
     from attnbench.bench import results
 
@@ -351,15 +445,20 @@ def check_flex_block_mask(check: Check) -> None:
         torch.cuda.synchronize()
         again = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated() - before
-        item.update(first_build_s=round(first, 3), build_ms=round(1e3 * again, 2),
-                    peak_mib=round(peak / 2**20, 1),
-                    status="ok" if peak < 4096 * 2**20 else "failed")
+        item.update(
+            first_build_s=round(first, 3),
+            build_ms=round(1e3 * again, 2),
+            peak_mib=round(peak / 2**20, 1),
+            status="ok" if peak < 4096 * 2**20 else "failed",
+        )
         check.save()
     built = [i for i in check.items if "peak_mib" in i]
     if built:
-        check.detail = (f"built compiled at N = {n}: at most "
-                        f"{max(i['peak_mib'] for i in built):.0f} MiB of temporaries, "
-                        f"{max(i['build_ms'] for i in built):.1f} ms per build after the first")
+        check.detail = (
+            f"built compiled at N = {n}: at most "
+            f"{max(i['peak_mib'] for i in built):.0f} MiB of temporaries, "
+            f"{max(i['build_ms'] for i in built):.1f} ms per build after the first"
+        )
 
 
 def check_timing(check: Check) -> None:
@@ -377,52 +476,98 @@ def check_timing(check: Check) -> None:
             continue
         q, k, v = (torch.randn(b, n, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
 
-        def fn():
+        def fn(q=q, k=k, v=v):
             return sdpa(q, k, v)
 
         ours = time_fn(fn, "cuda", warmup=3, budget_s=0.5, min_reps=20, max_reps=1000).median_ms
-        graphs = time_fn(fn, "cuda", warmup=3, budget_s=0.5, min_reps=20, max_reps=1000,
-                         cuda_graphs=True).median_ms
+        graphs = time_fn(
+            fn, "cuda", warmup=3, budget_s=0.5, min_reps=20, max_reps=1000, cuda_graphs=True
+        ).median_ms
         anchor = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-        item.update(ours_ms=round(ours, 4), do_bench_ms=round(anchor, 4),
-                    cuda_graph_ms=round(graphs, 4), ours_over_do_bench=round(ours / anchor, 3),
-                    status="ok" if abs(ours / anchor - 1) < 0.15 else "failed")
+        item.update(
+            ours_ms=round(ours, 4),
+            do_bench_ms=round(anchor, 4),
+            cuda_graph_ms=round(graphs, 4),
+            ours_over_do_bench=round(ours / anchor, 3),
+            status="ok" if abs(ours / anchor - 1) < 0.15 else "failed",
+        )
         check.save()
-    check.detail = "; ".join(f"{i['shape']}: ours {i['ours_ms']} ms, "
-                             f"do_bench {i['do_bench_ms']} ms, "
-                             f"graph replay {i['cuda_graph_ms']} ms"
-                             for i in check.items if "ours_ms" in i)
+    check.detail = "; ".join(
+        f"{i['shape']}: ours {i['ours_ms']} ms, "
+        f"do_bench {i['do_bench_ms']} ms, "
+        f"graph replay {i['cuda_graph_ms']} ms"
+        for i in check.items
+        if "ours_ms" in i
+    )
 
 
 GPU_SUITE_REDUCED = {
     "name": "gpu-check",
     "description": "the reduced gpu suite of the prepared GPU check (flash-attention's shapes: "
-                   "16k tokens, heads 2048/D; D 128, N 2048 and 8192, bfloat16, causal)",
+    "16k tokens, heads 2048/D; D 128, N 2048 and 8192, bfloat16, causal)",
     "device": "cuda",
-    "op": {"variants": ["fused.sdpa", "fused.sdpa_flash", "fused.sdpa_efficient",
-                        "fused.sdpa_cudnn", "fused.flash_attn", "fused.flash_attn3",
-                        "fused.xformers", "fused.flex", "sliding_window.triton:window=1024",
-                        "sliding_window.xformers:window=1024", "linear.elu.chunked",
-                        "linear.elu.fla"],  # one FlexAttention variant: 6 compiles
-           "seq_lens": [2048, 8192], "total_tokens": 16384, "model_dim": 2048,
-           "head_dims": [128], "dtypes": ["bfloat16"], "passes": ["fwd", "fwd_bwd", "decode"]},
-    "model": {"preset": "gpt2", "variants": ["fused.sdpa", "linear.elu.chunked"],
-              "seq_lens": [1024], "batch": 8, "dtypes": ["bfloat16"],
-              "passes": ["train_step", "prefill", "decode"]},
-    "timing": {"warmup": 2, "budget_s": 0.3, "min_reps": 10, "max_reps": 300, "timeout_s": 90,
-               "l2_flush": True, "ceiling_s": 1.0},
+    "op": {
+        "variants": [
+            "fused.sdpa",
+            "fused.sdpa_flash",
+            "fused.sdpa_efficient",
+            "fused.sdpa_cudnn",
+            "fused.flash_attn",
+            "fused.flash_attn3",
+            "fused.xformers",
+            "fused.flex",
+            "sliding_window.triton:window=1024",
+            "sliding_window.xformers:window=1024",
+            "linear.elu.chunked",
+            "linear.elu.fla",
+        ],  # one FlexAttention variant: 6 compiles
+        "seq_lens": [2048, 8192],
+        "total_tokens": 16384,
+        "model_dim": 2048,
+        "head_dims": [128],
+        "dtypes": ["bfloat16"],
+        "passes": ["fwd", "fwd_bwd", "decode"],
+    },
+    "model": {
+        "preset": "gpt2",
+        "variants": ["fused.sdpa", "linear.elu.chunked"],
+        "seq_lens": [1024],
+        "batch": 8,
+        "dtypes": ["bfloat16"],
+        "passes": ["train_step", "prefill", "decode"],
+    },
+    "timing": {
+        "warmup": 2,
+        "budget_s": 0.3,
+        "min_reps": 10,
+        "max_reps": 300,
+        "timeout_s": 90,
+        "l2_flush": True,
+        "ceiling_s": 1.0,
+    },
 }
 
 HF_SUITE = {
     "name": "gpu-check-hf",
     "description": "a tiny transformers Llama with two variants on CUDA, prefill and decode",
     "device": "cuda",
-    "model": {"preset": "hf:llama-tiny", "variants": ["fused.sdpa",
-                                                      "sliding_window.banded:window=64"],
-              "seq_lens": [256], "batch": 4, "dtypes": ["bfloat16"],
-              "passes": ["prefill", "decode"]},
-    "timing": {"warmup": 2, "budget_s": 0.2, "min_reps": 10, "max_reps": 200, "timeout_s": 40,
-               "l2_flush": True, "ceiling_s": 0.5},
+    "model": {
+        "preset": "hf:llama-tiny",
+        "variants": ["fused.sdpa", "sliding_window.banded:window=64"],
+        "seq_lens": [256],
+        "batch": 4,
+        "dtypes": ["bfloat16"],
+        "passes": ["prefill", "decode"],
+    },
+    "timing": {
+        "warmup": 2,
+        "budget_s": 0.2,
+        "min_reps": 10,
+        "max_reps": 200,
+        "timeout_s": 40,
+        "l2_flush": True,
+        "ceiling_s": 0.5,
+    },
 }
 
 
@@ -438,25 +583,48 @@ def suite_verdict(check: Check, run_dir: Path) -> None:
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
         if r["status"] in FAILED_ROWS:
-            check.items.append({"variant": r["variant"], "pass": r["pass"], "N": r["seq_len"],
-                                "status": "failed", "detail": f"{r['status']}: {r['reason']}"})
+            check.items.append(
+                {
+                    "variant": r["variant"],
+                    "pass": r["pass"],
+                    "N": r["seq_len"],
+                    "status": "failed",
+                    "detail": f"{r['status']}: {r['reason']}",
+                }
+            )
     late = len((info.get("deadline") or {}).get("skipped_cases") or [])
-    check.detail = (f"{len(rows)} rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-                    + (f"; {late} cases left by the deadline" if late else ""))
+    check.detail = (
+        f"{len(rows)} rows: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        + (f"; {late} cases left by the deadline" if late else "")
+    )
     if any(counts.get(s) for s in FAILED_ROWS) or not counts.get("ok"):
         check.status = "failed"
     elif late:
         check.status = "incomplete"
     else:
         check.status = "ok"
-    best = [r for r in rows if r.get("flops_per_s") and r["status"] == "ok"
-            and r["pass"] in ("fwd", "fwd_bwd") and r.get("level") == "op"]
+    best = [
+        r
+        for r in rows
+        if r.get("flops_per_s")
+        and r["status"] == "ok"
+        and r["pass"] in ("fwd", "fwd_bwd")
+        and r.get("level") == "op"
+    ]
     for r in sorted(best, key=lambda r: (r["pass"], -r["seq_len"], -r["flops_per_s"]))[:12]:
-        check.items.append({"variant": r["variant"], "pass": r["pass"], "N": r["seq_len"],
-                            "D": r["head_dim"], "kernel": r.get("kernel", ""),
-                            "TFLOP/s": round(r["flops_per_s"] / 1e12, 1),
-                            "frac_of_peak": round(r.get("frac_of_peak") or 0, 3),
-                            "status": "ok"})
+        check.items.append(
+            {
+                "variant": r["variant"],
+                "pass": r["pass"],
+                "N": r["seq_len"],
+                "D": r["head_dim"],
+                "kernel": r.get("kernel", ""),
+                "TFLOP/s": round(r["flops_per_s"] / 1e12, 1),
+                "frac_of_peak": round(r.get("frac_of_peak") or 0, 3),
+                "status": "ok",
+            }
+        )
     check.save()
 
 
@@ -465,8 +633,13 @@ def _run_suite(check: Check, spec: dict, run_dir: Path) -> None:
     from attnbench.bench.suite import from_dict
 
     # no case starts in the box's last 25 + MARGIN_S seconds: the end ceilings and the report
-    runner.run(from_dict(spec), run_dir, command=["run_bench.py", "gpu-check"], progress=False,
-               deadline=check.deadline - 25)
+    runner.run(
+        from_dict(spec),
+        run_dir,
+        command=["run_bench.py", "gpu-check"],
+        progress=False,
+        deadline=check.deadline - 25,
+    )
     try:
         from attnbench.report.document import write_report
 
@@ -485,9 +658,14 @@ def check_gpu_suite(check: Check, run_dir: Path) -> None:
 
 
 FUNCTIONS: dict[str, Callable[..., None]] = {
-    "environment": check_environment, "variants": check_variants,
-    "train_step": check_train_step, "nccl": check_nccl, "flex_block_mask": check_flex_block_mask,
-    "timing": check_timing, "hf": check_hf, "gpu_suite": check_gpu_suite,
+    "environment": check_environment,
+    "variants": check_variants,
+    "train_step": check_train_step,
+    "nccl": check_nccl,
+    "flex_block_mask": check_flex_block_mask,
+    "timing": check_timing,
+    "hf": check_hf,
+    "gpu_suite": check_gpu_suite,
 }
 
 
@@ -514,6 +692,7 @@ def child(name: str, state: Path, deadline: float, run_dir: Path) -> int:
 # ---------------------------------------------------------------------------------------------
 # the parent: boxes, processes, verdict, files
 
+
 def carried_wheels(env: dict[str, str], folder: Path | None = None) -> str:
     """Install ``.whl/`` (``make gpu-wheels``) into a temporary folder, offline, and put it on the
     check processes' paths (``PYTHONPATH``; ``LD_LIBRARY_PATH`` for the CUDA 12 runtime that
@@ -529,18 +708,31 @@ def carried_wheels(env: dict[str, str], folder: Path | None = None) -> str:
     return ", ".join(result["installed"])
 
 
-def run_in_process(spec: Spec, box: float, env: dict[str, str], run_dir: Path,
-                   state_dir: Path) -> Check:
+def run_in_process(
+    spec: Spec, box: float, env: dict[str, str], run_dir: Path, state_dir: Path
+) -> Check:
     """One check in a child process, killed (its process group) at the end of its box."""
     state = state_dir / f"{spec.name}.json"
     t0 = time.time()
     deadline = t0 + box - MARGIN_S
-    cmd = [sys.executable, "-m", "attnbench.gpucheck", "--child", spec.name, "--state", str(state),
-           "--deadline", repr(deadline), "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench.gpucheck",
+        "--child",
+        spec.name,
+        "--state",
+        str(state),
+        "--deadline",
+        repr(deadline),
+        "--run-dir",
+        str(run_dir),
+    ]
     log = state_dir / f"{spec.name}.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+        )
         try:
             code = proc.wait(timeout=box)
             killed = False
@@ -551,16 +743,23 @@ def run_in_process(spec: Spec, box: float, env: dict[str, str], run_dir: Path,
     check = Check(spec.name)
     if state.exists():
         try:
-            check = Check(**{k: v for k, v in json.loads(state.read_text()).items()
-                             if k in Check.__dataclass_fields__})
+            check = Check(
+                **{
+                    k: v
+                    for k, v in json.loads(state.read_text()).items()
+                    if k in Check.__dataclass_fields__
+                }
+            )
         except (json.JSONDecodeError, TypeError):
             pass
     check.box_s, check.seconds, check.path = box, round(time.time() - t0, 2), ""
     tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
     if killed:
         check.status = "failed"
-        check.detail = (f"outlived its time box of {box:.0f} s and was killed, after "
-                        f"{len(check.items)} items; " + check.detail)[:800]
+        check.detail = (
+            f"outlived its time box of {box:.0f} s and was killed, after "
+            f"{len(check.items)} items; " + check.detail
+        )[:800]
     elif code != 0 or check.status == "skipped":
         check.status = "failed"
         check.detail = f"its process exited with code {code}: {tail.strip()[-400:]}"
@@ -571,16 +770,22 @@ def run_in_process(spec: Spec, box: float, env: dict[str, str], run_dir: Path,
 
 def markdown(checks: list[Check], started: str, seconds: float) -> str:
     n = {s: sum(c.status == s for c in checks) for s in ("ok", "failed", "incomplete", "skipped")}
-    lines = [f"# attnbench GPU check ({started})", "",
-             f"{n['ok']} ok, {n['failed']} failed, {n['incomplete']} incomplete, "
-             f"{n['skipped']} skipped, in {seconds:.0f} s (time boxes: {TOTAL_BOX_S:.0f} s in "
-             "all).", "",
-             "| check | status | box s | seconds | items ran | failed | skipped | detail |",
-             "|:---|:---|---:|---:|---:|---:|---:|:---|"]
+    lines = [
+        f"# attnbench GPU check ({started})",
+        "",
+        f"{n['ok']} ok, {n['failed']} failed, {n['incomplete']} incomplete, "
+        f"{n['skipped']} skipped, in {seconds:.0f} s (time boxes: {TOTAL_BOX_S:.0f} s in "
+        "all).",
+        "",
+        "| check | status | box s | seconds | items ran | failed | skipped | detail |",
+        "|:---|:---|---:|---:|---:|---:|---:|:---|",
+    ]
     for c in checks:
         k = c.counts()
-        lines.append(f"| {c.name} | {c.status} | {c.box_s:.0f} | {c.seconds:.0f} | {k['ran']} | "
-                     f"{k['failed']} | {k['skipped']} | {c.detail.replace('|', '/')} |")
+        lines.append(
+            f"| {c.name} | {c.status} | {c.box_s:.0f} | {c.seconds:.0f} | {k['ran']} | "
+            f"{k['failed']} | {k['skipped']} | {c.detail.replace('|', '/')} |"
+        )
     lines += ["", "Time boxes (each check's process, start-up included):", ""]
     lines += [f"- `{s.name}`: {s.box_s:.0f} s: {s.basis}" for s in CHECKS]
     for c in checks:
@@ -591,8 +796,9 @@ def markdown(checks: list[Check], started: str, seconds: float) -> str:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         for r in rows:
-            lines.append("| " + " | ".join(str(r.get(k, "")).replace("|", "/")[:300] for k in keys)
-                         + " |")
+            lines.append(
+                "| " + " | ".join(str(r.get(k, "")).replace("|", "/")[:300] for k in keys) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -600,8 +806,9 @@ def exit_code(checks: list[Check], cuda: bool) -> int:
     """1 when a check failed or was incomplete, or (with CUDA) a chosen check did not run."""
     if any(c.status in ("failed", "incomplete") for c in checks):
         return 1
-    if cuda and any(c.status == "skipped" and not c.detail.startswith("not chosen")
-                    for c in checks):
+    if cuda and any(
+        c.status == "skipped" and not c.detail.startswith("not chosen") for c in checks
+    ):
         return 1
     return 0
 
@@ -629,25 +836,38 @@ def parse_only(text: str | None) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in CHECK_NAMES]
     if bad or not names:
-        raise ValueError(f"--only {text!r}: unknown check(s) {', '.join(bad) or '(none)'}; "
-                         f"valid: {', '.join(CHECK_NAMES)}")
+        raise ValueError(
+            f"--only {text!r}: unknown check(s) {', '.join(bad) or '(none)'}; "
+            f"valid: {', '.join(CHECK_NAMES)}"
+        )
     return names
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="attnbench gpu-check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.environ.get(OUT_ENV),
-                   help=f"folder for the files (default: ${OUT_ENV}, "
-                   "else runs/<stamp>-gpu-check)")
-    p.add_argument("--only", metavar="NAME,...",
-                   help="run these checks only (a rerun of the failed ones): "
-                        + ", ".join(CHECK_NAMES))
-    p.add_argument("--budget-s", type=float, default=TOTAL_BOX_S,
-                   help=f"wall time for all checks together (default {TOTAL_BOX_S:.0f}); each "
-                        "box shrinks to what is left")
+    p = argparse.ArgumentParser(
+        prog="attnbench gpu-check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--out",
+        default=os.environ.get(OUT_ENV),
+        help=f"folder for the files (default: ${OUT_ENV}, else runs/<stamp>-gpu-check)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="NAME,...",
+        help="run these checks only (a rerun of the failed ones): " + ", ".join(CHECK_NAMES),
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=TOTAL_BOX_S,
+        help=f"wall time for all checks together (default {TOTAL_BOX_S:.0f}); each "
+        "box shrinks to what is left",
+    )
     p.add_argument("--child", choices=CHECK_NAMES, help=argparse.SUPPRESS)
     p.add_argument("--state", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -667,8 +887,12 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     run_dir = work / f"{started}-gpu-check"
-    env = {**os.environ, "ATTNBENCH_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "ATTNBENCH_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     env.pop("TRITON_INTERPRET", None)  # compiled Triton kernels, not the CPU interpreter
     wheels = ""
     if cuda:
@@ -685,24 +909,40 @@ def main(argv: list[str] | None = None) -> int:
         elif spec.needs_cuda and not cuda:
             check = Check(spec.name, detail="no CUDA device on this machine")
         elif box < min(spec.box_s, 20):
-            check = Check(spec.name, detail=f"out of time: {max(0, box):.0f} s left of the "
-                                            f"check's budget ({args.budget_s:.0f} s)")
+            check = Check(
+                spec.name,
+                detail=f"out of time: {max(0, box):.0f} s left of the "
+                f"check's budget ({args.budget_s:.0f} s)",
+            )
         else:
             check = run_in_process(spec, box, env, run_dir, work)
         check.box_s = check.box_s or spec.box_s
         checks.append(check)
-        print(f"[gpu-check] {check.name}: {check.status} ({check.seconds:.0f} of "
-              f"{check.box_s:.0f} s) {check.detail[:200]}", file=sys.stderr, flush=True)
+        print(
+            f"[gpu-check] {check.name}: {check.status} ({check.seconds:.0f} of "
+            f"{check.box_s:.0f} s) {check.detail[:200]}",
+            file=sys.stderr,
+            flush=True,
+        )
     seconds = time.time() - t0
     (out / "check.md").write_text(markdown(checks, started, seconds))
     copied = copy_back(run_dir, out)
     from attnbench.bench import results
 
-    info = (results.read_run_json(run_dir) if (run_dir / results.RUN_FILE).is_file()
-            else {"run_id": out.name, "environment": results.environment("cpu")})
-    info["gpu_check"] = {"started": started, "seconds": round(seconds, 1), "chosen": chosen,
-                         "boxes_s": {s.name: s.box_s for s in CHECKS}, "wheels": wheels,
-                         "files": copied, "checks": [asdict(c) for c in checks]}
+    info = (
+        results.read_run_json(run_dir)
+        if (run_dir / results.RUN_FILE).is_file()
+        else {"run_id": out.name, "environment": results.environment("cpu")}
+    )
+    info["gpu_check"] = {
+        "started": started,
+        "seconds": round(seconds, 1),
+        "chosen": chosen,
+        "boxes_s": {s.name: s.box_s for s in CHECKS},
+        "wheels": wheels,
+        "files": copied,
+        "checks": [asdict(c) for c in checks],
+    }
     (out / "run.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     print((out / "check.md").read_text())

@@ -36,8 +36,13 @@ CAP_MIB = 40  # what the wheels may add to the working tree that travels (64 MiB
 DEFAULT_DEST = Path(".whl")
 DEFAULT_TARGET = Path("/tmp/site")
 PYTHON_VERSION = "3.12"
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 
 
 @dataclass(frozen=True)
@@ -48,24 +53,33 @@ class Wheel:
 
 
 CARRIED: tuple[Wheel, ...] = (
-    Wheel("fla-core", "0.6.0",
-          "flash-linear-attention's Triton kernels (module fla; linear.*.fla variants). Pure "
-          "Python + Triton (py3-none-any, ~1.1 MB); needs einops, torch>=2.7, triton>=3.3: all "
-          "there, nothing else to carry. Newest release."),
-    Wheel("xformers", "0.0.35",
-          "fused.xformers, sliding_window.xformers and the kv_cache.xformers decoder. The only "
-          "release that fits torch 2.11: 0.0.34 and older pin torch==2.10.0/2.9.x exactly, 0.0.35 "
-          "(py39-none-manylinux_2_28, ~3.3 MB) needs torch>=2.10 because its _C.so uses only "
-          "torch's stable C ABI (aoti_torch_*/torch_* shims, no c10/at C++ symbols). It was built "
-          "with torch 2.10.0+cu128 and CUDA 12.8 (sm 7.5/8.0/9.0a) and links libcudart.so.12, "
-          "which the cu130 machine lacks: see nvidia-cuda-runtime-cu12. Its flash path is torch's "
-          "own FlashAttention; its flash3 path needs flash_attn_3 (not carried)."),
-    Wheel("nvidia-cuda-runtime-cu12", "12.8.90",
-          "libcudart.so.12 (CUDA 12.8, the one xformers' _C.so was built with; ~0.9 MB), loaded "
-          "by preload() before xformers imports; without it xformers still imports but its "
-          "cutlass kernels are missing. The 580 driver runs CUDA 12 code. Risk: two CUDA runtimes "
-          "(12.8 for xformers, 13.0 for torch) in one process share the driver's primary context "
-          "and streams; supported by the driver, but not what xformers was tested with."),
+    Wheel(
+        "fla-core",
+        "0.6.0",
+        "flash-linear-attention's Triton kernels (module fla; linear.*.fla variants). Pure "
+        "Python + Triton (py3-none-any, ~1.1 MB); needs einops, torch>=2.7, triton>=3.3: all "
+        "there, nothing else to carry. Newest release.",
+    ),
+    Wheel(
+        "xformers",
+        "0.0.35",
+        "fused.xformers, sliding_window.xformers and the kv_cache.xformers decoder. The only "
+        "release that fits torch 2.11: 0.0.34 and older pin torch==2.10.0/2.9.x exactly, 0.0.35 "
+        "(py39-none-manylinux_2_28, ~3.3 MB) needs torch>=2.10 because its _C.so uses only "
+        "torch's stable C ABI (aoti_torch_*/torch_* shims, no c10/at C++ symbols). It was built "
+        "with torch 2.10.0+cu128 and CUDA 12.8 (sm 7.5/8.0/9.0a) and links libcudart.so.12, "
+        "which the cu130 machine lacks: see nvidia-cuda-runtime-cu12. Its flash path is torch's "
+        "own FlashAttention; its flash3 path needs flash_attn_3 (not carried).",
+    ),
+    Wheel(
+        "nvidia-cuda-runtime-cu12",
+        "12.8.90",
+        "libcudart.so.12 (CUDA 12.8, the one xformers' _C.so was built with; ~0.9 MB), loaded "
+        "by preload() before xformers imports; without it xformers still imports but its "
+        "cutlass kernels are missing. The 580 driver runs CUDA 12 code. Risk: two CUDA runtimes "
+        "(12.8 for xformers, 13.0 for torch) in one process share the driver's primary context "
+        "and streams; supported by the driver, but not what xformers was tested with.",
+    ),
 )
 
 # requirement -> why it cannot be carried as a wheel
@@ -75,11 +89,13 @@ NOT_CARRIED: dict[str, str] = {
         "kernels with nvcc against the installed CUDA torch (or fetches a prebuilt wheel, "
         "matched to torch, CUDA and C++ ABI, from GitHub releases: no package registry, and the "
         "GPU machine has no network). Building it takes far longer than a 15-minute loan, and "
-        "building it here would need torch 2.11+cu130 and nvcc 13 here."),
+        "building it here would need torch 2.11+cu130 and nvcc 13 here."
+    ),
     "flash_attn_3": (
         "FlashAttention-3 (modules flash_attn_3, flash_attn_interface) is not on PyPI at all; it "
         "is built with nvcc from flash-attention's hopper/ folder (sm_90a kernels), a CUDA build "
-        "of the same cost as flash-attn's."),
+        "of the same cost as flash-attn's."
+    ),
 }
 
 # shared libraries in the carried wheels that must be loaded before their users import
@@ -108,14 +124,27 @@ def check_size(paths: list[Path], cap_mib: float = CAP_MIB) -> int:
     total = sum(sizes.values())
     if total > cap_mib * 2**20:
         listing = ", ".join(f"{name}: {_mib(n)}" for name, n in sorted(sizes.items()))
-        raise ValueError(f"the wheels take {_mib(total)}, over the cap of {cap_mib} MiB that "
-                         f"may travel with the working tree ({listing})")
+        raise ValueError(
+            f"the wheels take {_mib(total)}, over the cap of {cap_mib} MiB that "
+            f"may travel with the working tree ({listing})"
+        )
     return total
 
 
 def download_command(dest: Path, wheels: tuple[Wheel, ...] = CARRIED) -> list[str]:
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-           "--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        PYTHON_VERSION,
+        "--implementation",
+        "cp",
+    ]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     return cmd + ["-d", str(dest)] + [f"{w.name}=={w.version}" for w in wheels]
@@ -131,8 +160,9 @@ def download(dest: Path, cap_mib: float = CAP_MIB) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(download_command(dest), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"pip download failed (exit {proc.returncode}):\n"
-                           f"{(proc.stderr or proc.stdout)[-2000:]}")
+        raise RuntimeError(
+            f"pip download failed (exit {proc.returncode}):\n{(proc.stderr or proc.stdout)[-2000:]}"
+        )
     pinned = {re.sub(r"[-_.]+", "-", w.name).lower(): w.version for w in CARRIED}
     got: list[Path] = []
     for wheel in sorted(dest.glob("*.whl")):
@@ -159,19 +189,36 @@ def install(folder: Path, target: Path = DEFAULT_TARGET) -> dict:
     RuntimeError, with the end of pip's stderr, when pip fails."""
     folder, target = Path(folder), Path(target)
     if not folder.is_dir():
-        return {"skipped": f"no wheel folder {folder} (make gpu-wheels fetches it where the "
-                           f"package registries are, then it travels with the working tree)"}
+        return {
+            "skipped": f"no wheel folder {folder} (make gpu-wheels fetches it where the "
+            f"package registries are, then it travels with the working tree)"
+        }
     wheels = sorted(folder.glob("*.whl"))
     if not wheels:
         return {"skipped": f"no wheels in {folder}"}
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-           "--no-index", "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade",
-           "--target", str(target), *map(str, wheels)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        str(target),
+        *map(str, wheels),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"pip install of {len(wheels)} wheels from {folder} into {target} "
-                           f"failed (exit {proc.returncode}):\n"
-                           f"{(proc.stderr or proc.stdout)[-2000:]}")
+        raise RuntimeError(
+            f"pip install of {len(wheels)} wheels from {folder} into {target} "
+            f"failed (exit {proc.returncode}):\n"
+            f"{(proc.stderr or proc.stdout)[-2000:]}"
+        )
     for ns in NAMESPACES:
         init = target / ns / "__init__.py"
         if init.is_file() and init.stat().st_size == 0:
@@ -204,16 +251,20 @@ def environ(target: Path = DEFAULT_TARGET, base: dict | None = None) -> dict[str
         env[key] = os.pathsep.join(paths + rest)
 
     prepend("PYTHONPATH", [str(target)])
-    libs = sorted({str((Path(target) / rel).parent) for rel in PRELOAD
-                   if (Path(target) / rel).is_file()})
+    libs = sorted(
+        {str((Path(target) / rel).parent) for rel in PRELOAD if (Path(target) / rel).is_file()}
+    )
     if libs:
         prepend("LD_LIBRARY_PATH", libs)
     return env
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnbench.gpuwheels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m attnbench.gpuwheels",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("download", help="fetch the carried wheels (needs the package registries)")
     p.add_argument("--dest", type=Path, default=DEFAULT_DEST)
@@ -226,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         for w in wheels:
             print(f"{w}  {_mib(w.stat().st_size)}")
         total = check_size(sorted(Path(args.dest).glob("*.whl")))
-        print(f"{len(wheels)} carried wheels; {Path(args.dest)} holds {_mib(total)} "
-              f"(cap {CAP_MIB} MiB)")
+        print(
+            f"{len(wheels)} carried wheels; {Path(args.dest)} holds {_mib(total)} "
+            f"(cap {CAP_MIB} MiB)"
+        )
         for name, why in NOT_CARRIED.items():
             print(f"not carried: {name}: {why}")
         return 0

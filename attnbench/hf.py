@@ -47,18 +47,47 @@ PREFIX = "attnbench-"
 
 # Tiny configurations for tests and CPU runs (random weights; no download).
 PRESETS: dict[str, dict[str, Any]] = {
-    "llama-tiny": dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=2048),
-    "mistral-tiny": dict(model_type="mistral", vocab_size=256, hidden_size=64,
-                         intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=2048, sliding_window=32),
-    "qwen2-tiny": dict(model_type="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-                       max_position_embeddings=2048),
-    "llama-small": dict(model_type="llama", vocab_size=256, hidden_size=256, intermediate_size=688,
-                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                        max_position_embeddings=8192),
+    "llama-tiny": dict(
+        model_type="llama",
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    ),
+    "mistral-tiny": dict(
+        model_type="mistral",
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        sliding_window=32,
+    ),
+    "qwen2-tiny": dict(
+        model_type="qwen2",
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+    ),
+    "llama-small": dict(
+        model_type="llama",
+        vocab_size=256,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+    ),
 }
 
 
@@ -83,9 +112,11 @@ def config(name_or_dir: str, **overrides):
         return tf.AutoConfig.for_model(spec.pop("model_type"), **spec)
     path = Path(name_or_dir)
     if not (path / "config.json").is_file():
-        raise ValueError(f"unknown model {name_or_dir!r}: "
-                         f"not a preset (valid: {', '.join(PRESETS)}) "
-                         "and not a folder with a config.json (written by save_pretrained)")
+        raise ValueError(
+            f"unknown model {name_or_dir!r}: "
+            f"not a preset (valid: {', '.join(PRESETS)}) "
+            "and not a folder with a config.json (written by save_pretrained)"
+        )
     return tf.AutoConfig.from_pretrained(path, local_files_only=True, **overrides)
 
 
@@ -96,8 +127,9 @@ def build(name_or_dir: str, *, seed: int = 0, dtype: torch.dtype = torch.float32
     if name_or_dir not in PRESETS:
         return load(name_or_dir, dtype=dtype)
     torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_config(config(name_or_dir, **overrides),
-                                                attn_implementation="sdpa", dtype=dtype)
+    model = tf.AutoModelForCausalLM.from_config(
+        config(name_or_dir, **overrides), attn_implementation="sdpa", dtype=dtype
+    )
     return model.eval()
 
 
@@ -107,8 +139,9 @@ def load(folder: str | Path, *, dtype: torch.dtype = torch.float32):
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder} has no config.json: not a save_pretrained folder")
-    model = tf.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype,
-                                                    attn_implementation="sdpa")
+    model = tf.AutoModelForCausalLM.from_pretrained(
+        folder, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
+    )
     return model.eval()
 
 
@@ -116,8 +149,10 @@ def tokenizer_of(folder: str | Path):
     """The folder's own tokenizer, or None (then text is scored as bytes)."""
     tf = _transformers()
     folder = Path(folder)
-    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
-                                               "tokenizer.model", "vocab.json")):
+    if not any(
+        (folder / f).exists()
+        for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    ):
         return None
     return tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
@@ -143,8 +178,10 @@ def use_variant(model, spec: str | Variant):
     ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)  # None for a plain causal mask
     model.set_attn_implementation(name)
     if model.config._attn_implementation != name:
-        raise ValueError(f"{type(model).__name__} does not take attention implementations through "
-                         "transformers' AttentionInterface; attnbench cannot swap its attention")
+        raise ValueError(
+            f"{type(model).__name__} does not take attention implementations through "
+            "transformers' AttentionInterface; attnbench cannot swap its attention"
+        )
     return model
 
 
@@ -152,14 +189,23 @@ def attention_function(variant: Variant):
     """The AttentionInterface function of ``variant``: (module, q, k, v, mask, ...) -> (out, None)
     with q (B, H, Nq, D), k and v (B, H_kv, Nk, D), out (B, Nq, H, D)."""
 
-    def attend(module, query, key, value, attention_mask, dropout: float = 0.0,
-               scaling: float | None = None, **kwargs):
+    def attend(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        **kwargs,
+    ):
         _refuse_what_cannot_be_honoured(variant, module, dropout, kwargs)
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", True) if causal is None else causal
         if not causal and not variant.info.takes_causal:
-            raise VariantRefused(f"{variant.label} computes causal attention only; this layer "
-                                 "is bidirectional")
+            raise VariantRefused(
+                f"{variant.label} computes causal attention only; this layer is bidirectional"
+            )
         nq, nk, d = query.shape[2], key.shape[2], query.shape[-1]
         _check_mask(variant, attention_mask, nq, nk, causal)
         if scaling is not None and abs(scaling - d**-0.5) > 1e-12 * d**-0.5:
@@ -168,7 +214,7 @@ def attention_function(variant: Variant):
         if nq < nk:  # new tokens against a cache: their queries at the end of the sequence
             q = torch.cat([q.new_zeros(q.shape[0], nk - nq, *q.shape[2:]), q], dim=1)
         out = variant(q, k, v) if causal else variant(q, k, v, causal=False)
-        return out[:, nk - nq:].contiguous(), None
+        return out[:, nk - nq :].contiguous(), None
 
     attend.__name__ = f"attnbench_{variant.name.replace('.', '_')}"
     return attend
@@ -176,18 +222,25 @@ def attention_function(variant: Variant):
 
 def _refuse_what_cannot_be_honoured(variant: Variant, module, dropout: float, kwargs: dict) -> None:
     if dropout and getattr(module, "training", False):
-        raise VariantRefused(f"{variant.label} cannot apply attention dropout (p={dropout}) while "
-                             "training; set the config's attention_dropout to 0")
-    for key, what in (("softcap", "logit soft-capping"), ("s_aux", "attention sinks"),
-                      ("position_bias", "an additive position bias"),
-                      ("sinks", "attention sinks")):
+        raise VariantRefused(
+            f"{variant.label} cannot apply attention dropout (p={dropout}) while "
+            "training; set the config's attention_dropout to 0"
+        )
+    for key, what in (
+        ("softcap", "logit soft-capping"),
+        ("s_aux", "attention sinks"),
+        ("position_bias", "an additive position bias"),
+        ("sinks", "attention sinks"),
+    ):
         if kwargs.get(key) is not None:
-            raise VariantRefused(f"{variant.label} cannot honour {what} "
-                                 f"({key}={kwargs[key]!r:.40})")
+            raise VariantRefused(
+                f"{variant.label} cannot honour {what} ({key}={kwargs[key]!r:.40})"
+            )
 
 
-def _check_mask(variant: Variant, mask: torch.Tensor | None, nq: int, nk: int,
-                causal: bool) -> None:
+def _check_mask(
+    variant: Variant, mask: torch.Tensor | None, nq: int, nk: int, causal: bool
+) -> None:
     """Refuse when the variant would attend to a key that the model's mask hides."""
     if mask is None:
         return  # transformers' plain causal (or full) mask: every variant's pattern lies within it
@@ -199,17 +252,34 @@ def _check_mask(variant: Variant, mask: torch.Tensor | None, nq: int, nk: int,
     if pattern is not None:
         sees = pattern.mask_fn(nk, allowed.device)(qpos, kpos)
     else:  # linear attention: every earlier key (causal) or every key
-        sees = ((qpos >= kpos) if causal
-                else torch.ones(nq, nk, dtype=torch.bool, device=allowed.device))
+        sees = (
+            (qpos >= kpos)
+            if causal
+            else torch.ones(nq, nk, dtype=torch.bool, device=allowed.device)
+        )
     hidden = sees & ~allowed
     if hidden.any():
         b, _, i, j = (int(x) for x in hidden.nonzero()[0])
         causal_ok = bool((qpos >= kpos)[i, j])
-        what = ("a padding mask (or another mask that hides earlier keys)" if causal_ok else
-                "a mask that hides keys the variant attends")
-        raise VariantRefused(f"{variant.label} cannot honour {what}: in sequence {b}, query "
-                             f"{nk - nq + i} would see key {j}, which the model's mask hides")
+        what = (
+            "a padding mask (or another mask that hides earlier keys)"
+            if causal_ok
+            else "a mask that hides keys the variant attends"
+        )
+        raise VariantRefused(
+            f"{variant.label} cannot honour {what}: in sequence {b}, query "
+            f"{nk - nq + i} would see key {j}, which the model's mask hides"
+        )
 
 
-__all__ = ["PRESETS", "VariantRefused", "build", "load", "config", "use_variant",
-           "attention_function", "implementation_name", "tokenizer_of"]
+__all__ = [
+    "PRESETS",
+    "VariantRefused",
+    "build",
+    "load",
+    "config",
+    "use_variant",
+    "attention_function",
+    "implementation_name",
+    "tokenizer_of",
+]

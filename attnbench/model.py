@@ -64,14 +64,15 @@ class ModelConfig:
         return self.n_kv_heads or self.n_heads
 
     @classmethod
-    def from_name(cls, name: str, **overrides) -> "ModelConfig":
+    def from_name(cls, name: str, **overrides) -> ModelConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}")
         valid = {f.name for f in fields(cls)}
         bad = [k for k in overrides if k not in valid]
         if bad:
-            raise ValueError(f"unknown ModelConfig field {bad[0]!r}; "
-                             f"valid: {', '.join(sorted(valid))}")
+            raise ValueError(
+                f"unknown ModelConfig field {bad[0]!r}; valid: {', '.join(sorted(valid))}"
+            )
         return replace(PRESETS[name], **overrides)
 
     def num_params(self) -> int:
@@ -98,8 +99,11 @@ def model_shape(preset: str) -> tuple[int, int, int]:
 
         cfg = hf.config(preset[3:])
         heads = cfg.num_attention_heads
-        return (heads, getattr(cfg, "num_key_value_heads", None) or heads,
-                getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+        return (
+            heads,
+            getattr(cfg, "num_key_value_heads", None) or heads,
+            getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        )
     cfg = ModelConfig.from_name(preset)
     return cfg.n_heads, cfg.kv_heads, cfg.head_dim
 
@@ -135,8 +139,10 @@ class Attention(nn.Module):
         elif decoder.position == 0:
             y = decoder.prefill(q, k, v)
         else:
-            y = torch.cat([decoder.step(q[:, i : i + 1], k[:, i : i + 1], v[:, i : i + 1])
-                           for i in range(n)], dim=1)
+            y = torch.cat(
+                [decoder.step(q[:, i : i + 1], k[:, i : i + 1], v[:, i : i + 1]) for i in range(n)],
+                dim=1,
+            )
         return self.proj(y.reshape(b, n, self.cfg.dim))
 
 
@@ -151,13 +157,16 @@ class ShortConv(nn.Module):
 
     def forward(self, x: torch.Tensor, decoder=None) -> torch.Tensor:
         b, n, d = x.shape  # (B, N, dim)
-        past = (getattr(decoder, "conv_tail", None) if decoder is not None and decoder.position
-                else None)
+        past = (
+            getattr(decoder, "conv_tail", None)
+            if decoder is not None and decoder.position
+            else None
+        )
         if past is None:
             past = x.new_zeros(b, self.width - 1, d)
         full = torch.cat([past, x], dim=1)  # (B, w - 1 + N, dim)
         if decoder is not None:
-            decoder.conv_tail = full[:, -(self.width - 1):].detach()
+            decoder.conv_tail = full[:, -(self.width - 1) :].detach()
         y = F.conv1d(full.transpose(1, 2), self.weight, groups=d)  # (B, dim, N)
         return x + y.transpose(1, 2)
 
@@ -232,14 +241,22 @@ class TransformerLM(nn.Module):
         """One decoder per block for a decoding session of up to ``max_len`` tokens."""
         p = next(self.parameters())
         return [
-            self.variant.decoder(batch, self.cfg.n_heads, self.cfg.head_dim, max_len=max_len,
-                                 kv_heads=self.cfg.kv_heads, dtype=p.dtype, device=p.device)
+            self.variant.decoder(
+                batch,
+                self.cfg.n_heads,
+                self.cfg.head_dim,
+                max_len=max_len,
+                kv_heads=self.cfg.kv_heads,
+                dtype=p.dtype,
+                device=p.device,
+            )
             for _ in self.blocks
         ]
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, new_tokens: int, *,
-                 use_cache: bool = True) -> torch.Tensor:
+    def generate(
+        self, prompt: torch.Tensor, new_tokens: int, *, use_cache: bool = True
+    ) -> torch.Tensor:
         """Greedy continuation of ``prompt`` (B, P) by ``new_tokens`` tokens -> (B, P + new)."""
         seq = prompt
         if not use_cache:

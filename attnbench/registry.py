@@ -26,8 +26,9 @@ import importlib.util
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -35,8 +36,11 @@ from attnbench.attention.backends import missing_reason
 from attnbench.attention.reference import MATHS, LinearMath, Math, SoftmaxMath, expand_heads
 from attnbench.case import FAMILIES, Capabilities, Case, dtype_name, parse_dtype
 
-_FAMILY_MATH = {"naive": "causal_softmax", "fused": "causal_softmax",
-                "sliding_window": "sliding_window"}
+_FAMILY_MATH = {
+    "naive": "causal_softmax",
+    "fused": "causal_softmax",
+    "sliding_window": "sliding_window",
+}
 
 
 ReasonsFn = Callable[["Case", dict], list[str]]
@@ -59,7 +63,7 @@ class VariantInfo:
     probe: ReasonsFn | None = None
     decoder: Callable[..., Any] | None = None
     validate: Callable[[dict], None] | None = None
-    prepare: Callable[["Variant", "Case"], None] | None = None
+    prepare: Callable[[Variant, Case], None] | None = None
     kernel: Callable[..., str | None] | None = None
     takes_causal: bool = False
 
@@ -108,7 +112,7 @@ def register_variant(
     probe: ReasonsFn | None = None,
     decoder: Callable[..., Any] | None = None,
     validate: Callable[[dict], None] | None = None,
-    prepare: Callable[["Variant", "Case"], None] | None = None,
+    prepare: Callable[[Variant, Case], None] | None = None,
     kernel: Callable[..., str | None] | None = None,
     description: str | None = None,
     replace_existing: bool = False,
@@ -231,13 +235,17 @@ def _import_builtin_variants() -> None:
     except ModuleNotFoundError as e:
         if e.name != BUILTIN_VARIANTS:
             raise
-    init = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "variants",
-                        "__init__.py")
+    init = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "variants", "__init__.py"
+    )
     if not os.path.isfile(init):
-        raise ImportError(f"the built-in variants ({BUILTIN_VARIANTS}) are not installed and "
-                          f"there is no source folder at {os.path.dirname(init)}")
+        raise ImportError(
+            f"the built-in variants ({BUILTIN_VARIANTS}) are not installed and "
+            f"there is no source folder at {os.path.dirname(init)}"
+        )
     spec = importlib.util.spec_from_file_location(
-        BUILTIN_VARIANTS, init, submodule_search_locations=[os.path.dirname(init)])
+        BUILTIN_VARIANTS, init, submodule_search_locations=[os.path.dirname(init)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[BUILTIN_VARIANTS] = module
     try:
@@ -294,13 +302,12 @@ def resolve_name(name: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise ValueError(f"variant name {name!r} is ambiguous: "
-                         f"it matches {', '.join(sorted(matches))}")
+        raise ValueError(
+            f"variant name {name!r} is ambiguous: it matches {', '.join(sorted(matches))}"
+        )
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else ""
-    raise ValueError(
-        f"unknown variant {name!r}{hint}. Valid names: {', '.join(sorted(_REGISTRY))}"
-    )
+    raise ValueError(f"unknown variant {name!r}{hint}. Valid names: {', '.join(sorted(_REGISTRY))}")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -343,7 +350,7 @@ def _convert(name: str, key: str, value: Any, default: Any) -> Any:
         ) from None
 
 
-def get_variant(spec: str, **params: Any) -> "Variant":
+def get_variant(spec: str, **params: Any) -> Variant:
     """Bind a registered implementation to parameters:
     ``get_variant("sliding_window.blocked:window=256")``.
 
@@ -428,8 +435,9 @@ class Variant:
         query heads first (that copy is part of what a benchmark times)."""
         _check_qkv(q, k, v)
         if not causal and not self.info.takes_causal:
-            raise ValueError(f"variant {self.label} computes causal attention only "
-                             "(causal=False given)")
+            raise ValueError(
+                f"variant {self.label} computes causal attention only (causal=False given)"
+            )
         static = self._static_reasons(str(q.device.type), q.dtype, q.shape[-1], causal)
         if static:
             raise ValueError(f"variant {self.label} cannot run here: " + "; ".join(static))
@@ -452,16 +460,32 @@ class Variant:
         """This variant's math, materialised, in ``dtype`` (float64: the reference)."""
         return self.math.reference(q, k, v, causal=causal, dtype=dtype)
 
-    def decoder(self, batch: int, heads: int, head_dim: int, *, max_len: int,
-                kv_heads: int | None = None, dtype: torch.dtype = torch.float32,
-                device: str | torch.device = "cpu"):
+    def decoder(
+        self,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        *,
+        max_len: int,
+        kv_heads: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
         """This implementation's decoder: ``prefill(q, k, v)`` then ``step(q, k, v)`` one token
         at a time; its cache holds ``kv_heads`` key/value heads (default: ``heads``)."""
         from attnbench.attention import decode
 
         factory = self.info.decoder or decode.default_decoder_class(self.math)
-        return factory(self, batch, heads, head_dim, kv_heads=kv_heads or heads, max_len=max_len,
-                       dtype=dtype, device=device)
+        return factory(
+            self,
+            batch,
+            heads,
+            head_dim,
+            kv_heads=kv_heads or heads,
+            max_len=max_len,
+            dtype=dtype,
+            device=device,
+        )
 
     @property
     def decoder_name(self) -> str:
@@ -469,8 +493,9 @@ class Variant:
 
     # --- capabilities ---------------------------------------------------------------------
     @functools.lru_cache(maxsize=256)
-    def _static_reasons(self, device: str, dtype: torch.dtype, head_dim: int,
-                        causal: bool) -> tuple:
+    def _static_reasons(
+        self, device: str, dtype: torch.dtype, head_dim: int, causal: bool
+    ) -> tuple:
         caps = self.supports.on(device)
         out = [why for why in map(missing_reason, caps.requires) if why]
         if device not in caps.devices:
@@ -485,14 +510,17 @@ class Variant:
         if caps.head_dim_multiple and head_dim % caps.head_dim_multiple:
             out.append(f"head_dim {head_dim} is not a multiple of {caps.head_dim_multiple}")
         if caps.head_dims is not None and head_dim not in caps.head_dims:
-            out.append(f"head_dim {head_dim} not supported (supported: "
-                       f"{', '.join(map(str, caps.head_dims))})")
+            out.append(
+                f"head_dim {head_dim} not supported (supported: "
+                f"{', '.join(map(str, caps.head_dims))})"
+            )
         if not causal and not (caps.noncausal or self.info.takes_causal):
             out.append("non-causal attention not supported")
         return tuple(out)
 
-    def not_supported_reasons(self, case: Case | None = None, *, probe: bool = True,
-                              **kwargs: Any) -> list[str]:
+    def not_supported_reasons(
+        self, case: Case | None = None, *, probe: bool = True, **kwargs: Any
+    ) -> list[str]:
         """Why this variant cannot run ``case`` here; an empty list means it runs.
 
         Pass a :class:`Case` or its fields as keywords (``device="cuda", dtype=torch.bfloat16,
@@ -516,8 +544,9 @@ class Variant:
                 cap = torch.cuda.get_device_capability(case.device)
                 if cap < caps.min_cuda_capability:
                     need = ".".join(map(str, caps.min_cuda_capability))
-                    out.append(f"needs CUDA compute capability >= {need}, "
-                               f"device has {cap[0]}.{cap[1]}")
+                    out.append(
+                        f"needs CUDA compute capability >= {need}, device has {cap[0]}.{cap[1]}"
+                    )
         wanted = case.attention_pass
         if wanted == "fwd_bwd" and not caps.backward:
             out.append(f"backward not supported on {device}")
@@ -545,7 +574,7 @@ def _check_qkv(q, k, v) -> None:
     if k.shape != (b, n, hk, d) or v.shape[:3] != (b, n, hk) or hk < 1 or h % hk:
         raise ValueError(
             "q, k, v must share (B, N), q and k the head dim D, and k, v a number of heads that "
-            "divides q's (grouped-query attention); got q %s, k %s, v %s" % shapes
+            "divides q's (grouped-query attention); got q {}, k {}, v {}".format(*shapes)
         )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")

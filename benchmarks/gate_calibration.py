@@ -30,8 +30,16 @@ from helpers import SHAPES, random_qkv, small_variant  # noqa: E402
 
 def rows_for(variant, shape, dtype):
     b, n, h, d, kv = shape
-    case = Case(batch=b, seq_len=n, heads=h, kv_heads=kv, head_dim=d, dtype=dtype, device="cpu",
-                pass_="fwd_bwd")
+    case = Case(
+        batch=b,
+        seq_len=n,
+        heads=h,
+        kv_heads=kv,
+        head_dim=d,
+        dtype=dtype,
+        device="cpu",
+        pass_="fwd_bwd",
+    )
     if variant.not_supported_reasons(case.replace(pass_="fwd")):
         return None
     q, k, v = random_qkv(shape, dtype, requires_grad=True)
@@ -73,8 +81,12 @@ def main(argv=None) -> int:
                     continue
                 ran = True
                 (fr, fm), (gr, gm) = res
-                worst = [max(worst[0], fr), max(worst[1], fm), max(worst[2], gr or 0),
-                         max(worst[3], gm or 0)]
+                worst = [
+                    max(worst[0], fr),
+                    max(worst[1], fm),
+                    max(worst[2], gr or 0),
+                    max(worst[3], gm or 0),
+                ]
             if ran:
                 table.append([variant.label, dt] + [f"{w:.2f}" for w in worst])
     headers = ["variant", "dtype", "fwd worst row", "fwd mean", "grad worst row", "grad mean"]

@@ -32,8 +32,12 @@ class Rows:
 
     def get(self, prefix: str, pass_: str, n: int, dtype: str = "float32"):
         for r in self.rows:
-            if r["variant"].split(":")[0] == prefix and r["pass"] == pass_ and r["seq_len"] == n \
-                    and r["dtype"] == dtype:
+            if (
+                r["variant"].split(":")[0] == prefix
+                and r["pass"] == pass_
+                and r["seq_len"] == n
+                and r["dtype"] == dtype
+            ):
                 return r
         return None
 
@@ -61,8 +65,13 @@ def _chunked_over_documented(row) -> float:
     from attnbench.registry import get_variant
 
     variant = get_variant(row["variant"])
-    case = Case(batch=row["batch"], seq_len=row["seq_len"], heads=row["heads"],
-                head_dim=row["head_dim"], pass_=row["pass"])
+    case = Case(
+        batch=row["batch"],
+        seq_len=row["seq_len"],
+        heads=row["heads"],
+        head_dim=row["head_dim"],
+        pass_=row["pass"],
+    )
     return chunked_linear_flops(variant, case) / attention_flops(variant, case)
 
 
@@ -73,8 +82,12 @@ def check(rows: Rows) -> list[tuple[str, str, str, str]]:
         out.append((what, target, measured, "yes" if ok else ("n/a" if ok is None else "**no**")))
 
     f = rows.value("fused.sdpa", "fwd", 4096, "frac_of_ceiling")
-    add("fused.sdpa causal fwd, N=4096", "≥ 80% of ceiling", _fmt(f, "pct"),
-        None if f is None else f >= 0.8)
+    add(
+        "fused.sdpa causal fwd, N=4096",
+        "≥ 80% of ceiling",
+        _fmt(f, "pct"),
+        None if f is None else f >= 0.8,
+    )
 
     def best(prefixes, pass_, n):
         cands = [(rows.value(p, pass_, n, "time_ms"), p) for p in prefixes]
@@ -84,22 +97,38 @@ def check(rows: Rows) -> list[tuple[str, str, str, str]]:
     t_own, own = best(OWN_SW, "fwd", 16384)
     t_flex = rows.value("sliding_window.flex", "fwd", 16384, "time_ms")
     ratio = t_flex / t_own if t_own and t_flex else None
-    add(f"best own sliding window ({own}) fwd N=16384 vs flex", "≥ 1.0×", _fmt(ratio, "x"),
-        None if ratio is None else ratio >= 1.0)
+    add(
+        f"best own sliding window ({own}) fwd N=16384 vs flex",
+        "≥ 1.0×",
+        _fmt(ratio, "x"),
+        None if ratio is None else ratio >= 1.0,
+    )
     frac = rows.value(own, "fwd", 16384, "frac_of_ceiling") if own else None
-    add(f"  {own} fwd, ceiling on attended pairs", "≥ 50%", _fmt(frac, "pct"),
-        None if frac is None else frac >= 0.5)
+    add(
+        f"  {own} fwd, ceiling on attended pairs",
+        "≥ 50%",
+        _fmt(frac, "pct"),
+        None if frac is None else frac >= 0.5,
+    )
     t_own_b, own_b = best(OWN_SW, "fwd_bwd", 16384)
     frac = rows.value(own_b, "fwd_bwd", 16384, "frac_of_ceiling") if own_b else None
-    add(f"  {own_b} fwd+bwd, ceiling on attended pairs", "≥ 40%", _fmt(frac, "pct"),
-        None if frac is None else frac >= 0.4)
+    add(
+        f"  {own_b} fwd+bwd, ceiling on attended pairs",
+        "≥ 40%",
+        _fmt(frac, "pct"),
+        None if frac is None else frac >= 0.4,
+    )
     for pass_, who in (("fwd", own), ("fwd_bwd", own_b)):
         for field, label in (("time_ms", "time"), ("peak_mem_bytes", "peak memory")):
             a = rows.value(who, pass_, 16384, field) if who else None
             b = rows.value(who, pass_, 8192, field) if who else None
             r = a / b if a and b else None
-            add(f"  {who} {pass_} {label} N=16384 / N=8192", "≤ 2.2", _fmt(r, "x"),
-                None if r is None else r <= 2.2)
+            add(
+                f"  {who} {pass_} {label} N=16384 / N=8192",
+                "≤ 2.2",
+                _fmt(r, "x"),
+                None if r is None else r <= 2.2,
+            )
 
     for pat in PATTERNS:
         flex_p = f"sparse.{pat}.flex"
@@ -107,53 +136,98 @@ def check(rows: Rows) -> list[tuple[str, str, str, str]]:
         own_p = own_p or f"sparse.{pat}.blocked"
         t_f = rows.value(flex_p, "fwd", 16384, "time_ms")
         r = t_f / t_o if t_o and t_f else None
-        add(f"best own {pat} ({own_p}) fwd N=16384 vs {flex_p}", "≥ 1.0×", _fmt(r, "x"),
-            None if r is None else r >= 1.0)
+        add(
+            f"best own {pat} ({own_p}) fwd N=16384 vs {flex_p}",
+            "≥ 1.0×",
+            _fmt(r, "x"),
+            None if r is None else r >= 1.0,
+        )
         for pass_ in ("fwd", "fwd_bwd"):
             frac = rows.value(own_p, pass_, 16384, "frac_of_ceiling")
-            add(f"  {own_p} {pass_}, ceiling on attended pairs", "≥ 40%", _fmt(frac, "pct"),
-                None if frac is None else frac >= 0.4)
+            add(
+                f"  {own_p} {pass_}, ceiling on attended pairs",
+                "≥ 40%",
+                _fmt(frac, "pct"),
+                None if frac is None else frac >= 0.4,
+            )
 
     for lin in ("linear.elu.chunked", "linear.performer.chunked"):
         frac = rows.value(lin, "fwd_bwd", 16384, "frac_of_ceiling")
-        executed = (frac * _chunked_over_documented(rows.get(lin, "fwd_bwd", 16384))
-                    if frac else None)
-        add(f"{lin} fwd+bwd N=16384, ceiling on the chunked form's FLOPs (4NFD + 2NC(F+D); "
-            f"on 4NFD alone: {_fmt(frac, 'pct')})", "≥ 40%", _fmt(executed, "pct"),
-            None if executed is None else executed >= 0.4)
+        executed = (
+            frac * _chunked_over_documented(rows.get(lin, "fwd_bwd", 16384)) if frac else None
+        )
+        add(
+            f"{lin} fwd+bwd N=16384, ceiling on the chunked form's FLOPs (4NFD + 2NC(F+D); "
+            f"on 4NFD alone: {_fmt(frac, 'pct')})",
+            "≥ 40%",
+            _fmt(executed, "pct"),
+            None if executed is None else executed >= 0.4,
+        )
         for field, label in (("time_ms", "time"), ("peak_mem_bytes", "peak memory")):
             a, b = rows.value(lin, "fwd_bwd", 16384, field), rows.value(lin, "fwd_bwd", 8192, field)
             r = a / b if a and b else None
-            add(f"  {lin} fwd+bwd {label} N=16384 / 8192", "≤ 2.2", _fmt(r, "x"),
-                None if r is None else r <= 2.2)
+            add(
+                f"  {lin} fwd+bwd {label} N=16384 / 8192",
+                "≤ 2.2",
+                _fmt(r, "x"),
+                None if r is None else r <= 2.2,
+            )
         cross = None
         for n in (1024, 4096, 8192, 16384):
-            a, b = (rows.value(lin, "fwd_bwd", n, "time_ms"),
-                    rows.value("fused.sdpa", "fwd_bwd", n, "time_ms"))
+            a, b = (
+                rows.value(lin, "fwd_bwd", n, "time_ms"),
+                rows.value("fused.sdpa", "fwd_bwd", n, "time_ms"),
+            )
             if a and b and a < b:
                 cross = n
                 break
-        add(f"  {lin} overtakes fused.sdpa (fwd+bwd) from N =", "reported",
-            "–" if cross is None else str(cross), None)
+        add(
+            f"  {lin} overtakes fused.sdpa (fwd+bwd) from N =",
+            "reported",
+            "–" if cross is None else str(cross),
+            None,
+        )
 
-    for who, flat in (("linear.elu.chunked", True), ("linear.performer.chunked", True),
-                      ("sliding_window.banded", True), ("fused.sdpa", False)):
-        a, b = (rows.value(who, "decode", 16384, "time_ms"),
-                rows.value(who, "decode", 1024, "time_ms"))
+    for who, flat in (
+        ("linear.elu.chunked", True),
+        ("linear.performer.chunked", True),
+        ("sliding_window.banded", True),
+        ("fused.sdpa", False),
+    ):
+        a, b = (
+            rows.value(who, "decode", 16384, "time_ms"),
+            rows.value(who, "decode", 1024, "time_ms"),
+        )
         r = a / b if a and b else None
         if flat:
-            add(f"decode step {who}, context 16384 / 1024", "≤ 1.3× (flat)", _fmt(r, "x"),
-                None if r is None else r <= 1.3)
+            add(
+                f"decode step {who}, context 16384 / 1024",
+                "≤ 1.3× (flat)",
+                _fmt(r, "x"),
+                None if r is None else r <= 1.3,
+            )
         else:
-            add(f"decode step {who}, context 16384 / 1024", "grows", _fmt(r, "x"),
-                None if r is None else r > 1.3)
+            add(
+                f"decode step {who}, context 16384 / 1024",
+                "grows",
+                _fmt(r, "x"),
+                None if r is None else r > 1.3,
+            )
 
-    for who in ("fused.sdpa", "sliding_window.banded", "sliding_window.blocked",
-                "linear.elu.chunked"):
+    for who in (
+        "fused.sdpa",
+        "sliding_window.banded",
+        "sliding_window.blocked",
+        "linear.elu.chunked",
+    ):
         frac = rows.value(who, "fwd", 16384, "frac_of_ceiling", "bfloat16")
         st = rows.status(who, "fwd", 16384, "bfloat16")
-        add(f"bfloat16 {who} fwd N=16384, of the bf16 ceiling", "runs; reported",
-            _fmt(frac, "pct") if frac is not None else st, st == "ok")
+        add(
+            f"bfloat16 {who} fwd N=16384, of the bf16 ceiling",
+            "runs; reported",
+            _fmt(frac, "pct") if frac is not None else st,
+            st == "ok",
+        )
     return out
 
 
@@ -171,9 +245,12 @@ def main(argv=None) -> int:
     run = runs[0]
     info = results.read_run_json(run)
     ceil = info.get("ceilings", {}).get("matmul_flops_per_s", {})
-    head = (f"Performance targets, run {run.name} on {info['environment'].get('device_name')} "
-            f"(matmul ceiling: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in ceil.items())
-            + ")")
+    head = (
+        f"Performance targets, run {run.name} on {info['environment'].get('device_name')} "
+        f"(matmul ceiling: "
+        + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in ceil.items())
+        + ")"
+    )
     if len(runs) > 1:
         head += "; rows of " + ", ".join(r.name for r in runs[1:]) + " replace the first run's"
     lines = [head, "", "| what | target | measured | met |", "|:---|:---|---:|:---|"]

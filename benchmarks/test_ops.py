@@ -26,8 +26,12 @@ def _params():
             continue
         for pass_ in ("fwd", "fwd_bwd"):
             for b, n, h, d in SIZES:
-                yield pytest.param(variant.label, pass_, (b, n, h, d),
-                                   id=f"{variant.label}-{pass_}-B{b}-N{n}-H{h}-D{d}")
+                yield pytest.param(
+                    variant.label,
+                    pass_,
+                    (b, n, h, d),
+                    id=f"{variant.label}-{pass_}-B{b}-N{n}-H{h}-D{d}",
+                )
 
 
 def gated(spec: str, pass_: str, shape: tuple[int, int, int, int]) -> worker.Prepared:
@@ -35,9 +39,20 @@ def gated(spec: str, pass_: str, shape: tuple[int, int, int, int]) -> worker.Pre
     the variant cannot run; ``AssertionError`` naming the reason where it is incorrect)."""
     variant = attnbench.get_variant(spec)
     b, n, h, d = shape
-    case = Case(level="op", variant=variant.label, family=variant.family,
-                math=variant.info.math, impl=variant.impl, exact=variant.exact, batch=b,
-                seq_len=n, heads=h, kv_heads=h, head_dim=d, pass_=pass_)
+    case = Case(
+        level="op",
+        variant=variant.label,
+        family=variant.family,
+        math=variant.info.math,
+        impl=variant.impl,
+        exact=variant.exact,
+        batch=b,
+        seq_len=n,
+        heads=h,
+        kv_heads=h,
+        head_dim=d,
+        pass_=pass_,
+    )
     reasons = variant.not_supported_reasons(case)
     if reasons:
         pytest.skip("; ".join(reasons))

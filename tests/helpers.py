@@ -69,24 +69,32 @@ def random_qkv(shape, dtype, device="cpu", seed=0, requires_grad=False):
     return out
 
 
-def assert_close_to_reference(name, got, plain, ref, dtype,
-                              multiple=3.0, gradient=False, scale=0.0, conditioning=0.0):
+def assert_close_to_reference(
+    name, got, plain, ref, dtype, multiple=3.0, gradient=False, scale=0.0, conditioning=0.0
+):
     """Self-calibrating check (``attnbench.attention.reference.reference_error``, the benchmark
     gate's rule)."""
-    why = reference_error(got, plain, ref, dtype, multiple, gradient=gradient, scale=scale,
-                          conditioning=conditioning)
+    why = reference_error(
+        got, plain, ref, dtype, multiple, gradient=gradient, scale=scale, conditioning=conditioning
+    )
     assert why is None, f"{name}: {why}"
 
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, env: dict | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """``python run_bench.py ARGS`` from the project root; fails the test unless it exits 0."""
-    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), *args], cwd=ROOT,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_bench.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -25,17 +25,34 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_without_cuda_skips_every_check_with_its_reason(tmp_path):
     out = tmp_path / "check"
     t0 = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "gpu-check"], cwd=tmp_path,
-                          env={**os.environ, "GPU_CHECK_OUT": str(out)},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_bench.py"), "gpu-check"],
+        cwd=tmp_path,
+        env={**os.environ, "GPU_CHECK_OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert time.time() - t0 < 300
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == ["check.md", "run.json"] and len(files) <= 8
     checks = json.loads((out / "run.json").read_text())["gpu_check"]["checks"]
     names = [c["name"] for c in checks]
-    assert names == list(gpucheck.CHECK_NAMES) == ["environment", "variants", "train_step", "nccl",
-                                                   "flex_block_mask", "timing", "hf", "gpu_suite"]
+    assert (
+        names
+        == list(gpucheck.CHECK_NAMES)
+        == [
+            "environment",
+            "variants",
+            "train_step",
+            "nccl",
+            "flex_block_mask",
+            "timing",
+            "hf",
+            "gpu_suite",
+        ]
+    )
     assert checks[0]["status"] == "ok"
     for c in checks[1:]:
         assert c["status"] == "skipped" and c["detail"] == "no CUDA device on this machine"
@@ -76,9 +93,21 @@ def test_only_names_valid_checks():
 
 
 def test_only_skips_the_others_without_failing(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "gpu-check", "--only",
-                           "environment", "--out", str(tmp_path)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_bench.py"),
+            "gpu-check",
+            "--only",
+            "environment",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     checks = json.loads((tmp_path / "run.json").read_text())["gpu_check"]["checks"]
     assert [c["status"] for c in checks] == ["ok"] + ["skipped"] * 7
@@ -123,21 +152,34 @@ def _rows_run(tmp_path, statuses, late=()):
     run = tmp_path / "run"
     w = results.ResultWriter(run)
     for i, st in enumerate(statuses):
-        w.write({"case_id": f"c{i}", "variant": "v", "pass": "fwd", "seq_len": 8, "level": "op",
-                 "status": st, "reason": "r", "head_dim": 64})
+        w.write(
+            {
+                "case_id": f"c{i}",
+                "variant": "v",
+                "pass": "fwd",
+                "seq_len": 8,
+                "level": "op",
+                "status": st,
+                "reason": "r",
+                "head_dim": 64,
+            }
+        )
     results.write_run_json(run, {"run_id": "run", "deadline": {"skipped_cases": list(late)}})
     return run
 
 
-@pytest.mark.parametrize("statuses, late, verdict", [
-    (["ok", "unsupported"], (), "ok"),
-    (["ok", "timeout"], (), "failed"),
-    (["ok", "crash"], (), "failed"),
-    (["ok", "incorrect"], (), "failed"),
-    (["ok", "implausible"], (), "failed"),
-    (["unsupported"], (), "failed"),  # nothing measured at all
-    (["ok"], ("c9",), "incomplete"),  # the deadline left a case
-])
+@pytest.mark.parametrize(
+    "statuses, late, verdict",
+    [
+        (["ok", "unsupported"], (), "ok"),
+        (["ok", "timeout"], (), "failed"),
+        (["ok", "crash"], (), "failed"),
+        (["ok", "incorrect"], (), "failed"),
+        (["ok", "implausible"], (), "failed"),
+        (["unsupported"], (), "failed"),  # nothing measured at all
+        (["ok"], ("c9",), "incomplete"),  # the deadline left a case
+    ],
+)
 def test_suite_verdict_counts_timeouts_and_crashes_as_failures(tmp_path, statuses, late, verdict):
     check = Check("gpu_suite")
     gpucheck.suite_verdict(check, _rows_run(tmp_path, statuses, late))
@@ -145,8 +187,10 @@ def test_suite_verdict_counts_timeouts_and_crashes_as_failures(tmp_path, statuse
 
 
 def test_nccl_check_fails_unless_the_run_used_nccl_through_ddp():
-    rows = [{"pass": "train", "status": "ok", "data_parallel": "ddp, nccl, world 1",
-             "train_steps": 9}, {"pass": "eval", "bits_per_byte": 3.1}]
+    rows = [
+        {"pass": "train", "status": "ok", "data_parallel": "ddp, nccl, world 1", "train_steps": 9},
+        {"pass": "eval", "bits_per_byte": 3.1},
+    ]
     info = {"distributed": {"backend": "nccl", "world_size": 1}}
     assert gpucheck.nccl_verdict(info, rows)[0] == "ok"
     assert gpucheck.nccl_verdict({}, rows)[0] == "failed"  # the ordinary path: no backend
@@ -171,16 +215,19 @@ def test_copy_back_copies_what_exists_and_never_raises(tmp_path):
 
 def test_a_check_runs_in_its_own_process_and_is_killed_at_its_box(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ok = gpucheck.run_in_process(Spec("environment", 60, False, ""), 60, env, tmp_path / "r",
-                                 tmp_path)
+    ok = gpucheck.run_in_process(
+        Spec("environment", 60, False, ""), 60, env, tmp_path / "r", tmp_path
+    )
     assert ok.status == "ok" and ok.items and ok.box_s == 60
     # a box shorter than the process's start-up: killed, failed, and the verdict still comes
-    killed = gpucheck.run_in_process(Spec("environment", 0.3, False, ""), 0.3, env,
-                                     tmp_path / "r", tmp_path)
+    killed = gpucheck.run_in_process(
+        Spec("environment", 0.3, False, ""), 0.3, env, tmp_path / "r", tmp_path
+    )
     assert killed.status == "failed" and "outlived its time box of 0 s" in killed.detail
     # a process that dies without a result
-    crashed = gpucheck.run_in_process(Spec("no_such_check", 30, False, ""), 30, env,
-                                      tmp_path / "r", tmp_path)
+    crashed = gpucheck.run_in_process(
+        Spec("no_such_check", 30, False, ""), 30, env, tmp_path / "r", tmp_path
+    )
     assert crashed.status == "failed" and "exited with code 2" in crashed.detail
 
 
@@ -200,6 +247,7 @@ def test_carried_wheels_skip_without_a_folder_and_go_on_the_path(tmp_path):
 
 
 # --- the CUDA paths' pieces that a CPU can check -----------------------------------------------
+
 
 def test_a_bare_cuda_device_gets_its_index_before_set_device():
     from torch._utils import _get_device_index

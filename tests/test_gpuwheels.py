@@ -24,16 +24,19 @@ def _record_line(path: str, data: bytes) -> str:
     return f"{path},sha256={digest},{len(data)}"
 
 
-def make_wheel(folder: Path, name: str = "tinypkg", version: str = "0.0.0",
-               files: dict[str, str] | None = None) -> Path:
+def make_wheel(
+    folder: Path, name: str = "tinypkg", version: str = "0.0.0", files: dict[str, str] | None = None
+) -> Path:
     """A minimal pure-Python wheel, written by hand."""
     files = files if files is not None else {f"{name}/__init__.py": "VALUE = 42\n"}
     info = f"{name}-{version}.dist-info"
     members = {path: text.encode() for path, text in files.items()}
-    members[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: {name}\n"
-                                   f"Version: {version}\n").encode()
-    members[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
-                                b"Tag: py3-none-any\n")
+    members[f"{info}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    ).encode()
+    members[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     record = [_record_line(p, d) for p, d in members.items()] + [f"{info}/RECORD,,"]
     members[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,22 +58,36 @@ def test_install_skips_a_missing_or_empty_folder(tmp_path):
 
 def test_install_puts_a_wheel_in_the_target_and_it_imports_from_there(tmp_path):
     wheel = make_wheel(tmp_path / "whl")
-    make_wheel(tmp_path / "whl", "nvidia_fake", "1.0",
-               {"nvidia/__init__.py": "", "nvidia/fake/__init__.py": "X = 1\n"})
+    make_wheel(
+        tmp_path / "whl",
+        "nvidia_fake",
+        "1.0",
+        {"nvidia/__init__.py": "", "nvidia/fake/__init__.py": "X = 1\n"},
+    )
     target = tmp_path / "site"
     path_before = list(sys.path)
     got = gpuwheels.install(tmp_path / "whl", target)
-    assert got == {"installed": sorted([wheel.name, "nvidia_fake-1.0-py3-none-any.whl"]),
-                   "target": str(target)}
+    assert got == {
+        "installed": sorted([wheel.name, "nvidia_fake-1.0-py3-none-any.whl"]),
+        "target": str(target),
+    }
     assert sys.path == path_before  # the caller puts the target on the path
     assert (target / "tinypkg" / "__init__.py").is_file()
     # the shared top-level folder is left a namespace package, so it cannot shadow the machine's
     assert not (target / "nvidia" / "__init__.py").exists()
     env = gpuwheels.environ(target, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert env["PYTHONPATH"] == str(target)
-    proc = subprocess.run([sys.executable, "-c", "import tinypkg, nvidia.fake; "
-                           "print(tinypkg.VALUE, tinypkg.__file__, nvidia.fake.X)"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import tinypkg, nvidia.fake; print(tinypkg.VALUE, tinypkg.__file__, nvidia.fake.X)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     value, where, x = proc.stdout.split()
     assert value == "42" and x == "1" and Path(where).is_relative_to(target)
@@ -97,6 +114,7 @@ def test_check_size_names_the_sizes_over_the_cap(tmp_path):
 
 def _fake_pip(files: dict[str, int], seen: list):
     """Stands in for subprocess.run: writes wheel files of the given sizes into -d's folder."""
+
     def run(cmd, **kwargs):
         seen.append(cmd)
         dest = Path(cmd[cmd.index("-d") + 1])
@@ -104,18 +122,20 @@ def _fake_pip(files: dict[str, int], seen: list):
             with open(dest / name, "wb") as f:
                 f.truncate(size)
         return subprocess.CompletedProcess(cmd, 0, "", "")
+
     return run
 
 
 def _names(big: int = 1000) -> dict[str, int]:
-    return {"fla_core-0.6.0-py3-none-any.whl": 1000,
-            "xformers-0.0.35-py39-none-manylinux_2_28_x86_64.whl": big,
-            "nvidia_cuda_runtime_cu12-12.8.90-py3-none-manylinux2014_x86_64"
-            ".manylinux_2_17_x86_64.whl": 1000}
+    return {
+        "fla_core-0.6.0-py3-none-any.whl": 1000,
+        "xformers-0.0.35-py39-none-manylinux_2_28_x86_64.whl": big,
+        "nvidia_cuda_runtime_cu12-12.8.90-py3-none-manylinux2014_x86_64"
+        ".manylinux_2_17_x86_64.whl": 1000,
+    }
 
 
-def test_download_runs_pip_with_the_pins_and_flags_and_drops_other_versions(tmp_path,
-                                                                            monkeypatch):
+def test_download_runs_pip_with_the_pins_and_flags_and_drops_other_versions(tmp_path, monkeypatch):
     seen: list = []
     monkeypatch.setattr(gpuwheels.subprocess, "run", _fake_pip(_names(), seen))
     dest = tmp_path / "whl"
@@ -147,14 +167,18 @@ def test_download_over_the_cap_raises_naming_the_sizes(tmp_path, monkeypatch):
 def test_download_reports_pips_failure(tmp_path, monkeypatch):
     def run(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
+
     monkeypatch.setattr(gpuwheels.subprocess, "run", run)
     with pytest.raises(RuntimeError, match="No matching distribution"):
         gpuwheels.download(tmp_path / "whl")
 
 
 def test_the_table_names_what_cannot_be_carried_and_why():
-    assert {w.name for w in gpuwheels.CARRIED} == {"fla-core", "xformers",
-                                                   "nvidia-cuda-runtime-cu12"}
+    assert {w.name for w in gpuwheels.CARRIED} == {
+        "fla-core",
+        "xformers",
+        "nvidia-cuda-runtime-cu12",
+    }
     assert all(w.version and w.why for w in gpuwheels.CARRIED)
     assert set(gpuwheels.NOT_CARRIED) == {"flash-attn", "flash_attn_3"}
     assert "nvcc" in gpuwheels.NOT_CARRIED["flash-attn"]
@@ -166,14 +190,17 @@ def test_the_table_names_what_cannot_be_carried_and_why():
 def test_runs_as_a_file_without_torch_and_imports_no_torch():
     """``make gpu-wheels`` runs the file with a plain python3 (no torch there)."""
     script = str(ROOT / "attnbench" / "gpuwheels.py")
-    code = ("import runpy, sys\n"
-            "sys.argv = ['gpuwheels.py', '--help']\n"
-            "try:\n"
-            f"    runpy.run_path({script!r}, run_name='__main__')\n"
-            "except SystemExit as e:\n"
-            "    assert e.code == 0, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['gpuwheels.py', '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr
     assert "download" in proc.stdout and "install" in proc.stdout

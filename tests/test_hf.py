@@ -11,9 +11,13 @@ pytest.importorskip("transformers")
 
 from attnbench import hf  # noqa: E402
 
-EXACT = ["naive.softmax", "fused.sdpa", "fused.sdpa_math",
-         "sparse.strided.blocked:block=8,stride=1",
-         "linear.elu.chunked"]  # the last is not exact: it must differ
+EXACT = [
+    "naive.softmax",
+    "fused.sdpa",
+    "fused.sdpa_math",
+    "sparse.strided.blocked:block=8,stride=1",
+    "linear.elu.chunked",
+]  # the last is not exact: it must differ
 IDS = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
 
 
@@ -27,15 +31,23 @@ def llama():
     return hf.build("llama-tiny")
 
 
-@pytest.mark.parametrize("spec", ["naive.softmax", "fused.sdpa", "fused.sdpa_math",
-                                  "sparse.longformer.blocked:window=64,globals=2",
-                                  "sliding_window.banded:window=64,block=8"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "naive.softmax",
+        "fused.sdpa",
+        "fused.sdpa_math",
+        "sparse.longformer.blocked:window=64,globals=2",
+        "sliding_window.banded:window=64,block=8",
+    ],
+)
 def test_exact_variants_give_transformers_own_logits(llama, spec):
     hf.use_variant(llama, "sdpa")
     base = _logits(llama)
     hf.use_variant(llama, spec)
     assert llama.config._attn_implementation == hf.implementation_name(
-        __import__("attnbench").get_variant(spec))
+        __import__("attnbench").get_variant(spec)
+    )
     torch.testing.assert_close(_logits(llama), base, atol=1e-4, rtol=1e-4)
 
 
@@ -66,8 +78,9 @@ def test_mistral_window_is_honoured_or_refused():
     hf.use_variant(model, "sliding_window.blocked:window=16")  # narrower: runs, and differs
     assert (_logits(model) - base).abs().max() > 1e-3
     hf.use_variant(model, "fused.sdpa")  # full attention would see keys the window hides
-    with pytest.raises(hf.VariantRefused,
-                       match="fused.sdpa cannot honour .* query 32 would see key 0"):
+    with pytest.raises(
+        hf.VariantRefused, match="fused.sdpa cannot honour .* query 32 would see key 0"
+    ):
         _logits(model)
     short = IDS[:, :24]  # shorter than the window: full attention is the model's attention
     hf.use_variant(model, "sdpa")

@@ -10,15 +10,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # room of each module (by dotted prefix, longest first) and its rank: lower never imports higher
 RANKS = {
-    "attnbench.case": 0, "attnbench.settings": 0,
+    "attnbench.case": 0,
+    "attnbench.settings": 0,
     "attnbench.attention": 1,
     "attnbench.registry": 2,
     "attnbench.variants": 3,
-    "attnbench.model": 4, "attnbench.hf": 4,
+    "attnbench.model": 4,
+    "attnbench.hf": 4,
     "attnbench.quality": 5,
     "attnbench.bench": 6,
     "attnbench.report": 7,
-    "attnbench.gpucheck": 8, "attnbench.cli": 8, "attnbench": 8,
+    "attnbench.gpucheck": 8,
+    "attnbench.cli": 8,
+    "attnbench": 8,
 }
 
 
@@ -67,8 +71,9 @@ def test_rooms_import_only_their_own_and_lower_rooms():
     bad = []
     for module, path in mods.items():
         for name, _ in _imports(module, path, mods):
-            target = max((m for m in mods if name == m or name.startswith(m + ".")), key=len,
-                         default=None)
+            target = max(
+                (m for m in mods if name == m or name.startswith(m + ".")), key=len, default=None
+            )
             if target and _rank(target) > _rank(module):
                 bad.append(f"{module} imports {target}")
     assert not bad, bad
@@ -79,8 +84,9 @@ def test_no_module_level_import_cycle():
     graph = {m: set() for m in mods}
     for module, path in mods.items():
         for name, top in _imports(module, path, mods):
-            target = max((m for m in mods if name == m or name.startswith(m + ".")), key=len,
-                         default=None)
+            target = max(
+                (m for m in mods if name == m or name.startswith(m + ".")), key=len, default=None
+            )
             if top and target and target != module and target != "attnbench":
                 graph[module].add(target)
     state: dict[str, int] = {}
@@ -90,7 +96,7 @@ def test_no_module_level_import_cycle():
         state[m] = 1
         for n in graph[m]:
             if state.get(n) == 1:
-                cycles.append(stack[stack.index(n):] + [n] if n in stack else [m, n])
+                cycles.append(stack[stack.index(n) :] + [n] if n in stack else [m, n])
             elif n not in state:
                 visit(n, stack + [n])
         state[m] = 2

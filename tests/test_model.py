@@ -7,10 +7,17 @@ import torch
 
 from attnbench.model import PRESETS, ModelConfig, TransformerLM
 
-EXACT = ["naive.softmax", "fused.sdpa", "fused.sdpa_math", "fused.sdpa_flash",
-         # patterns that cover every earlier key at this length are exact too
-         "sliding_window.blocked:window=64", "sliding_window.masked:window=64",
-         "sparse.strided.blocked:block=8,stride=1", "sparse.longformer.blocked:window=64"]
+EXACT = [
+    "naive.softmax",
+    "fused.sdpa",
+    "fused.sdpa_math",
+    "fused.sdpa_flash",
+    # patterns that cover every earlier key at this length are exact too
+    "sliding_window.blocked:window=64",
+    "sliding_window.masked:window=64",
+    "sparse.strided.blocked:block=8,stride=1",
+    "sparse.longformer.blocked:window=64",
+]
 
 
 def _model(spec="fused.sdpa", seed=0):
@@ -28,8 +35,11 @@ def test_presets_and_config_errors():
         ModelConfig.from_name("tiny", width=3)
     with pytest.raises(ValueError, match="not divisible"):
         ModelConfig(dim=10, n_heads=3)
-    for cfg in (ModelConfig.from_name("tiny"), ModelConfig.from_name("small", n_kv_heads=2),
-                ModelConfig.from_name("recall")):
+    for cfg in (
+        ModelConfig.from_name("tiny"),
+        ModelConfig.from_name("small", n_kv_heads=2),
+        ModelConfig.from_name("recall"),
+    ):
         assert sum(p.numel() for p in TransformerLM(cfg).parameters()) == cfg.num_params()
     with pytest.raises(ValueError, match="n_kv_heads=3 must divide n_heads=4"):
         ModelConfig(n_heads=4, n_kv_heads=3)
@@ -53,9 +63,17 @@ def test_exact_variants_give_the_same_logits():
         assert (model(idx) - base).abs().max() > 1e-3  # a narrow window does change the model
 
 
-@pytest.mark.parametrize("spec", ["naive.softmax", "fused.sdpa", "sliding_window.blocked:window=8",
-                                  "sparse.bigbird.blocked:block=4,window=2,randoms=1",
-                                  "linear.elu.chunked:chunk=8", "linear.performer.chunked:chunk=8"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "naive.softmax",
+        "fused.sdpa",
+        "sliding_window.blocked:window=8",
+        "sparse.bigbird.blocked:block=4,window=2,randoms=1",
+        "linear.elu.chunked:chunk=8",
+        "linear.performer.chunked:chunk=8",
+    ],
+)
 @pytest.mark.parametrize("kv_heads", [0, 1], ids=["mha", "mqa"])
 def test_greedy_decoding_equals_repeated_forwards(spec, kv_heads):
     torch.manual_seed(0)

@@ -13,14 +13,29 @@ def test_every_family_has_its_named_implementations():
     names = set(attnbench.variant_names())
     expected = {
         "naive.softmax",
-        "fused.sdpa", "fused.sdpa_math", "fused.sdpa_flash", "fused.sdpa_efficient",
-        "fused.sdpa_cudnn", "fused.flex", "fused.flash_attn", "fused.flash_attn3", "fused.xformers",
-        *(f"sliding_window.{i}"
-          for i in ("masked", "blocked", "flex", "flash_attn", "xformers", "triton")),
-        *(f"sparse.{p}.{i}" for p in ("strided", "bigbird", "longformer")
-          for i in ("masked", "blocked", "flex")),
-        *(f"linear.{m}.{i}" for m in ("elu", "performer")
-          for i in ("quadratic", "cumsum", "chunked", "recurrent", "fla")),
+        "fused.sdpa",
+        "fused.sdpa_math",
+        "fused.sdpa_flash",
+        "fused.sdpa_efficient",
+        "fused.sdpa_cudnn",
+        "fused.flex",
+        "fused.flash_attn",
+        "fused.flash_attn3",
+        "fused.xformers",
+        *(
+            f"sliding_window.{i}"
+            for i in ("masked", "blocked", "flex", "flash_attn", "xformers", "triton")
+        ),
+        *(
+            f"sparse.{p}.{i}"
+            for p in ("strided", "bigbird", "longformer")
+            for i in ("masked", "blocked", "flex")
+        ),
+        *(
+            f"linear.{m}.{i}"
+            for m in ("elu", "performer")
+            for i in ("quadratic", "cumsum", "chunked", "recurrent", "fla")
+        ),
     }
     assert expected <= names
     assert {m["family"] for m in attnbench.list_variants()} == set(FAMILIES)
@@ -34,7 +49,8 @@ def test_metadata_fields():
     assert meta["fused.sdpa"]["exact"] is True
     assert meta["linear.performer.chunked"]["params"] == {"features": 128, "seed": 0, "chunk": 64}
     assert [m["name"] for m in attnbench.list_variants("linear")] == sorted(
-        n for n in meta if n.startswith("linear."))
+        n for n in meta if n.startswith("linear.")
+    )
 
 
 def test_spec_parsing_and_labels():
@@ -48,18 +64,25 @@ def test_spec_parsing_and_labels():
     assert attnbench.get_variant(v.label).label == v.label
 
 
-@pytest.mark.parametrize("spec, needles", [
-    ("sliding_window.blockd",
-     ["unknown variant 'sliding_window.blockd'", "sliding_window.blocked"]),
-    ("sliding_window.blocked:windw=3",
-     ["unknown parameter 'windw'", "did you mean window", "valid: window=256"]),
-    ("sliding_window.blocked:window=abc", ["window='abc' is not a valid int"]),
-    ("sliding_window.blocked:window=0", ["window must be a positive integer, got 0"]),
-    ("linear.elu.chunked:chunk=-1", ["chunk must be a positive integer, got -1"]),
-    ("chunked", ["ambiguous", "linear.elu.chunked", "linear.performer.chunked"]),
-    ("sliding_window.blocked:window", ["bad parameter 'window'", "key=value"]),
-    ("", ["non-empty"]),
-])
+@pytest.mark.parametrize(
+    "spec, needles",
+    [
+        (
+            "sliding_window.blockd",
+            ["unknown variant 'sliding_window.blockd'", "sliding_window.blocked"],
+        ),
+        (
+            "sliding_window.blocked:windw=3",
+            ["unknown parameter 'windw'", "did you mean window", "valid: window=256"],
+        ),
+        ("sliding_window.blocked:window=abc", ["window='abc' is not a valid int"]),
+        ("sliding_window.blocked:window=0", ["window must be a positive integer, got 0"]),
+        ("linear.elu.chunked:chunk=-1", ["chunk must be a positive integer, got -1"]),
+        ("chunked", ["ambiguous", "linear.elu.chunked", "linear.performer.chunked"]),
+        ("sliding_window.blocked:window", ["bad parameter 'window'", "key=value"]),
+        ("", ["non-empty"]),
+    ],
+)
 def test_bad_specs_raise_value_error_naming_the_problem(spec, needles):
     with pytest.raises(ValueError) as info:
         attnbench.get_variant(spec)
@@ -87,16 +110,23 @@ def test_bad_inputs_raise_value_error():
 
 
 def test_cases_have_one_typed_form_from_plan_to_row():
-    case = Case(variant="fused.sdpa", pass_="bwd", seq_len=512, heads=8, kv_heads=2,
-                dtype=torch.bfloat16)
+    case = Case(
+        variant="fused.sdpa", pass_="bwd", seq_len=512, heads=8, kv_heads=2, dtype=torch.bfloat16
+    )
     assert case.case_id == "op|fused.sdpa|bwd|B1-N512-H8-KV2-D64|bfloat16|cpu|r0"
     assert case.attention_pass == "fwd_bwd"
     row = case.row()
     assert row["pass"] == "bwd" and row["dtype"] == "bfloat16" and row["kv_heads"] == 2
     assert Case.from_row(row) == case
     assert Case(heads=4).kv_heads == 4  # default: one key/value head per query head
-    q = QualityCase(variant="fused.sdpa", dataset="pystdlib", preset="tiny", budget="1000tok",
-                    autocast=True, eval_lens=(32, 64))
+    q = QualityCase(
+        variant="fused.sdpa",
+        dataset="pystdlib",
+        preset="tiny",
+        budget="1000tok",
+        autocast=True,
+        eval_lens=(32, 64),
+    )
     back = Case.from_row(q.row())
     assert back == q and isinstance(back, QualityCase) and q.row()["dtype"] == "bfloat16-autocast"
 
@@ -140,8 +170,9 @@ def test_probes_are_cached_and_a_raising_import_is_a_reason():
         raise ImportError("flash build unusable on this device")
 
     for _ in range(3):  # a new closure each time, as a variant's probe makes: one run
-        reasons = backends.probe(("test", "import-error"), lambda q, k, v: run(q, k, v), "cpu",
-                                 torch.float32, 16, False)
+        reasons = backends.probe(
+            ("test", "import-error"), lambda q, k, v: run(q, k, v), "cpu", torch.float32, 16, False
+        )
     assert calls == [1] and reasons == ["ImportError: flash build unusable on this device"]
 
 
@@ -158,15 +189,19 @@ def test_triton_needs_the_interpreter_on_cpu(monkeypatch):
 
 
 def test_missing_package_is_a_reason_not_an_import_error():
-    @attnbench.register_variant("fused.needs_missing_pkg", family="fused",
-                                supports=attnbench.Capabilities(requires=("surely_not_installed_pkg",)))
+    @attnbench.register_variant(
+        "fused.needs_missing_pkg",
+        family="fused",
+        supports=attnbench.Capabilities(requires=("surely_not_installed_pkg",)),
+    )
     def needs_pkg(q, k, v):
         import surely_not_installed_pkg  # noqa: F401
 
     try:
         reasons = attnbench.get_variant("fused.needs_missing_pkg").not_supported_reasons()
-        assert reasons == ["needs the optional package 'surely_not_installed_pkg', "
-                           "which is not installed"]
+        assert reasons == [
+            "needs the optional package 'surely_not_installed_pkg', which is not installed"
+        ]
     finally:
         attnbench.unregister_variant("fused.needs_missing_pkg")
 
@@ -178,12 +213,16 @@ def test_a_broken_install_is_a_reason_with_its_import_error(tmp_path, monkeypatc
 
     (tmp_path / "broken_kernels_pkg").mkdir()
     (tmp_path / "broken_kernels_pkg" / "__init__.py").write_text(
-        "raise ImportError('undefined symbol: _ZN3c104cuda9SetDeviceEi')\n")
+        "raise ImportError('undefined symbol: _ZN3c104cuda9SetDeviceEi')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     backends.missing_reason.cache_clear()
 
-    @attnbench.register_variant("fused.needs_broken_pkg", family="fused",
-                                supports=attnbench.Capabilities(requires=("broken_kernels_pkg",)))
+    @attnbench.register_variant(
+        "fused.needs_broken_pkg",
+        family="fused",
+        supports=attnbench.Capabilities(requires=("broken_kernels_pkg",)),
+    )
     def needs_broken(q, k, v):
         return q
 
@@ -215,11 +254,14 @@ def test_user_registration_example_from_the_readme():
         attnbench.unregister_variant("sliding_window.my_idea")
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"family": "dense"}, "unknown family 'dense'"),
-    ({"family": "sparse"}, "cannot infer its math"),
-    ({"family": "linear", "math": "relu"}, "unknown math 'relu'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"family": "dense"}, "unknown family 'dense'"),
+        ({"family": "sparse"}, "cannot infer its math"),
+        ({"family": "linear", "math": "relu"}, "unknown math 'relu'"),
+    ],
+)
 def test_bad_registrations(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         attnbench.register_variant("x.y", **kwargs)
@@ -228,10 +270,13 @@ def test_bad_registrations(kwargs, needle):
 def test_registration_checks_the_function_signature():
     with pytest.raises(ValueError, match="must take keyword parameter\\(s\\) window"):
         attnbench.register_variant("sliding_window.no_window", family="sliding_window")(
-            lambda q, k, v: q)
+            lambda q, k, v: q
+        )
     with pytest.raises(ValueError, match="needs a default"):
+
         def f(q, k, v, *, window):
             return q
+
         attnbench.register_variant("sliding_window.no_default", family="sliding_window")(f)
 
 

@@ -49,10 +49,15 @@ def test_ptxas_log_is_parsed():
 def test_the_rule_takes_the_largest_pipelined_spill_free_tile():
     free, spill = Resources(200, 0, 0, 0, 1024), Resources(255, 8, 4, 4, 1024)
     big_smem = Resources(200, 0, 0, 0, sw.HOPPER_SHARED + 1)
-    figures = {(64, 64, 4, 3): [free, free], (128, 64, 8, 2): [free, spill],  # spills: ragged N
-               (128, 128, 8, 1): [free, free],  # not pipelined
-               (128, 128, 8, 3): [big_smem, free], (64, 128, 8, 3): [free, free],
-               (128, 32, 8, 3): [free, free], (64, 64, 8, 3): [free, free]}
+    figures = {
+        (64, 64, 4, 3): [free, free],
+        (128, 64, 8, 2): [free, spill],  # spills: ragged N
+        (128, 128, 8, 1): [free, free],  # not pipelined
+        (128, 128, 8, 3): [big_smem, free],
+        (64, 128, 8, 3): [free, free],
+        (128, 32, 8, 3): [free, free],
+        (64, 64, 8, 3): [free, free],
+    }
     assert sw.pick_tile(figures) == (64, 128, 8, 3)  # 8192 > 4096 work per CTA
     del figures[(64, 128, 8, 3)]
     assert sw.pick_tile(figures) == (64, 64, 4, 3)  # 4096 each: fewer warps
@@ -67,9 +72,15 @@ def test_config_reads_the_table():
     assert sw.config(64, torch.float32) == dict(zip(sw._KEYS, sw.TILES[64]["float32"]))
 
 
-SHIPPED = [(d, dtype, spec) for d in (64, 128, 256)
-           for dtype, spec in ((torch.bfloat16, "aligned N"), (torch.bfloat16, "ragged N"),
-                               (torch.float16, "aligned N"))]  # float16 compiles as bfloat16
+SHIPPED = [
+    (d, dtype, spec)
+    for d in (64, 128, 256)
+    for dtype, spec in (
+        (torch.bfloat16, "aligned N"),
+        (torch.bfloat16, "ragged N"),
+        (torch.float16, "aligned N"),
+    )
+]  # float16 compiles as bfloat16
 STILL_TILE, STILL_FIGURES = sw.STILL_SPILLS[(256, "half")]
 
 
@@ -84,8 +95,11 @@ def figures():
 
 @pytest.mark.slow  # about 25 s of CPU for the batch, once per module
 @needs_ptxas
-@pytest.mark.parametrize("head_dim,dtype,spec", SHIPPED,
-                         ids=[f"D{d}-{str(t)[6:]}-{s.replace(' ', '_')}" for d, t, s in SHIPPED])
+@pytest.mark.parametrize(
+    "head_dim,dtype,spec",
+    SHIPPED,
+    ids=[f"D{d}-{str(t)[6:]}-{s.replace(' ', '_')}" for d, t, s in SHIPPED],
+)
 def test_shipped_tiles_do_not_spill_on_hopper(figures, head_dim, dtype, spec):
     r = figures[(head_dim, dtype, None, spec)]  # None: the shipped tile
     assert r.spill_free, f"D={head_dim} {dtype} {spec} {sw.config(head_dim, dtype)}: {r}"
@@ -136,5 +150,4 @@ def test_every_shipped_tile_is_correct(head_dim, kind):
     dev = "cuda" if cuda else "cpu"
     got = sw.sliding_window_forward(q.to(dev), k.to(dev), v.to(dev), window, tile=tile)
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
-    torch.testing.assert_close(got.cpu().double(), _reference(q, k, v, window),
-                               atol=tol, rtol=tol)
+    torch.testing.assert_close(got.cpu().double(), _reference(q, k, v, window), atol=tol, rtol=tol)

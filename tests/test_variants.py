@@ -35,8 +35,17 @@ def _cases():
 
 def _skip_unless_runs(variant, shape, dtype, pass_, device="cpu", causal=True):
     b, n, h, d, kv = shape
-    case = Case(batch=b, seq_len=n, heads=h, kv_heads=kv, head_dim=d, dtype=dtype, device=device,
-                pass_=pass_, causal=causal)
+    case = Case(
+        batch=b,
+        seq_len=n,
+        heads=h,
+        kv_heads=kv,
+        head_dim=d,
+        dtype=dtype,
+        device=device,
+        pass_=pass_,
+        causal=causal,
+    )
     reasons = variant.not_supported_reasons(case)
     if reasons:
         pytest.skip(f"{variant.label} [{pass_}, {device}, {dtype}]: " + "; ".join(reasons))
@@ -62,13 +71,16 @@ def check_gradients(variant, shape, dtype, device="cpu"):
 
     got = grads(variant, (q, k, v))
     ref = grads(variant.reference, [t.detach().double().requires_grad_() for t in (q, k, v)])
-    plain = grads(lambda *x: variant.reference(*x, dtype=dtype),
-                  [t.detach().clone().requires_grad_() for t in (q, k, v)])
+    plain = grads(
+        lambda *x: variant.reference(*x, dtype=dtype),
+        [t.detach().clone().requires_grad_() for t in (q, k, v)],
+    )
     scale = max(float(r.abs().max()) for r in ref)  # the call's gradients' scale
     for name, g, p, r in zip("qkv", got, plain, ref):
         assert g.dtype == dtype and g.shape == r.shape
-        assert_close_to_reference(f"{variant.label} d{name}", g, p, r, dtype, gradient=True,
-                                  scale=scale)
+        assert_close_to_reference(
+            f"{variant.label} d{name}", g, p, r, dtype, gradient=True, scale=scale
+        )
 
 
 @pytest.mark.parametrize("spec, shape, dtype", list(_cases()))
@@ -85,8 +97,11 @@ def test_gradients_match_reference(spec, shape, dtype):
     check_gradients(variant, shape, dtype)
 
 
-NONCAUSAL = [n for n in attnbench.variant_names()
-             if attnbench.get_variant(n).info.takes_causal and not is_flex(n)]
+NONCAUSAL = [
+    n
+    for n in attnbench.variant_names()
+    if attnbench.get_variant(n).info.takes_causal and not is_flex(n)
+]
 
 
 @pytest.mark.parametrize("name", NONCAUSAL)
@@ -118,13 +133,17 @@ def test_chunked_linear_attention_under_autocast():
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", attnbench.variant_names())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("shape", [(2, 333, 4, 128, 4), (1, 1000, 8, 64, 2)],
-                         ids=["B2-N333-H4-D128", "B1-N1000-H8-KV2-D64"])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 333, 4, 128, 4), (1, 1000, 8, 64, 2)],
+    ids=["B2-N333-H4-D128", "B1-N1000-H8-KV2-D64"],
+)
 def test_cuda_forward_and_backward_match_reference(name, dtype, shape):
     assert os.environ.get("TRITON_INTERPRET") != "1", "GPU tests must run compiled Triton kernels"
     variant = attnbench.get_variant(name)
     _skip_unless_runs(variant, shape, dtype, "fwd", device="cuda")
     check_forward(variant, shape, dtype, device="cuda")
-    if not variant.not_supported_reasons(device="cuda", dtype=dtype, head_dim=shape[3],
-                                         pass_="fwd_bwd"):
+    if not variant.not_supported_reasons(
+        device="cuda", dtype=dtype, head_dim=shape[3], pass_="fwd_bwd"
+    ):
         check_gradients(variant, shape, dtype, device="cuda")

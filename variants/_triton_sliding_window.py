@@ -30,10 +30,20 @@ def _kernel():
 
     @triton.jit
     def sliding_window_fwd(
-        Q, K, V, Out,
-        stride_b, stride_n, stride_h,  # shared by q, k, v, o (contiguous (B, N, H, D))
-        H, N, WINDOW, scale,
-        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        Q,
+        K,
+        V,
+        Out,
+        stride_b,
+        stride_n,
+        stride_h,  # shared by q, k, v, o (contiguous (B, N, H, D))
+        H,
+        N,
+        WINDOW,
+        scale,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
@@ -64,12 +74,16 @@ def _kernel():
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v,
-                                                input_precision=PRECISION).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION).to(
+                tl.float32
+            )
             m_i = m_new
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(Out + base + rows_m + offs_d[None, :], out.to(Out.dtype.element_ty),
-                 mask=offs_m[:, None] < N)
+        tl.store(
+            Out + base + rows_m + offs_d[None, :],
+            out.to(Out.dtype.element_ty),
+            mask=offs_m[:, None] < N,
+        )
 
     return triton, sliding_window_fwd
 
@@ -158,20 +172,39 @@ def _jit_kernel():
     return _kernel()[1]
 
 
-def _aot_job(head_dim: int, dtype: torch.dtype, tile: tuple | None, spec: str,
-             target: tuple[int, int]) -> dict:
+def _aot_job(
+    head_dim: int, dtype: torch.dtype, tile: tuple | None, spec: str, target: tuple[int, int]
+) -> dict:
     block_m, block_n, num_warps, num_stages = tile or TILES[head_dim][_kind(dtype)]
     ptr = f"*{_TRITON_DTYPES[dtype]}"
-    signature = {"Q": ptr, "K": ptr, "V": ptr, "Out": ptr,
-                 "stride_b": "i32", "stride_n": "i32", "stride_h": "i32",
-                 "H": "i32", "N": "i32", "WINDOW": "i32", "scale": "fp32",
-                 "HEAD_DIM": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-                 "PRECISION": "constexpr"}
-    constexprs = dict(HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-                      PRECISION=_precision(dtype))
+    signature = {
+        "Q": ptr,
+        "K": ptr,
+        "V": ptr,
+        "Out": ptr,
+        "stride_b": "i32",
+        "stride_n": "i32",
+        "stride_h": "i32",
+        "H": "i32",
+        "N": "i32",
+        "WINDOW": "i32",
+        "scale": "fp32",
+        "HEAD_DIM": "constexpr",
+        "BLOCK_M": "constexpr",
+        "BLOCK_N": "constexpr",
+        "PRECISION": "constexpr",
+    }
+    constexprs = dict(
+        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=_precision(dtype)
+    )
     attrs = {(list(signature).index(name),): [["tt.divisibility", 16]] for name in SPECS[spec]}
-    return dict(signature=signature, constexprs=constexprs, attrs=attrs, target=target,
-                options=dict(num_warps=num_warps, num_stages=num_stages))
+    return dict(
+        signature=signature,
+        constexprs=constexprs,
+        attrs=attrs,
+        target=target,
+        options=dict(num_warps=num_warps, num_stages=num_stages),
+    )
 
 
 def aot_batch(requests, target: tuple[int, int] = (90, 32)) -> list:
@@ -185,8 +218,13 @@ def aot_batch(requests, target: tuple[int, int] = (90, 32)) -> list:
     return triton_aot.resources_batch(f"{__name__}:_jit_kernel", jobs)
 
 
-def aot_resources(head_dim: int, dtype: torch.dtype, tile: tuple | None = None,
-                  spec: str = "aligned N", target: tuple[int, int] = (90, 32)):
+def aot_resources(
+    head_dim: int,
+    dtype: torch.dtype,
+    tile: tuple | None = None,
+    spec: str = "aligned N",
+    target: tuple[int, int] = (90, 32),
+):
     """``aot_batch`` of one request: ``tile`` (BLOCK_M, BLOCK_N, num_warps, num_stages; default
     the shipped one) specialized as a launch is (``SPECS[spec]``)."""
     return aot_batch([(head_dim, dtype, tile, spec)], target)[0]
@@ -195,8 +233,11 @@ def aot_resources(head_dim: int, dtype: torch.dtype, tile: tuple | None = None,
 def pick_tile(figures: dict) -> tuple | None:
     """The tile ``TILES`` takes among ``figures`` ({tile: [Resources per spec]}), by its rule;
     None where none qualifies."""
-    ok = [t for t, rs in figures.items()
-          if t[3] >= 2 and all(r.spill_free and r.shared <= HOPPER_SHARED for r in rs)]
+    ok = [
+        t
+        for t, rs in figures.items()
+        if t[3] >= 2 and all(r.spill_free and r.shared <= HOPPER_SHARED for r in rs)
+    ]
     return max(ok, key=lambda t: (t[0] * t[1], -t[2], t[0], t[3]), default=None)
 
 
@@ -209,8 +250,9 @@ def choose_tile(head_dim: int, dtype: torch.dtype, candidates=None) -> tuple | N
         candidates = itertools.product((32, 64, 128), (16, 32, 64, 128), (4, 8), (2, 3))
     tiles = list(map(tuple, candidates))
     figures = aot_batch([(head_dim, dtype, t, spec) for t in tiles for spec in SPECS])
-    return pick_tile({t: figures[i * len(SPECS):(i + 1) * len(SPECS)]
-                      for i, t in enumerate(tiles)})
+    return pick_tile(
+        {t: figures[i * len(SPECS) : (i + 1) * len(SPECS)] for i, t in enumerate(tiles)}
+    )
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -223,8 +265,9 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
     return x if x.data_ptr() % 16 == 0 else x.clone()
 
 
-def sliding_window_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, *,
-                           tile: tuple | None = None) -> torch.Tensor:
+def sliding_window_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, *, tile: tuple | None = None
+) -> torch.Tensor:
     """(B, N, H, D) -> (B, N, H, D); forward only; D one of ``HEAD_DIMS``; ``tile`` (BLOCK_M,
     BLOCK_N, num_warps, num_stages) overrides ``config`` (the tests run every shipped tile)."""
     triton, kernel = _kernel()
@@ -236,9 +279,19 @@ def sliding_window_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wi
     cfg = config(d, q.dtype) if tile is None else dict(zip(_KEYS, tile))
     grid = (triton.cdiv(n, cfg["BLOCK_M"]), bsz * heads)
     kernel[grid](
-        q, k, v, out,
-        q.stride(0), q.stride(1), q.stride(2),
-        heads, n, window, d**-0.5,
-        HEAD_DIM=d, PRECISION=_precision(q.dtype), **cfg,
+        q,
+        k,
+        v,
+        out,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        heads,
+        n,
+        window,
+        d**-0.5,
+        HEAD_DIM=d,
+        PRECISION=_precision(q.dtype),
+        **cfg,
     )
     return out

@@ -55,8 +55,13 @@ def _sdpa(q, k, v, causal, backend=None):
     return out.transpose(1, 2)
 
 
-@register_variant("fused.sdpa", family="fused", decoder=SdpaKVDecoder,
-                  supports=Capabilities(noncausal=True, gqa=True), kernel=sdpa_choice)
+@register_variant(
+    "fused.sdpa",
+    family="fused",
+    decoder=SdpaKVDecoder,
+    supports=Capabilities(noncausal=True, gqa=True),
+    kernel=sdpa_choice,
+)
 def sdpa(q, k, v, *, causal: bool = True):
     """PyTorch scaled_dot_product_attention, default backend dispatch."""
     return _sdpa(q, k, v, causal)
@@ -66,9 +71,14 @@ def _backend_probe(backend: str):
     """A forced SDPA backend's reasons: run it on a tiny input of the case's kind."""
 
     def reasons(case, params):
-        return probe(("sdpa", backend, case.causal),
-                     lambda q, k, v: _sdpa(q, k, v, case.causal, backend),
-                     case.device, case.dtype, case.head_dim, case.attention_pass == "fwd_bwd")
+        return probe(
+            ("sdpa", backend, case.causal),
+            lambda q, k, v: _sdpa(q, k, v, case.causal, backend),
+            case.device,
+            case.dtype,
+            case.head_dim,
+            case.attention_pass == "fwd_bwd",
+        )
 
     return reasons
 
@@ -92,37 +102,51 @@ def _backend_decoder(backend: str, short: str) -> type[SdpaKVDecoder]:
     return BackendKVDecoder
 
 
-@register_variant("fused.sdpa_math", family="fused",
-                  supports=Capabilities(noncausal=True, gqa=True),
-                  probe=_backend_probe("MATH"), decoder=_backend_decoder("MATH", "math"))
+@register_variant(
+    "fused.sdpa_math",
+    family="fused",
+    supports=Capabilities(noncausal=True, gqa=True),
+    probe=_backend_probe("MATH"),
+    decoder=_backend_decoder("MATH", "math"),
+)
 def sdpa_math(q, k, v, *, causal: bool = True):
     """PyTorch SDPA forced to its math backend (materialises scores in C++)."""
     return _sdpa(q, k, v, causal, "MATH")
 
 
-@register_variant("fused.sdpa_flash", family="fused",
-                  supports=Capabilities(noncausal=True, gqa=True),
-                  probe=_backend_probe("FLASH_ATTENTION"),
-                  decoder=_backend_decoder("FLASH_ATTENTION", "flash"))
+@register_variant(
+    "fused.sdpa_flash",
+    family="fused",
+    supports=Capabilities(noncausal=True, gqa=True),
+    probe=_backend_probe("FLASH_ATTENTION"),
+    decoder=_backend_decoder("FLASH_ATTENTION", "flash"),
+)
 def sdpa_flash(q, k, v, *, causal: bool = True):
     """PyTorch SDPA forced to its flash backend (CPU and CUDA)."""
     return _sdpa(q, k, v, causal, "FLASH_ATTENTION")
 
 
-@register_variant("fused.sdpa_efficient", family="fused",
-                  supports=Capabilities(devices=("cuda",), noncausal=True),
-                  probe=_backend_probe("EFFICIENT_ATTENTION"),
-                  decoder=_backend_decoder("EFFICIENT_ATTENTION", "efficient"))
+@register_variant(
+    "fused.sdpa_efficient",
+    family="fused",
+    supports=Capabilities(devices=("cuda",), noncausal=True),
+    probe=_backend_probe("EFFICIENT_ATTENTION"),
+    decoder=_backend_decoder("EFFICIENT_ATTENTION", "efficient"),
+)
 def sdpa_efficient(q, k, v, *, causal: bool = True):
     """PyTorch SDPA forced to its memory-efficient backend (CUDA)."""
     return _sdpa(q, k, v, causal, "EFFICIENT_ATTENTION")
 
 
-@register_variant("fused.sdpa_cudnn", family="fused",
-                  supports=Capabilities(devices=("cuda",), dtypes=HALF, min_cuda_capability=(8, 0),
-                                        noncausal=True),
-                  probe=_backend_probe("CUDNN_ATTENTION"),
-                  decoder=_backend_decoder("CUDNN_ATTENTION", "cudnn"))
+@register_variant(
+    "fused.sdpa_cudnn",
+    family="fused",
+    supports=Capabilities(
+        devices=("cuda",), dtypes=HALF, min_cuda_capability=(8, 0), noncausal=True
+    ),
+    probe=_backend_probe("CUDNN_ATTENTION"),
+    decoder=_backend_decoder("CUDNN_ATTENTION", "cudnn"),
+)
 def sdpa_cudnn(q, k, v, *, causal: bool = True):
     """PyTorch SDPA forced to its cuDNN backend (CUDA, half precision)."""
     return _sdpa(q, k, v, causal, "CUDNN_ATTENTION")
@@ -131,8 +155,9 @@ def sdpa_cudnn(q, k, v, *, causal: bool = True):
 @register_variant(
     "fused.flex",
     family="fused",
-    supports=Capabilities(noncausal=True, gqa=True,
-                          cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
+    supports=Capabilities(
+        noncausal=True, gqa=True, cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}
+    ),
     prepare=prepare_flex,
     decoder=FlexKVDecoder,
 )
@@ -158,12 +183,21 @@ class Flash3KVDecoder(FlashKVDecoder):
         from flash_attn_interface import flash_attn_with_kvcache
 
         self.seqlens.fill_(self.position)
-        return flash_attn_with_kvcache(q, self.k, self.v, k=k, v=v, cache_seqlens=self.seqlens,
-                                       causal=True, **self.window_kwargs())
+        return flash_attn_with_kvcache(
+            q,
+            self.k,
+            self.v,
+            k=k,
+            v=v,
+            cache_seqlens=self.seqlens,
+            causal=True,
+            **self.window_kwargs(),
+        )
 
 
-@register_variant("fused.flash_attn3", family="fused", supports=FLASH3_CAPS,
-                  decoder=Flash3KVDecoder)
+@register_variant(
+    "fused.flash_attn3", family="fused", supports=FLASH3_CAPS, decoder=Flash3KVDecoder
+)
 def flash_attn3(q, k, v, *, causal: bool = True):
     """FlashAttention-3 (flash_attn_interface, Hopper)."""
     from flash_attn_interface import flash_attn_func
@@ -176,8 +210,13 @@ def _causal_bias(xops, params):
     return xops.LowerTriangularMask()
 
 
-@register_variant("fused.xformers", family="fused", supports=Capabilities(requires=("xformers",)),
-                  probe=xformers_probe(_causal_bias), decoder=XformersKVDecoder)
+@register_variant(
+    "fused.xformers",
+    family="fused",
+    supports=Capabilities(requires=("xformers",)),
+    probe=xformers_probe(_causal_bias),
+    decoder=XformersKVDecoder,
+)
 def xformers_causal(q, k, v):
     """xformers memory_efficient_attention with a LowerTriangularMask bias."""
     xops = import_quietly("xformers.ops")

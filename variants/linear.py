@@ -214,12 +214,17 @@ def fla_chunked(q, k, v, phi):
 
 
 RECURRENT_CAPS = Capabilities(max_seq_len=4096)  # a Python loop per token: small N only
-FLA_CAPS = Capabilities(devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
-                        requires=("fla",), backward=True)
+FLA_CAPS = Capabilities(
+    devices=("cuda",),
+    dtypes=(torch.float16, torch.bfloat16, torch.float32),
+    requires=("fla",),
+    backward=True,
+)
 LINEAR = dict(family="linear", decoder=RecurrentDecoder)
 
 
 # --- elu + 1 ----------------------------------------------------------------------------------
+
 
 @register_variant("linear.elu.quadratic", **LINEAR)
 def elu_quadratic(q, k, v, *, causal: bool = True):
@@ -253,6 +258,7 @@ def elu_fla(q, k, v):
 
 # --- FAVOR+ (Performer) -----------------------------------------------------------------------
 
+
 @register_variant("linear.performer.quadratic", **LINEAR)
 def performer_quadratic(q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0):
     """Materialised phi(Q) phi(K)^T (the reference form, O(N^2)); phi = FAVOR+."""
@@ -266,8 +272,9 @@ def performer_cumsum(q, k, v, *, causal: bool = True, features: int = 128, seed:
 
 
 @register_variant("linear.performer.chunked", validate=positive("chunk"), **LINEAR)
-def performer_chunked(q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0,
-                      chunk: int = 64):
+def performer_chunked(
+    q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0, chunk: int = 64
+):
     """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = FAVOR+."""
     return chunked(q, k, v, _performer(features, seed), causal=causal, chunk=chunk)
 

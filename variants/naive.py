@@ -16,11 +16,11 @@ from attnbench.case import Capabilities
 from attnbench.registry import register_variant
 
 
-@register_variant("naive.softmax", family="naive", supports=Capabilities(noncausal=True),
-                  decoder=NaiveKVDecoder)
+@register_variant(
+    "naive.softmax", family="naive", supports=Capabilities(noncausal=True), decoder=NaiveKVDecoder
+)
 def naive_softmax(q, k, v, *, causal: bool = True):
-    ("Textbook attention: materialised scores, causal mask, softmax, weighted sum "
-     "(memory ~ N^2).")
+    "Textbook attention: materialised scores, causal mask, softmax, weighted sum (memory ~ N^2)."
     n, d = q.shape[1], q.shape[-1]
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, N, D)
     scores = (q @ k.transpose(-1, -2)) / d**0.5  # (B, H, N, N)

@@ -44,22 +44,37 @@ from attnbench.registry import positive, register_variant
 SW = "sliding_window"
 
 
-@register_variant("sliding_window.masked", family=SW, prepare=prepare_dense,
-                  supports=Capabilities(gqa=True), decoder=RingBufferDecoder)
+@register_variant(
+    "sliding_window.masked",
+    family=SW,
+    prepare=prepare_dense,
+    supports=Capabilities(gqa=True),
+    decoder=RingBufferDecoder,
+)
 def masked(q, k, v, *, window: int = 256):
     """Dense masked SDPA (quadratic cost): the strawman."""
     return masked_sdpa(q, k, v, SlidingWindow(window))
 
 
-@register_variant("sliding_window.blocked", family=SW, validate=positive("block"),
-                  prepare=prepare_blocked, decoder=RingBufferDecoder)
+@register_variant(
+    "sliding_window.blocked",
+    family=SW,
+    validate=positive("block"),
+    prepare=prepare_blocked,
+    decoder=RingBufferDecoder,
+)
 def blocked(q, k, v, *, window: int = 256, block: int = 64):
     """Block-sparse PyTorch over the key blocks each query block's window touches (linear in N)."""
     return block_sparse_attention(q, k, v, SlidingWindow(window), block)
 
 
-@register_variant("sliding_window.banded", family=SW, validate=positive("block"),
-                  prepare=prepare_banded, decoder=RingBufferDecoder)
+@register_variant(
+    "sliding_window.banded",
+    family=SW,
+    validate=positive("block"),
+    prepare=prepare_banded,
+    decoder=RingBufferDecoder,
+)
 def banded(q, k, v, *, window: int = 256, block: int = 32):
     """Each query block's keys as one band (a strided view), all bands in one fused SDPA call with
     the band's mask (linear in N; the fused kernel's softmax)."""
@@ -69,8 +84,9 @@ def banded(q, k, v, *, window: int = 256, block: int = 32):
 @register_variant(
     "sliding_window.flex",
     family=SW,
-    supports=Capabilities(gqa=True,
-                          cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}),
+    supports=Capabilities(
+        gqa=True, cpu={"backward": False, "dtypes": (torch.float32, torch.bfloat16)}
+    ),
     prepare=prepare_flex,
     decoder=FlexKVDecoder,
 )
@@ -79,8 +95,9 @@ def flex_window(q, k, v, *, window: int = 256):
     return flex(q, k, v, SlidingWindow(window))
 
 
-@register_variant("sliding_window.flash_attn", family=SW, supports=FLASH_CAPS,
-                  decoder=FlashKVDecoder)
+@register_variant(
+    "sliding_window.flash_attn", family=SW, supports=FLASH_CAPS, decoder=FlashKVDecoder
+)
 def flash_attn_window(q, k, v, *, window: int = 256):
     """flash-attn flash_attn_func with window_size=(window-1, 0)."""
     from flash_attn import flash_attn_func
@@ -119,8 +136,10 @@ def xformers_window(q, k, v, *, window: int = 256):
 
 def _triton_reasons(case, params):
     if torch.device(case.device).type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return ["Triton runs on the CPU only under its interpreter: set TRITON_INTERPRET=1 "
-                "(correctness only, very slow)"]
+        return [
+            "Triton runs on the CPU only under its interpreter: set TRITON_INTERPRET=1 "
+            "(correctness only, very slow)"
+        ]
     return []
 
 
@@ -128,7 +147,9 @@ def _triton_reasons(case, params):
     "sliding_window.triton",
     family=SW,
     supports=Capabilities(
-        requires=("triton",), backward=False, head_dims=(16, 32, 64, 128, 256),
+        requires=("triton",),
+        backward=False,
+        head_dims=(16, 32, 64, 128, 256),
         # the interpreter mishandles bfloat16 loads and stores on the CPU
         cpu={"dtypes": (torch.float32,)},
     ),
@@ -136,8 +157,7 @@ def _triton_reasons(case, params):
     decoder=RingBufferDecoder,
 )
 def triton_window(q, k, v, *, window: int = 256):
-    ("Our Triton kernel: online softmax over the key blocks of each query block's window "
-     "(forward).")
+    "Our Triton kernel: online softmax over the key blocks of each query block's window (forward)."
     from ._triton_sliding_window import sliding_window_forward
 
     return sliding_window_forward(q, k, v, window)

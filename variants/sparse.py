@@ -49,29 +49,53 @@ UNION = Capabilities(devices=("cpu",))  # the CPU flash op returns the log-sum-e
 
 # --- strided ----------------------------------------------------------------------------------
 
-@register_variant("sparse.strided.masked", family="sparse", supports=MASKED, prepare=prepare_dense,
-                  decoder=BlockSparseKVDecoder, validate=positive("block", "stride"))
+
+@register_variant(
+    "sparse.strided.masked",
+    family="sparse",
+    supports=MASKED,
+    prepare=prepare_dense,
+    decoder=BlockSparseKVDecoder,
+    validate=positive("block", "stride"),
+)
 def strided_masked(q, k, v, *, block: int = 64, stride: int = 4):
     """Dense masked SDPA (quadratic cost) over the strided pattern."""
     return masked_sdpa(q, k, v, Strided(block, stride))
 
 
-@register_variant("sparse.strided.blocked", family="sparse", prepare=prepare_blocked,
-                  decoder=BlockSparseKVDecoder, validate=positive("block", "stride"))
+@register_variant(
+    "sparse.strided.blocked",
+    family="sparse",
+    prepare=prepare_blocked,
+    decoder=BlockSparseKVDecoder,
+    validate=positive("block", "stride"),
+)
 def strided_blocked(q, k, v, *, block: int = 64, stride: int = 4):
     """Block-sparse PyTorch, cost proportional to the attended blocks (strided pattern)."""
     return block_sparse_attention(q, k, v, Strided(block, stride), block)
 
 
-@register_variant("sparse.strided.flex", family="sparse", supports=FLEX, prepare=prepare_flex,
-                  decoder=FlexKVDecoder, validate=positive("block", "stride"))
+@register_variant(
+    "sparse.strided.flex",
+    family="sparse",
+    supports=FLEX,
+    prepare=prepare_flex,
+    decoder=FlexKVDecoder,
+    validate=positive("block", "stride"),
+)
 def strided_flex(q, k, v, *, block: int = 64, stride: int = 4):
     """FlexAttention with the strided pattern's BlockMask."""
     return flex(q, k, v, Strided(block, stride))
 
 
-@register_variant("sparse.strided.union", family="sparse", supports=UNION, prepare=prepare_union,
-                  decoder=BlockSparseKVDecoder, validate=positive("block", "stride"))
+@register_variant(
+    "sparse.strided.union",
+    family="sparse",
+    supports=UNION,
+    prepare=prepare_union,
+    decoder=BlockSparseKVDecoder,
+    validate=positive("block", "stride"),
+)
 def strided_union(q, k, v, *, block: int = 64, stride: int = 4):
     """Ours: a band of stride+1 blocks and the strided blocks re-ordered by residue into one causal
     call, each one CPU flash call, merged through their log-sum-exps."""
@@ -80,34 +104,62 @@ def strided_union(q, k, v, *, block: int = 64, stride: int = 4):
 
 # --- bigbird ----------------------------------------------------------------------------------
 
-@register_variant("sparse.bigbird.masked", family="sparse", supports=MASKED, prepare=prepare_dense,
-                  decoder=BlockSparseKVDecoder, validate=positive("block"))
-def bigbird_masked(q, k, v, *, block: int = 64, window: int = 3, globals: int = 1, randoms: int = 2,
-                   seed: int = 0):
+
+@register_variant(
+    "sparse.bigbird.masked",
+    family="sparse",
+    supports=MASKED,
+    prepare=prepare_dense,
+    decoder=BlockSparseKVDecoder,
+    validate=positive("block"),
+)
+def bigbird_masked(
+    q, k, v, *, block: int = 64, window: int = 3, globals: int = 1, randoms: int = 2, seed: int = 0
+):
     """Dense masked SDPA (quadratic cost) over the BigBird pattern."""
     return masked_sdpa(q, k, v, BigBird(block, window, globals, randoms, seed))
 
 
-@register_variant("sparse.bigbird.blocked", family="sparse", prepare=prepare_blocked,
-                  decoder=BlockSparseKVDecoder, validate=positive("block"))
-def bigbird_blocked(q, k, v, *, block: int = 64, window: int = 3, globals: int = 1,
-                    randoms: int = 2, seed: int = 0):
+@register_variant(
+    "sparse.bigbird.blocked",
+    family="sparse",
+    prepare=prepare_blocked,
+    decoder=BlockSparseKVDecoder,
+    validate=positive("block"),
+)
+def bigbird_blocked(
+    q, k, v, *, block: int = 64, window: int = 3, globals: int = 1, randoms: int = 2, seed: int = 0
+):
     """Block-sparse PyTorch, cost proportional to the attended blocks (BigBird pattern)."""
     return block_sparse_attention(q, k, v, BigBird(block, window, globals, randoms, seed), block)
 
 
-@register_variant("sparse.bigbird.flex", family="sparse", supports=FLEX, prepare=prepare_flex,
-                  decoder=FlexKVDecoder, validate=positive("block"))
-def bigbird_flex(q, k, v, *, block: int = 64, window: int = 3, globals: int = 1, randoms: int = 2,
-                 seed: int = 0):
+@register_variant(
+    "sparse.bigbird.flex",
+    family="sparse",
+    supports=FLEX,
+    prepare=prepare_flex,
+    decoder=FlexKVDecoder,
+    validate=positive("block"),
+)
+def bigbird_flex(
+    q, k, v, *, block: int = 64, window: int = 3, globals: int = 1, randoms: int = 2, seed: int = 0
+):
     """FlexAttention with the BigBird pattern's BlockMask."""
     return flex(q, k, v, BigBird(block, window, globals, randoms, seed))
 
 
-@register_variant("sparse.bigbird.union", family="sparse", supports=UNION, prepare=prepare_union,
-                  decoder=BlockSparseKVDecoder, validate=positive("block"))
-def bigbird_union(q, k, v, *, block: int = 64, window: int = 3, globals: int = 1, randoms: int = 2,
-                  seed: int = 0):
+@register_variant(
+    "sparse.bigbird.union",
+    family="sparse",
+    supports=UNION,
+    prepare=prepare_union,
+    decoder=BlockSparseKVDecoder,
+    validate=positive("block"),
+)
+def bigbird_union(
+    q, k, v, *, block: int = 64, window: int = 3, globals: int = 1, randoms: int = 2, seed: int = 0
+):
     """Ours: a band of window blocks, the global blocks and the gathered random blocks, one CPU
     flash call each, merged through their log-sum-exps."""
     return union_attention(q, k, v, BigBird(block, window, globals, randoms, seed))
@@ -115,30 +167,51 @@ def bigbird_union(q, k, v, *, block: int = 64, window: int = 3, globals: int = 1
 
 # --- longformer -------------------------------------------------------------------------------
 
-@register_variant("sparse.longformer.masked", family="sparse", supports=MASKED,
-                  prepare=prepare_dense, decoder=BlockSparseKVDecoder)
+
+@register_variant(
+    "sparse.longformer.masked",
+    family="sparse",
+    supports=MASKED,
+    prepare=prepare_dense,
+    decoder=BlockSparseKVDecoder,
+)
 def longformer_masked(q, k, v, *, window: int = 256, globals: int = 16):
     """Dense masked SDPA (quadratic cost) over the Longformer pattern."""
     return masked_sdpa(q, k, v, Longformer(window, globals))
 
 
-@register_variant("sparse.longformer.blocked", family="sparse", prepare=prepare_blocked,
-                  decoder=BlockSparseKVDecoder, validate=positive("block"))
+@register_variant(
+    "sparse.longformer.blocked",
+    family="sparse",
+    prepare=prepare_blocked,
+    decoder=BlockSparseKVDecoder,
+    validate=positive("block"),
+)
 def longformer_blocked(q, k, v, *, window: int = 256, globals: int = 16, block: int = 64):
     """Block-sparse PyTorch over ``block``-token tiles, cost proportional to the attended tiles
     (the Longformer pattern is token-level: the tile size is the implementation's)."""
     return block_sparse_attention(q, k, v, Longformer(window, globals), block)
 
 
-@register_variant("sparse.longformer.flex", family="sparse", supports=FLEX, prepare=prepare_flex,
-                  decoder=FlexKVDecoder)
+@register_variant(
+    "sparse.longformer.flex",
+    family="sparse",
+    supports=FLEX,
+    prepare=prepare_flex,
+    decoder=FlexKVDecoder,
+)
 def longformer_flex(q, k, v, *, window: int = 256, globals: int = 16):
     """FlexAttention with the Longformer pattern's BlockMask."""
     return flex(q, k, v, Longformer(window, globals))
 
 
-@register_variant("sparse.longformer.banded", family="sparse", validate=positive("block", "window"),
-                  prepare=prepare_banded, decoder=BlockSparseKVDecoder)
+@register_variant(
+    "sparse.longformer.banded",
+    family="sparse",
+    validate=positive("block", "window"),
+    prepare=prepare_banded,
+    decoder=BlockSparseKVDecoder,
+)
 def longformer_banded(q, k, v, *, window: int = 256, globals: int = 16, block: int = 64):
     """Ours: the window as strided bands of keys, the global keys merged through the log-sum-exps
     on the CPU (elsewhere in front of every band), see sliding_window.banded."""

@@ -22,7 +22,7 @@ import importlib
 import logging
 import re
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -35,14 +35,14 @@ INSTALL = {
     "triton": "pip install 'attnbench[triton]'",
     "xformers": "pip install 'attnbench[xformers]' (its attention kernels need CUDA)",
     "flash_attn": "pip install flash-attn --no-build-isolation (an sdist: needs nvcc and a CUDA "
-                  "torch already installed)",
+    "torch already installed)",
     "flash_attn_interface": "build flash-attention's hopper/ folder (FlashAttention-3, package "
-                            "flash_attn_3: cd hopper && python setup.py install); not on PyPI",
+    "flash_attn_3: cd hopper && python setup.py install); not on PyPI",
     "fla": "pip install 'attnbench[fla]' (flash-linear-attention's Triton kernels, CUDA)",
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def missing_reason(module: str) -> str | None:
     """None when ``module`` imports; otherwise why not. The package is really imported (once):
     a package that is present but broken (built for another torch, a missing shared library)
@@ -50,13 +50,16 @@ def missing_reason(module: str) -> str | None:
     if importlib.util.find_spec(module.split(".")[0]) is None:
         how = INSTALL.get(module)
         return f"needs the optional package '{module}', which is not installed" + (
-            f" ({how})" if how else "")
+            f" ({how})" if how else ""
+        )
     try:
         import_quietly(module)
     except Exception as e:  # any import failure of an optional package is that package's reason
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        return f"the optional package '{module}' is installed but does not import: " \
-               f"{type(e).__name__}: {first}"
+        return (
+            f"the optional package '{module}' is installed but does not import: "
+            f"{type(e).__name__}: {first}"
+        )
     return None
 
 
@@ -76,8 +79,14 @@ def import_quietly(module: str):
 _PROBES: dict[tuple, tuple[str, ...]] = {}
 
 
-def probe(key: tuple, run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-          device: str, dtype: torch.dtype, head_dim: int, backward: bool) -> list[str]:
+def probe(
+    key: tuple,
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    device: str,
+    dtype: torch.dtype,
+    head_dim: int,
+    backward: bool,
+) -> list[str]:
     """Run ``run(q, k, v)`` on a tiny (1, 16, 1, head_dim) input on ``device``: [] if it runs,
     else the reasons. Cached on ``key`` + (device, dtype, head_dim, backward): describe in ``key``
     everything that changes the answer (package, kernel, its parameters)."""
@@ -118,12 +127,25 @@ def summarize_not_implemented(message: str) -> list[str]:
 
 
 # flash-attn 2: CUDA, half precision, head dims up to 256, Ampere and newer; grouped-query native.
-FLASH_CAPS = Capabilities(devices=("cuda",), dtypes=HALF, max_head_dim=256, noncausal=True,
-                          gqa=True, requires=("flash_attn",), min_cuda_capability=(8, 0))
+FLASH_CAPS = Capabilities(
+    devices=("cuda",),
+    dtypes=HALF,
+    max_head_dim=256,
+    noncausal=True,
+    gqa=True,
+    requires=("flash_attn",),
+    min_cuda_capability=(8, 0),
+)
 # FlashAttention-3: Hopper (compute capability 9.0).
-FLASH3_CAPS = Capabilities(devices=("cuda",), dtypes=HALF, max_head_dim=256, noncausal=True,
-                           gqa=True, requires=("flash_attn_interface",),
-                           min_cuda_capability=(9, 0))
+FLASH3_CAPS = Capabilities(
+    devices=("cuda",),
+    dtypes=HALF,
+    max_head_dim=256,
+    noncausal=True,
+    gqa=True,
+    requires=("flash_attn_interface",),
+    min_cuda_capability=(9, 0),
+)
 
 
 def xformers_probe(bias_factory: Callable[[object, dict], object]):
@@ -136,24 +158,35 @@ def xformers_probe(bias_factory: Callable[[object, dict], object]):
             return xops.memory_efficient_attention(q, k, v, attn_bias=bias_factory(xops, params))
 
         key = ("xformers", bias_factory.__name__, tuple(sorted(params.items())))
-        found = probe(key, run, case.device, case.dtype, case.head_dim,
-                      case.attention_pass == "fwd_bwd")
+        found = probe(
+            key, run, case.device, case.dtype, case.head_dim, case.attention_pass == "fwd_bwd"
+        )
         return [f"xformers: {r}" for r in found]
 
     return reasons
 
 
-def sdpa_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
-                mask: torch.Tensor | None = None) -> str:
+def sdpa_choice(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    mask: torch.Tensor | None = None,
+) -> str:
     """The backend that ``F.scaled_dot_product_attention``'s default dispatch picks for (B, N, H,
     D) inputs under the backends enabled now: ``math``, ``flash``, ``efficient``, ``cudnn`` (on
     sm_90 with CUDA 13, PyTorch prefers cuDNN), from PyTorch's own ``_fused_sdp_choice``."""
     from torch.nn.attention import SDPBackend
 
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    choice = torch._fused_sdp_choice(qt, kt, vt, attn_mask=mask, is_causal=causal,
-                                     enable_gqa=k.shape[2] != q.shape[2])
-    names = {int(SDPBackend.MATH): "math", int(SDPBackend.FLASH_ATTENTION): "flash",
-             int(SDPBackend.EFFICIENT_ATTENTION): "efficient",
-             int(SDPBackend.CUDNN_ATTENTION): "cudnn"}
+    choice = torch._fused_sdp_choice(
+        qt, kt, vt, attn_mask=mask, is_causal=causal, enable_gqa=k.shape[2] != q.shape[2]
+    )
+    names = {
+        int(SDPBackend.MATH): "math",
+        int(SDPBackend.FLASH_ATTENTION): "flash",
+        int(SDPBackend.EFFICIENT_ATTENTION): "efficient",
+        int(SDPBackend.CUDNN_ATTENTION): "cudnn",
+    }
     return names.get(int(choice), f"backend {int(choice)}")

@@ -57,7 +57,7 @@ def block_plan(pattern: Pattern, n: int, block: int, device: str = "cpu") -> Blo
     mask &= valid.repeat_interleave(block, dim=1)[:, None, :]
     mask &= (k_idx < n) & (q_idx < n)
     # padded query rows (>= n) see one key so their softmax stays finite; they are sliced away
-    mask[:, :, 0] |= (q_idx[:, :, 0] >= n)
+    mask[:, :, 0] |= q_idx[:, :, 0] >= n
     return BlockPlan(
         n=n,
         block=block,
@@ -110,9 +110,11 @@ def block_sparse_attention(
 # ---------------------------------------------------------------------------------------------
 # Sliding windows as a band: every query block sees one contiguous run of keys.
 
+
 @functools.lru_cache(maxsize=32)
-def band_mask(window: int, block: int, dtype: torch.dtype, device: str = "cpu",
-              globals_: int = 0) -> torch.Tensor:
+def band_mask(
+    window: int, block: int, dtype: torch.dtype, device: str = "cpu", globals_: int = 0
+) -> torch.Tensor:
     """(1, 1, block, globals_ + S) additive mask shared by every band: the window pattern between
     the queries of block kb-1 and keys 0 .. S-1 (S = kb*block), which is the same for every band
     (the last key block being the query's own); the ``globals_`` global keys in front are all
@@ -126,8 +128,9 @@ def band_mask(window: int, block: int, dtype: torch.dtype, device: str = "cpu",
     return mask[None, None].to(device)
 
 
-def band_plan(window: int, block: int, globals_: int, dtype: torch.dtype,
-              device) -> tuple[bool, torch.Tensor]:
+def band_plan(
+    window: int, block: int, globals_: int, dtype: torch.dtype, device
+) -> tuple[bool, torch.Tensor]:
     """(fused, mask): whether the CPU flash op is called directly (``flashunion``: it returns
     the log-sum-exps, so global keys are a second call merged through them) or PyTorch's SDPA
     with global keys put in front of every band; and the band's mask."""
@@ -140,8 +143,9 @@ def band_blocks(window: int, block: int) -> int:
     return -(-(window - 1) // block) + 1
 
 
-def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
-                     block: int) -> torch.Tensor:
+def banded_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, block: int
+) -> torch.Tensor:
     """Softmax attention under a ``SlidingWindow`` or a ``Longformer`` pattern (a window plus
     ``globals`` global tokens: the first keys are seen by every query, the first queries see
     every earlier key); q, k, v: (B, N, H, D) -> (B, N, H, D).
@@ -187,8 +191,9 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
         else:
             # (H, nbm, block, D)
             qb = q[b, head:full].view(nbm, block, heads, d).permute(2, 0, 1, 3)
-            res = torch.nn.functional.scaled_dot_product_attention(qb, band(k, b), band(v, b),
-                                                                   attn_mask=mask)
+            res = torch.nn.functional.scaled_dot_product_attention(
+                qb, band(k, b), band(v, b), attn_mask=mask
+            )
         out[b, head:full] = res.permute(1, 2, 0, 3).reshape(nbm * block, heads, v.shape[-1])
     if full < n:  # a partial last block: a few rows, dense over the keys they can see
         k0 = 0 if globals_ else max(0, full - window + 1)

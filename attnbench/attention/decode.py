@@ -41,9 +41,18 @@ class Decoder:
 
     name = "decoder"
 
-    def __init__(self, variant, batch: int, heads: int, head_dim: int, *,
-                 kv_heads: int | None = None,
-                 max_len: int, dtype: torch.dtype = torch.float32, device="cpu"):
+    def __init__(
+        self,
+        variant,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        *,
+        kv_heads: int | None = None,
+        max_len: int,
+        dtype: torch.dtype = torch.float32,
+        device="cpu",
+    ):
         kv_heads = kv_heads or heads
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -61,8 +70,9 @@ class Decoder:
             if tuple(t.shape) != expect or (steps is not None and t.shape[1] != steps):
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expect}")
         if self.position + n > self.max_len:
-            raise ValueError(f"decoder is full: {self.position} + {n} "
-                             f"tokens > max_len={self.max_len}")
+            raise ValueError(
+                f"decoder is full: {self.position} + {n} tokens > max_len={self.max_len}"
+            )
 
     def prefill(self, q, k, v) -> torch.Tensor:
         """Parallel forward over a prompt (B, P, ., D); fills the cache."""
@@ -106,8 +116,11 @@ class Decoder:
     def snapshot(self) -> tuple:
         """What ``restore`` needs to bring the decoder back to now (position, state, the model's
         short-convolution tail kept on the decoder)."""
-        return (self.position, [t.clone() for t in self.state_tensors()],
-                getattr(self, "conv_tail", None))
+        return (
+            self.position,
+            [t.clone() for t in self.state_tensors()],
+            getattr(self, "conv_tail", None),
+        )
 
     def restore(self, snap: tuple) -> None:
         """Back to a ``snapshot``: every timed step then decodes the same token from the same
@@ -139,8 +152,13 @@ def _heads_first(x: torch.Tensor) -> torch.Tensor:
 
 def sdpa_one(q, k, v, mask=None) -> torch.Tensor:
     """One query over T keys with SDPA: q (B,1,H,D), k/v (B,T,H_kv,D) -> (B,1,H,D)."""
-    out = F.scaled_dot_product_attention(_heads_first(q), _heads_first(k), _heads_first(v),
-                                         attn_mask=mask, enable_gqa=k.shape[2] != q.shape[2])
+    out = F.scaled_dot_product_attention(
+        _heads_first(q),
+        _heads_first(k),
+        _heads_first(v),
+        attn_mask=mask,
+        enable_gqa=k.shape[2] != q.shape[2],
+    )
     return _heads_first(out)
 
 
@@ -221,8 +239,16 @@ class FlashKVDecoder(KVCache):
         from flash_attn import flash_attn_with_kvcache
 
         self.seqlens.fill_(self.position)
-        return flash_attn_with_kvcache(q, self.k, self.v, k=k, v=v, cache_seqlens=self.seqlens,
-                                       causal=True, **self.window_kwargs())
+        return flash_attn_with_kvcache(
+            q,
+            self.k,
+            self.v,
+            k=k,
+            v=v,
+            cache_seqlens=self.seqlens,
+            causal=True,
+            **self.window_kwargs(),
+        )
 
     def window_kwargs(self) -> dict:
         """A sliding-window variant's window as flash-attn's ``window_size`` (left, right)."""
@@ -281,9 +307,13 @@ class FlexKVDecoder(KVCache):
 
         t = self._write(k, v)
         self.mask.move_to(t)
-        out = compiled_flex_attention()(_heads_first(q), _heads_first(self.k), _heads_first(self.v),
-                                        block_mask=self.mask.block_mask,
-                                        enable_gqa=self.kv_heads != self.heads)
+        out = compiled_flex_attention()(
+            _heads_first(q),
+            _heads_first(self.k),
+            _heads_first(self.v),
+            block_mask=self.mask.block_mask,
+            enable_gqa=self.kv_heads != self.heads,
+        )
         return _heads_first(out)
 
 
@@ -299,8 +329,9 @@ class BlockSparseKVDecoder(KVCache):
         super().__init__(*args, **kwargs)
         pattern = self.variant.pattern
         self.block = getattr(pattern, "block", None) or self.variant.params.get("block", 64)
-        self.tokens, self.masks = decode_tables(pattern, self.max_len, self.block,
-                                                device_key(self.device))
+        self.tokens, self.masks = decode_tables(
+            pattern, self.max_len, self.block, device_key(self.device)
+        )
 
     def read_bytes(self) -> int:
         return self.tokens.shape[1] * self._per_token()  # the gathered key blocks of one row

@@ -41,8 +41,9 @@ FLASH_BACK = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 def additive(seen: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Boolean 'seen' -> additive mask (0 where seen, -inf elsewhere) in ``dtype``."""
-    return torch.zeros(seen.shape, dtype=dtype,
-                       device=seen.device).masked_fill(~seen, float("-inf"))
+    return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(
+        ~seen, float("-inf")
+    )
 
 
 def bands(x: torch.Tensor, kb: int, block: int) -> torch.Tensor:
@@ -59,7 +60,7 @@ def fold_bands_into(dst: torch.Tensor, dbands: torch.Tensor, kb: int, block: int
     blocks = dst.view(h, nb + kb - 1, block, d)
     slots = dbands.view(h, nb, kb, block, d)
     for s in range(kb):
-        blocks[:, s:s + nb].add_(slots[:, :, s])
+        blocks[:, s : s + nb].add_(slots[:, :, s])
 
 
 class Piece:
@@ -107,18 +108,25 @@ class Globals(Piece):
 
     def forward(self, q, k, v, q0, block):
         h = q.shape[0]
-        o, lse = FLASH(q[None, :, q0:], k[None, :, :self.keys], v[None, :, :self.keys])
+        o, lse = FLASH(q[None, :, q0:], k[None, :, : self.keys], v[None, :, : self.keys])
         return o.view(h, -1, block, v.shape[-1]), lse.view(h, -1, block)
 
     def backward(self, q, k, v, q0, block, grad, out, lse, dq, dk, dv):
         h = q.shape[0]
         flat = lambda x: x.reshape(1, h, -1, x.shape[-1])  # noqa: E731
-        dq1, dk1, dv1 = FLASH_BACK(flat(grad), q[None, :, q0:], k[None, :, :self.keys],
-                                   v[None, :, :self.keys], flat(out), lse.reshape(1, h, -1),
-                                   0.0, False)
+        dq1, dk1, dv1 = FLASH_BACK(
+            flat(grad),
+            q[None, :, q0:],
+            k[None, :, : self.keys],
+            v[None, :, : self.keys],
+            flat(out),
+            lse.reshape(1, h, -1),
+            0.0,
+            False,
+        )
         dq[:, q0:].add_(dq1[0])
-        dk[:, :self.keys].add_(dk1[0])
-        dv[:, :self.keys].add_(dv1[0])
+        dk[:, : self.keys].add_(dk1[0])
+        dv[:, : self.keys].add_(dv1[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,8 +143,11 @@ class Residues(Piece):
     def _to(self, x, block):  # (H, Np, D) -> (H, stride, Np/stride, D): blocks grouped by residue
         h, np_, d = x.shape
         t = np_ // (self.stride * block)
-        return x.reshape(h, t, self.stride, block, d).transpose(1, 2).reshape(h, self.stride,
-                                                                              t * block, d)
+        return (
+            x.reshape(h, t, self.stride, block, d)
+            .transpose(1, 2)
+            .reshape(h, self.stride, t * block, d)
+        )
 
     # (H, stride, (t-1)*block, ...) -> (H, (t-1)*stride, block, ...)
     def _from_rows(self, x, block):
@@ -161,8 +172,9 @@ class Residues(Piece):
         h, np_, d = q.shape
         qs, ks, vs = (self._to(x, block) for x in (q, k, v))
         g, o, l_ = (self._rows_to(x, block) for x in (grad, out, lse))
-        dqs, dks, dvs = FLASH_BACK(g, qs[:, :, block:], ks[:, :, :-block], vs[:, :, :-block],
-                                   o, l_, 0.0, True)
+        dqs, dks, dvs = FLASH_BACK(
+            g, qs[:, :, block:], ks[:, :, :-block], vs[:, :, :-block], o, l_, 0.0, True
+        )
         t1 = np_ // (self.stride * block) - 1
 
         def add_back(dst, src):  # (H, stride, t1*block, D) in residue order -> block order
@@ -170,8 +182,8 @@ class Residues(Piece):
             view.add_(src.view(h, self.stride, t1, block, src.shape[-1]).transpose(1, 2))
 
         add_back(dq[:, q0:], dqs)
-        add_back(dk[:, :t1 * self.stride * block], dks)
-        add_back(dv[:, :t1 * self.stride * block], dvs)
+        add_back(dk[:, : t1 * self.stride * block], dks)
+        add_back(dv[:, : t1 * self.stride * block], dvs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -203,13 +215,23 @@ class Gathered(Piece):
     def backward(self, q, k, v, q0, block, grad, out, lse, dq, dk, dv):
         h, np_, d = q.shape
         qb = q[:, q0:].view(h, -1, block, d)
-        dqb, dkg, dvg = FLASH_BACK(grad, qb, self._gather(k, block), self._gather(v, block), out,
-                                   lse, 0.0, False, attn_mask=self.mask)
+        dqb, dkg, dvg = FLASH_BACK(
+            grad,
+            qb,
+            self._gather(k, block),
+            self._gather(v, block),
+            out,
+            lse,
+            0.0,
+            False,
+            attn_mask=self.mask,
+        )
         dq[:, q0:].view_as(dqb).add_(dqb)
         flat = self.blocks.reshape(-1)
         for dst, src in ((dk, dkg), (dv, dvg)):
-            dst.view(h, np_ // block, block, -1).index_add_(1, flat, src.reshape(h, -1, block,
-                                                                                 src.shape[-1]))
+            dst.view(h, np_ // block, block, -1).index_add_(
+                1, flat, src.reshape(h, -1, block, src.shape[-1])
+            )
 
 
 class _Union(torch.autograd.Function):
@@ -248,6 +270,7 @@ def union_of_pieces(q, k, v, pieces, q0: int, block: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Patterns as unions
 
+
 @dataclass(frozen=True, eq=False)
 class UnionPlan:
     head: int  # query blocks computed densely (their keys overlap several pieces)
@@ -261,8 +284,9 @@ def dense_masked(q, k, v, q0: int, k0: int, pattern: Pattern) -> torch.Tensor:
     qi = torch.arange(q0, q0 + q.shape[1], device=q.device).view(-1, 1)
     ki = torch.arange(k0, k0 + k.shape[1], device=q.device).view(1, -1)
     seen = pattern.mask_fn(max(q0 + q.shape[1], k0 + k.shape[1]), q.device)(qi, ki)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=seen)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=seen
+    )
     return out.transpose(1, 2)
 
 
@@ -304,15 +328,20 @@ def union_plan(pattern: Pattern, n: int, dtype: torch.dtype, device: str) -> Uni
             blocks = order[:, :width]  # (nq, width) the row's random blocks first
             keep = torch.gather(own, 1, blocks)  # (nq, width)
             seen = keep.repeat_interleave(b, dim=1)[None, :, None, :]
-            pieces.append(Gathered(blocks.contiguous().to(device), additive(seen, dtype).to(device),
-                                   (~keep.any(1)).to(device)))
+            pieces.append(
+                Gathered(
+                    blocks.contiguous().to(device),
+                    additive(seen, dtype).to(device),
+                    (~keep.any(1)).to(device),
+                )
+            )
         return UnionPlan(head=head, multiple=b, pieces=tuple(pieces))
-    raise ValueError(f"no union plan for pattern {type(pattern).__name__}; "
-                     f"valid: Strided, BigBird")
+    raise ValueError(f"no union plan for pattern {type(pattern).__name__}; valid: Strided, BigBird")
 
 
-def union_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    pattern: Pattern) -> torch.Tensor:
+def union_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern
+) -> torch.Tensor:
     """Softmax attention under a ``Strided`` or ``BigBird`` pattern on the CPU; (B, N, H, D) in
     and out. The first ``head`` blocks are one dense masked call; the rest is the union of the
     plan's pieces (``_Union``), per batch element."""

@@ -36,7 +36,10 @@ def masked_sdpa(q, k, v, pattern: Pattern) -> torch.Tensor:
     """SDPA with the dense boolean mask of ``pattern``; (B, N, H, D) in and out."""
     mask = dense_mask(pattern, q.shape[1], device_key(q.device))
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask,
         enable_gqa=k.shape[2] != q.shape[2],
     )
     return out.transpose(1, 2)
@@ -50,8 +53,12 @@ def compiled_flex_attention():
     import torch._dynamo.config as dynamo_config
     from torch.nn.attention.flex_attention import flex_attention
 
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                 "accumulated_cache_size_limit"):
+    for name in (
+        "recompile_limit",
+        "cache_size_limit",
+        "accumulated_recompile_limit",
+        "accumulated_cache_size_limit",
+    ):
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), 4096))
     return torch.compile(flex_attention, dynamic=False)
@@ -62,8 +69,9 @@ def flex_block_mask(pattern: Pattern, n: int, device: str):
     """FlexAttention BlockMask for ``pattern`` at length ``n`` (None: no mask needed)."""
     if isinstance(pattern, Full) and not pattern.causal:
         return None
-    return block_mask_builder(device)(pattern.flex_mask_mod(n, device), None, None, n, n,
-                                      device=device, BLOCK_SIZE=FLEX_BLOCK)
+    return block_mask_builder(device)(
+        pattern.flex_mask_mod(n, device), None, None, n, n, device=device, BLOCK_SIZE=FLEX_BLOCK
+    )
 
 
 def block_mask_builder(device):
@@ -105,8 +113,9 @@ class FlexDecodeMask:
 
         self.num = self.num_all[:1].clone().view(1, 1, 1)
         self.idx = self.idx_all[:1].clone().view(1, 1, 1, -1)
-        self.block_mask = BlockMask.from_kv_blocks(self.num, self.idx, BLOCK_SIZE=FLEX_BLOCK,
-                                                   mask_mod=mask_mod, seq_lengths=(1, max_len))
+        self.block_mask = BlockMask.from_kv_blocks(
+            self.num, self.idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(1, max_len)
+        )
 
     def move_to(self, t: int) -> None:
         row = t // FLEX_BLOCK
@@ -119,7 +128,10 @@ def flex(q, k, v, pattern: Pattern) -> torch.Tensor:
     """FlexAttention over ``pattern``; (B, N, H, D) in and out."""
     block_mask = flex_block_mask(pattern, q.shape[1], device_key(q.device))
     out = compiled_flex_attention()(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        block_mask=block_mask,
         enable_gqa=k.shape[2] != q.shape[2],
     )
     return out.transpose(1, 2)
@@ -142,12 +154,18 @@ def prepare_blocked(variant, case) -> None:
 def prepare_banded(variant, case) -> None:
     from attnbench.attention.blocksparse import band_plan
 
-    band_plan(variant.params["window"], variant.params["block"], variant.params.get("globals", 0),
-              case.dtype, case.device)
+    band_plan(
+        variant.params["window"],
+        variant.params["block"],
+        variant.params.get("globals", 0),
+        case.dtype,
+        case.device,
+    )
 
 
 def prepare_union(variant, case) -> None:
     from attnbench.attention.flashunion import union_plan
 
-    union_plan(variant.math.pattern_for(case.causal), case.seq_len, case.dtype,
-               device_key(case.device))
+    union_plan(
+        variant.math.pattern_for(case.causal), case.seq_len, case.dtype, device_key(case.device)
+    )

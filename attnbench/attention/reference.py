@@ -22,8 +22,8 @@ its pattern or feature map, its reference and its attended pairs (for FLOP count
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -139,10 +139,18 @@ def floor_eps(dtype: torch.dtype) -> float:
     return FLOOR_EPS.get(dtype, FLOOR_EPS_DEFAULT)
 
 
-def reference_error(got: torch.Tensor, plain: torch.Tensor, ref: torch.Tensor,
-                    dtype: torch.dtype, multiple: float = MULTIPLE, *,
-                    gradient: bool = False, scale: float = 0.0,
-                    same_dtype: bool = True, conditioning: float = 0.0) -> str | None:
+def reference_error(
+    got: torch.Tensor,
+    plain: torch.Tensor,
+    ref: torch.Tensor,
+    dtype: torch.dtype,
+    multiple: float = MULTIPLE,
+    *,
+    gradient: bool = False,
+    scale: float = 0.0,
+    same_dtype: bool = True,
+    conditioning: float = 0.0,
+) -> str | None:
     """The self-calibrating tolerance, shared by the tests and the benchmark's correctness gate.
 
     Judged row by row (a row: the last dimension, e.g. one query's D outputs at one head), and on
@@ -171,40 +179,60 @@ def reference_error(got: torch.Tensor, plain: torch.Tensor, ref: torch.Tensor,
         bad = ~torch.isfinite(t)
         if bad.any():
             where = tuple(int(i) for i in bad.nonzero()[0])
-            return (f"non-finite values in the {what} ({int(bad.sum())} of {t.numel()}, first at "
-                    f"index {where})" + (" (unwritten elements?)" if what == "output" else ""))
+            return (
+                f"non-finite values in the {what} ({int(bad.sum())} of {t.numel()}, first at "
+                f"index {where})" + (" (unwritten elements?)" if what == "output" else "")
+            )
     if got.shape != ref.shape:
         return f"shape {tuple(got.shape)} differs from the reference's {tuple(ref.shape)}"
     if same_dtype and got.dtype != dtype:
         return f"dtype {str(got.dtype).removeprefix('torch.')}, expected {str(dtype)[6:]}"
-    e = tolerance_terms(got, plain, ref, dtype, multiple, gradient=gradient, scale=scale,
-                        conditioning=conditioning)
+    e = tolerance_terms(
+        got, plain, ref, dtype, multiple, gradient=gradient, scale=scale, conditioning=conditioning
+    )
     err, bound, base, mag, floor = e["err"], e["bound"], e["base"], e["mag"], e["floor"]
     shape = ref.shape
     over = err > bound
     if over.any():
         worst = int(torch.argmax(err - bound))
-        where = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), shape[:-1])) \
-            if len(shape) > 1 else ()
-        return (f"{int(over.sum())} of {len(err)} rows exceed the tolerance; worst at row {where}: "
-                f"error {err[worst]:.3g} vs the float64 reference > {bound[worst]:.3g} "
-                f"({multiple:g} x plain PyTorch's {base[worst]:.3g} + floor {floor[worst]:.3g}; "
-                f"the row's magnitude {mag[worst]:.3g})")
+        where = (
+            tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), shape[:-1]))
+            if len(shape) > 1
+            else ()
+        )
+        return (
+            f"{int(over.sum())} of {len(err)} rows exceed the tolerance; worst at row {where}: "
+            f"error {err[worst]:.3g} vs the float64 reference > {bound[worst]:.3g} "
+            f"({multiple:g} x plain PyTorch's {base[worst]:.3g} + floor {floor[worst]:.3g}; "
+            f"the row's magnitude {mag[worst]:.3g})"
+        )
     if e["mean_err"] > e["mean_bound"]:
-        return (f"mean error over {len(err)} rows {e['mean_err']:.3g} > {e['mean_bound']:.3g} "
-                f"({MEAN_MULTIPLE:g} x plain PyTorch's mean {float(base.mean()):.3g} + "
-                f"{MEAN_FLOOR_FRACTION:g} x the mean floor {float(floor.mean()):.3g}): "
-                "a small error on every row")
+        return (
+            f"mean error over {len(err)} rows {e['mean_err']:.3g} > {e['mean_bound']:.3g} "
+            f"({MEAN_MULTIPLE:g} x plain PyTorch's mean {float(base.mean()):.3g} + "
+            f"{MEAN_FLOOR_FRACTION:g} x the mean floor {float(floor.mean()):.3g}): "
+            "a small error on every row"
+        )
     return None
 
 
-def tolerance_terms(got, plain, ref, dtype, multiple: float = MULTIPLE, *,
-                    gradient: bool = False, scale: float = 0.0, conditioning: float = 0.0) -> dict:
+def tolerance_terms(
+    got,
+    plain,
+    ref,
+    dtype,
+    multiple: float = MULTIPLE,
+    *,
+    gradient: bool = False,
+    scale: float = 0.0,
+    conditioning: float = 0.0,
+) -> dict:
     """The terms of ``reference_error`` (per row: err, base = plain's error, mag, floor, bound;
     the means), for the calibration table (``margin``)."""
     shape = ref.shape
-    g, p, r = (t.detach().double().reshape(-1, shape[-1] if len(shape) else 1)
-               for t in (got, plain, ref))
+    g, p, r = (
+        t.detach().double().reshape(-1, shape[-1] if len(shape) else 1) for t in (got, plain, ref)
+    )
     err = (g - r).abs().amax(-1)
     base = (p - r).abs().amax(-1)
     mag = r.abs().amax(-1)
@@ -215,9 +243,15 @@ def tolerance_terms(got, plain, ref, dtype, multiple: float = MULTIPLE, *,
         magnitude = mag + TINY * mag.max()
     rel = floor_eps(dtype) * eps + SCORE_EPS * torch.finfo(torch.float32).eps * conditioning
     floor = rel * magnitude
-    return {"err": err, "base": base, "mag": mag, "floor": floor,
-            "bound": multiple * base + floor, "mean_err": float(err.mean()),
-            "mean_bound": float(MEAN_MULTIPLE * base.mean() + MEAN_FLOOR_FRACTION * floor.mean())}
+    return {
+        "err": err,
+        "base": base,
+        "mag": mag,
+        "floor": floor,
+        "bound": multiple * base + floor,
+        "mean_err": float(err.mean()),
+        "mean_bound": float(MEAN_MULTIPLE * base.mean() + MEAN_FLOOR_FRACTION * floor.mean()),
+    }
 
 
 def margin(got, plain, ref, dtype, **kw) -> tuple[float, float]:
@@ -249,13 +283,15 @@ class SoftmaxMath:
     def attended_pairs(self, n: int, *, causal: bool = True) -> int:
         return self.pattern_for(causal).attended_pairs(n)
 
-    def reference_rows(self, q, k, v, rows: torch.Tensor, *, causal: bool = True,
-                       dtype=torch.float64) -> torch.Tensor:
+    def reference_rows(
+        self, q, k, v, rows: torch.Tensor, *, causal: bool = True, dtype=torch.float64
+    ) -> torch.Tensor:
         """The reference for query rows ``rows`` only: (B, len(rows), H, D), cost O(rows * N).
         Differentiable: with an upstream gradient on these rows it gives every key's gradient."""
         n = k.shape[1]
         mask = self.pattern_for(causal).mask_fn(n, q.device)(
-            rows[:, None], torch.arange(n, device=q.device)[None, :])
+            rows[:, None], torch.arange(n, device=q.device)[None, :]
+        )
         return softmax_attention(q[:, rows], k, v, mask, dtype=dtype)
 
     @property
@@ -275,8 +311,9 @@ class LinearMath:
     def reference(self, q, k, v, *, causal: bool = True, dtype=torch.float64) -> torch.Tensor:
         return linear_attention(q, k, v, self.feature_map, causal=causal, dtype=dtype)
 
-    def reference_rows(self, q, k, v, rows: torch.Tensor, *, causal: bool = True,
-                       dtype=torch.float64) -> torch.Tensor:
+    def reference_rows(
+        self, q, k, v, rows: torch.Tensor, *, causal: bool = True, dtype=torch.float64
+    ) -> torch.Tensor:
         """The reference for query rows ``rows`` only: (B, len(rows), H, D), cost O(rows * N)."""
         dtype = dtype or q.dtype
         k, v = expand_heads(k, q.shape[2]), expand_heads(v, q.shape[2])

@@ -46,8 +46,10 @@ class Resources:
         return self.stack == 0 and self.spill_stores == 0 and self.spill_loads == 0
 
     def __str__(self) -> str:
-        return (f"{self.registers} regs, {self.stack} B stack, {self.spill_stores} B spill stores, "
-                f"{self.spill_loads} B spill loads, {self.shared} B shared")
+        return (
+            f"{self.registers} regs, {self.stack} B stack, {self.spill_stores} B spill stores, "
+            f"{self.spill_loads} B spill loads, {self.shared} B shared"
+        )
 
 
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -89,8 +91,15 @@ def interpreting() -> bool:
     return bool(knobs.runtime.interpret)
 
 
-def compile_for(kernel, signature: dict, constexprs: dict, *, attrs: dict | None = None,
-                target: tuple[int, int] = HOPPER, **options):
+def compile_for(
+    kernel,
+    signature: dict,
+    constexprs: dict,
+    *,
+    attrs: dict | None = None,
+    target: tuple[int, int] = HOPPER,
+    **options,
+):
     """``triton.compile`` of ``kernel`` for ``GPUTarget("cuda", *target)``; ``options`` are
     Triton's (num_warps, num_stages, ...). FP fusion defaults to on, as a launch does in 3.x."""
     import triton
@@ -98,21 +107,26 @@ def compile_for(kernel, signature: dict, constexprs: dict, *, attrs: dict | None
     from triton.compiler import ASTSource
 
     if interpreting():
-        raise RuntimeError("Triton interprets kernels in this process (TRITON_INTERPRET=1): "
-                           "compile with resources_batch, which uses a child process")
+        raise RuntimeError(
+            "Triton interprets kernels in this process (TRITON_INTERPRET=1): "
+            "compile with resources_batch, which uses a child process"
+        )
     options.setdefault("enable_fp_fusion", True)
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", *target), options=options)
 
 
-def ptxas_resources(ptx: str, capability: int = HOPPER[0], *, fp_fusion: bool = True,
-                    shared: int = 0) -> Resources:
+def ptxas_resources(
+    ptx: str, capability: int = HOPPER[0], *, fp_fusion: bool = True, shared: int = 0
+) -> Resources:
     """Assemble ``ptx`` with Triton's ptxas and flags (``make_cubin``: -lineinfo, the register
     allocation level Triton asks for) plus ``-v``, and parse the report."""
     path = ptxas_path(capability)
     if path is None:
-        raise FileNotFoundError("Triton's ptxas is missing (set TRITON_PTXAS_BLACKWELL_PATH or "
-                                "TRITON_PTXAS_PATH, or pip install nvidia-cuda-nvcc)")
+        raise FileNotFoundError(
+            "Triton's ptxas is missing (set TRITON_PTXAS_BLACKWELL_PATH or "
+            "TRITON_PTXAS_PATH, or pip install nvidia-cuda-nvcc)"
+        )
     flags = ["-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={_arch(capability)}"]
     if not fp_fusion:
         flags.append("--fmad=false")
@@ -120,21 +134,32 @@ def ptxas_resources(ptx: str, capability: int = HOPPER[0], *, fp_fusion: bool = 
         src = os.path.join(tmp, "kernel.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        run = subprocess.run([path, *flags, src, "-o", src + ".o"], capture_output=True,
-                             text=True, check=False)
+        run = subprocess.run(
+            [path, *flags, src, "-o", src + ".o"], capture_output=True, text=True, check=False
+        )
     if run.returncode != 0:
         raise RuntimeError(f"ptxas failed ({run.returncode}):\n{run.stderr}")
     return parse_ptxas_log(run.stdout + run.stderr, shared)
 
 
-def resources(kernel, signature: dict, constexprs: dict, *, attrs: dict | None = None,
-              target: tuple[int, int] = HOPPER, **options) -> Resources:
+def resources(
+    kernel,
+    signature: dict,
+    constexprs: dict,
+    *,
+    attrs: dict | None = None,
+    target: tuple[int, int] = HOPPER,
+    **options,
+) -> Resources:
     """Compile ahead of time for ``target`` and return ptxas's figures and the shared memory."""
     options.setdefault("enable_fp_fusion", True)
     compiled = compile_for(kernel, signature, constexprs, attrs=attrs, target=target, **options)
-    return ptxas_resources(compiled.asm["ptx"], target[0],
-                           fp_fusion=options["enable_fp_fusion"],
-                           shared=compiled.metadata.shared)
+    return ptxas_resources(
+        compiled.asm["ptx"],
+        target[0],
+        fp_fusion=options["enable_fp_fusion"],
+        shared=compiled.metadata.shared,
+    )
 
 
 def _load(loader: str):
@@ -157,9 +182,17 @@ def _decode(job: dict) -> dict:
 
 def _run_jobs(loader: str, jobs: list[dict]) -> list[Resources]:
     kernel = _load(loader)
-    return [resources(kernel, j["signature"], j["constexprs"], attrs=j.get("attrs"),
-                      target=tuple(j.get("target", HOPPER)), **j.get("options", {}))
-            for j in jobs]
+    return [
+        resources(
+            kernel,
+            j["signature"],
+            j["constexprs"],
+            attrs=j.get("attrs"),
+            target=tuple(j.get("target", HOPPER)),
+            **j.get("options", {}),
+        )
+        for j in jobs
+    ]
 
 
 def resources_batch(loader: str, jobs: list[dict]) -> list[Resources]:
@@ -171,11 +204,18 @@ def resources_batch(loader: str, jobs: list[dict]) -> list[Resources]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     request = json.dumps({"loader": loader, "jobs": [_encode(j) for j in jobs]})
-    run = subprocess.run([sys.executable, "-m", __name__], input=request, capture_output=True,
-                         text=True, env=env, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", __name__],
+        input=request,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if run.returncode != 0:
-        raise RuntimeError(f"ahead-of-time compile failed in the child ({run.returncode}):\n"
-                           f"{run.stderr[-4000:]}")
+        raise RuntimeError(
+            f"ahead-of-time compile failed in the child ({run.returncode}):\n{run.stderr[-4000:]}"
+        )
     return [Resources(**r) for r in json.loads(run.stdout.strip().splitlines()[-1])]
 
 

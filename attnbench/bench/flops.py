@@ -69,8 +69,14 @@ def model_flops(lm, batch: int, seq_len: int, pass_: str) -> int:
     per token) * tokens for the matmuls (forward) plus each layer's attention FLOPs; a train step
     counts 3x the matmul and 3.5x the attention forward."""
     matmul = lm.matmul_params()
-    case = Case(batch=batch, seq_len=seq_len, heads=lm.heads, kv_heads=lm.kv_heads,
-                head_dim=lm.head_dim, pass_="decode" if pass_ == "decode" else "fwd")
+    case = Case(
+        batch=batch,
+        seq_len=seq_len,
+        heads=lm.heads,
+        kv_heads=lm.kv_heads,
+        head_dim=lm.head_dim,
+        pass_="decode" if pass_ == "decode" else "fwd",
+    )
     attn = lm.n_layers * attention_flops(lm.variant, case)
     if pass_ == "decode":
         return int(2 * matmul * batch + attn)

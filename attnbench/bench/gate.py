@@ -76,13 +76,22 @@ def sample_rows(n: int, rows: int, device, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     ends = max(1, rows // 6)
     tiles = (n + TILE - 1) // TILE
-    chosen = torch.arange(tiles) if tiles <= MAX_TILES else \
-        torch.randperm(tiles, generator=g)[:MAX_TILES]
+    chosen = (
+        torch.arange(tiles)
+        if tiles <= MAX_TILES
+        else torch.randperm(tiles, generator=g)[:MAX_TILES]
+    )
     starts = chosen * TILE
     widths = torch.clamp(n - starts, max=TILE)
     in_tile = starts + (torch.rand(len(starts), generator=g) * widths).long()
-    pick = torch.cat([torch.arange(min(n, ends)), torch.arange(max(0, n - ends), n), in_tile,
-                      torch.linspace(0, n - 1, steps=max(1, rows // 3)).long()])
+    pick = torch.cat(
+        [
+            torch.arange(min(n, ends)),
+            torch.arange(max(0, n - ends), n),
+            in_tile,
+            torch.linspace(0, n - 1, steps=max(1, rows // 3)).long(),
+        ]
+    )
     return torch.unique(pick).to(device)
 
 
@@ -124,10 +133,11 @@ class ForwardGate:
     def reference(self):
         if self._ref is None:
             args = (self.q, self.k, self.v, self.pick)
-            self._ref = (self.variant.math.reference_rows(*args, causal=self.causal),
-                         self.variant.math.reference_rows(*args, causal=self.causal,
-                                                          dtype=self.dtype),
-                         conditioning(self.variant, self.q, self.k))
+            self._ref = (
+                self.variant.math.reference_rows(*args, causal=self.causal),
+                self.variant.math.reference_rows(*args, causal=self.causal, dtype=self.dtype),
+                conditioning(self.variant, self.q, self.k),
+            )
         return self._ref
 
     def check(self, out) -> str | None:
@@ -135,8 +145,10 @@ class ForwardGate:
         if why:
             return why
         ref, plain, kappa = self.reference()
-        return _why("output", reference_error(out[:, self.pick].detach(), plain, ref, self.dtype,
-                                              conditioning=kappa))
+        return _why(
+            "output",
+            reference_error(out[:, self.pick].detach(), plain, ref, self.dtype, conditioning=kappa),
+        )
 
 
 def check_forward(variant, q, k, v, out, causal: bool, rows: int, seed: int = 0) -> str | None:
@@ -157,15 +169,17 @@ class GradientGate:
         self.pick = sample_rows(n, rows, q.device, seed)
         gen = torch.Generator().manual_seed(seed + 7)
         self.grad = torch.zeros(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
-        self.grad[:, self.pick] = torch.randn(q.shape[0], len(self.pick), q.shape[2], v.shape[-1],
-                                              generator=gen).to(self.grad)
+        self.grad[:, self.pick] = torch.randn(
+            q.shape[0], len(self.pick), q.shape[2], v.shape[-1], generator=gen
+        ).to(self.grad)
         self._ref = None
         self.kappa = conditioning(variant, self.q, self.k)
 
     def _rows_and_grads(self, compute_dtype):
         xs = [x.to(compute_dtype).requires_grad_() for x in (self.q, self.k, self.v)]
-        o = self.variant.math.reference_rows(*xs, self.pick, causal=self.causal,
-                                             dtype=compute_dtype)
+        o = self.variant.math.reference_rows(
+            *xs, self.pick, causal=self.causal, dtype=compute_dtype
+        )
         return (o, *torch.autograd.grad(o, xs, self.grad[:, self.pick].to(compute_dtype)))
 
     def reference(self):
@@ -182,18 +196,19 @@ class GradientGate:
         ref, plain = self.reference()
         if out is not None:
             why = _form("output", out, self.grad, self.dtype) or _finite("output", out)
-            why = why or reference_error(out[:, self.pick].detach(), plain[0], ref[0], self.dtype,
-                                         conditioning=self.kappa)
+            why = why or reference_error(
+                out[:, self.pick].detach(), plain[0], ref[0], self.dtype, conditioning=self.kappa
+            )
             if why:
                 return _why("output", why)
         scale = max(float(r.abs().max()) for r in ref[1:])  # the call's gradients' scale
         for name, g, p, r in zip("qkv", grads, plain[1:], ref[1:]):
-            why = reference_error(g.detach(), p, r, self.dtype, gradient=True, scale=scale,
-                                  conditioning=self.kappa)
+            why = reference_error(
+                g.detach(), p, r, self.dtype, gradient=True, scale=scale, conditioning=self.kappa
+            )
             if why:
                 return _why(f"d{name}", why)
         return None
-
 
     def check_fresh(self) -> str | None:
         """A fresh forward and backward of the variant, its output checked too."""
@@ -213,16 +228,21 @@ def check_decode_step(variant, q, k, v, step_out, causal: bool = True) -> str | 
     """``q, k, v``: the whole sequence including the decoded token at the last position;
     ``step_out`` (B, 1, H, D): the decoder's output for that token (every batch element)."""
     expect = q.new_empty((q.shape[0], 1, q.shape[2], v.shape[-1]))
-    why = _form("decoded token's output", step_out, expect, q.dtype) or \
-        _finite("decoded token's output", step_out)
+    why = _form("decoded token's output", step_out, expect, q.dtype) or _finite(
+        "decoded token's output", step_out
+    )
     if why:
         return why
     last = torch.tensor([q.shape[1] - 1], device=q.device)
     qd, kd, vd = (x.detach() for x in (q, k, v))
     ref = variant.math.reference_rows(qd, kd, vd, last, causal=causal)
     plain = variant.math.reference_rows(qd, kd, vd, last, causal=causal, dtype=q.dtype)
-    return _why("decoded token", reference_error(step_out.detach(), plain, ref, q.dtype,
-                                                 conditioning=conditioning(variant, qd, kd)))
+    return _why(
+        "decoded token",
+        reference_error(
+            step_out.detach(), plain, ref, q.dtype, conditioning=conditioning(variant, qd, kd)
+        ),
+    )
 
 
 def check_decode_steps(variant, q, k, v, steps: int, make_decoder) -> str | None:
@@ -281,8 +301,11 @@ class ModelGate:
                     continue
                 m.train(False)
                 with torch.no_grad():
-                    ids = self.idx[:, : self.n + 1] if self.pass_ == "decode" else \
-                        self.idx[:, : self.n]
+                    ids = (
+                        self.idx[:, : self.n + 1]
+                        if self.pass_ == "decode"
+                        else self.idx[:, : self.n]
+                    )
                     logits = m.logits(ids)
                 results.append(logits[:, -1:] if self.pass_ == "decode" else logits)
             self._ref = tuple(results)
@@ -294,8 +317,9 @@ class ModelGate:
             return _why("logits", reference_error(got.detach(), plain, ref.double(), self.dtype))
         loss, grads = got
         as_t = lambda x: torch.tensor([[float(x)]], dtype=torch.float64)  # noqa: E731
-        why = reference_error(as_t(loss), as_t(plain[0]), as_t(ref[0]), self.dtype,
-                              same_dtype=False)
+        why = reference_error(
+            as_t(loss), as_t(plain[0]), as_t(ref[0]), self.dtype, same_dtype=False
+        )
         if why:
             return _why("train step loss", why)
         scale = max(float(g.abs().max()) for _, g in ref[1])

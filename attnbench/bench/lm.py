@@ -36,7 +36,7 @@ class LanguageModel:
             from attnbench import hf
 
             torch.manual_seed(0)
-            module = hf.build(case.preset[len(HF_PREFIX):]).to(device=device, dtype=case.dtype)
+            module = hf.build(case.preset[len(HF_PREFIX) :]).to(device=device, dtype=case.dtype)
             lm = HFModel(module)
         else:
             from attnbench.model import ModelConfig, TransformerLM
@@ -93,8 +93,9 @@ class LanguageModel:
 
     def matmul_params(self) -> int:
         """Weights multiplied per token: every Linear (and a tied output head)."""
-        return sum(m.weight.numel() for m in self.module.modules()
-                   if isinstance(m, torch.nn.Linear))
+        return sum(
+            m.weight.numel() for m in self.module.modules() if isinstance(m, torch.nn.Linear)
+        )
 
     def with_attention(self, attention, dtype: torch.dtype) -> LanguageModel:
         """A copy in ``dtype`` with ``attention`` in place of the variant (the gate's models)."""

@@ -35,16 +35,19 @@ import gc
 import re
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
 # glibc: mmap every block of 64 KiB and more, and give it back when freed (peak RSS per case);
 # fill every allocation with a byte (MALLOC_PERTURB_), so an allocated but untouched buffer is
 # resident and counted (a 64 MiB torch.empty would otherwise count 1 MiB)
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536",
-              "MALLOC_PERTURB_": "165"}
+MEMORY_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+    "MALLOC_PERTURB_": "165",
+}
 
 
 def held_bytes(device: torch.device | str) -> int:
@@ -53,6 +56,7 @@ def held_bytes(device: torch.device | str) -> int:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
     return _status_kib("VmRSS") * 1024
+
 
 # Dense (no sparsity) bfloat16/float16 tensor-core peaks from the vendors' datasheets, TFLOP/s,
 # matched by substring of the device name (most specific first).
@@ -101,8 +105,9 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def summarize(times: list[float]) -> Timing:
     times = sorted(times)
-    return Timing(statistics.median(times), _percentile(times, 0.2), _percentile(times, 0.8),
-                  len(times))
+    return Timing(
+        statistics.median(times), _percentile(times, 0.2), _percentile(times, 0.8), len(times)
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -123,11 +128,19 @@ def indexed(device: torch.device | str, current: Callable[[], int] | None = None
     return torch.device("cuda", (current or torch.cuda.current_device)())
 
 
-def time_fn(fn: Callable[[], object] | Sequence[Callable[[], object]],
-            device: torch.device | str = "cpu", *, warmup: int = 1,
-            budget_s: float = 0.5, min_reps: int = 5, max_reps: int = 200, l2_flush: bool = True,
-            cuda_graphs: bool = False, outputs: dict[int, object] | None = None,
-            before: Callable[[int], None] | None = None) -> Timing:
+def time_fn(
+    fn: Callable[[], object] | Sequence[Callable[[], object]],
+    device: torch.device | str = "cpu",
+    *,
+    warmup: int = 1,
+    budget_s: float = 0.5,
+    min_reps: int = 5,
+    max_reps: int = 200,
+    l2_flush: bool = True,
+    cuda_graphs: bool = False,
+    outputs: dict[int, object] | None = None,
+    before: Callable[[int], None] | None = None,
+) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then repetitions until ``budget_s`` is spent
     (between ``min_reps`` and ``max_reps``).
 
@@ -140,8 +153,18 @@ def time_fn(fn: Callable[[], object] | Sequence[Callable[[], object]],
     fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
     device = torch.device(device)
     if device.type == "cuda":
-        return _time_cuda(fns, device, warmup, budget_s, min_reps, max_reps, l2_flush,
-                          cuda_graphs, outputs, before)
+        return _time_cuda(
+            fns,
+            device,
+            warmup,
+            budget_s,
+            min_reps,
+            max_reps,
+            l2_flush,
+            cuda_graphs,
+            outputs,
+            before,
+        )
     for i in range(max(warmup, len(fns) if warmup else 0)):
         if before:
             before(i % len(fns))
@@ -175,8 +198,18 @@ def _l2_buffer(device: torch.device) -> torch.Tensor | None:
     return torch.empty(2 * size // 4, dtype=torch.int32, device=device)
 
 
-def _time_cuda(fns, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda_graphs,
-               outputs=None, before=None) -> Timing:
+def _time_cuda(
+    fns,
+    device,
+    warmup,
+    budget_s,
+    min_reps,
+    max_reps,
+    l2_flush,
+    cuda_graphs,
+    outputs=None,
+    before=None,
+) -> Timing:
     device = indexed(device)
     torch.cuda.set_device(device)
     runs = fns
@@ -208,13 +241,17 @@ def _time_cuda(fns, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda
     estimate = max(time.perf_counter() - t0, 1e-6)
     times: list[float] = []
     start_all = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps
-                                     or time.perf_counter() - start_all < budget_s):
-        left = max(min_reps - len(times),
-                   int((budget_s - (time.perf_counter() - start_all)) / estimate))
+    while len(times) < max_reps and (
+        len(times) < min_reps or time.perf_counter() - start_all < budget_s
+    ):
+        left = max(
+            min_reps - len(times), int((budget_s - (time.perf_counter() - start_all)) / estimate)
+        )
         batch = max(1, min(max_reps - len(times), left, 100))
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(batch)]
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(batch)
+        ]
         for begin, end in events:
             j = len(times) % len(runs)
             if before:
@@ -228,7 +265,7 @@ def _time_cuda(fns, device, warmup, budget_s, min_reps, max_reps, l2_flush, cuda
                 outputs[j] = static[j] if cuda_graphs else out
             times.append(0.0)  # placeholder: counts the repetition for the set rotation
         torch.cuda.synchronize(device)
-        del times[len(times) - batch:]
+        del times[len(times) - batch :]
         times.extend(b.elapsed_time(e) for b, e in events)
     return summarize(times)
 
@@ -248,8 +285,9 @@ def cpu_peak_supported() -> bool:
         return False
 
 
-def peak_memory(fn: Callable[[], object],
-                device: torch.device | str = "cpu") -> tuple[int | None, str]:
+def peak_memory(
+    fn: Callable[[], object], device: torch.device | str = "cpu"
+) -> tuple[int | None, str]:
     """Peak bytes allocated by one call of ``fn()`` beyond what was held before it, and the
     method."""
     device = torch.device(device)
@@ -308,8 +346,12 @@ def _probe_rate(n: int, device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / max(best, 1e-9)
 
 
-def matmul_ceiling(dtype: torch.dtype, device: torch.device | str = "cpu", n: int | None = None,
-                   budget_s: float = 2.0) -> float:
+def matmul_ceiling(
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    n: int | None = None,
+    budget_s: float = 2.0,
+) -> float:
     """FLOP/s of a large square matmul in ``dtype`` on ``device`` (side ``n``, default
     ``ceiling_size``), from the 20th percentile of at least 10 timings: the rate the machine
     reaches, which a row may not exceed (beyond a noise margin) without being ``implausible``."""
@@ -319,26 +361,36 @@ def matmul_ceiling(dtype: torch.dtype, device: torch.device | str = "cpu", n: in
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     c = torch.empty_like(a)  # into one output: the compute, not the first touch of fresh pages
-    t = time_fn(lambda: torch.matmul(a, b, out=c), device, warmup=3, budget_s=budget_s,
-                min_reps=10, max_reps=1000)
+    t = time_fn(
+        lambda: torch.matmul(a, b, out=c),
+        device,
+        warmup=3,
+        budget_s=budget_s,
+        min_reps=10,
+        max_reps=1000,
+    )
     return 2 * n**3 / (t.p20_ms / 1e3)  # a ceiling is a maximum: the fastest fifth of timings
 
 
-def copy_bandwidth(device: torch.device | str = "cpu", nbytes: int = 256 << 20,
-                   budget_s: float = 1.0) -> float:
+def copy_bandwidth(
+    device: torch.device | str = "cpu", nbytes: int = 256 << 20, budget_s: float = 1.0
+) -> float:
     """Achieved bytes/s of a large tensor copy (read + write counted), median of its timings."""
     device = torch.device(device)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    t = time_fn(lambda: dst.copy_(src), device, warmup=2, budget_s=budget_s, min_reps=5,
-                l2_flush=False)
+    t = time_fn(
+        lambda: dst.copy_(src), device, warmup=2, budget_s=budget_s, min_reps=5, l2_flush=False
+    )
     return 2 * nbytes / (t.median_ms / 1e3)
 
 
-CEILING_METHOD = ("square matmul (8192 on CUDA; on CPU up to 2048, as large as takes <= 0.2 s), "
-                  "20th percentile of its timings, and a 256 MiB copy, median of its timings, "
-                  "on this device, at the start and the end of the run; a half dtype's compute "
-                  "ceiling is the faster of its own matmul and float32's")
+CEILING_METHOD = (
+    "square matmul (8192 on CUDA; on CPU up to 2048, as large as takes <= 0.2 s), "
+    "20th percentile of its timings, and a 256 MiB copy, median of its timings, "
+    "on this device, at the start and the end of the run; a half dtype's compute "
+    "ceiling is the faster of its own matmul and float32's"
+)
 
 
 def ceilings(dtypes: list[str], device: str, budget_s: float = 2.0) -> dict:
@@ -346,9 +398,12 @@ def ceilings(dtypes: list[str], device: str, budget_s: float = 2.0) -> dict:
     from about ``budget_s`` of repetitions (at least 10 and 5)."""
     from attnbench.case import parse_dtype
 
-    names = list(dict.fromkeys([*dtypes, *(["float32"] if {"bfloat16", "float16"} & set(dtypes)
-                                           else [])]))  # a half dtype is judged against float32 too
+    names = list(
+        dict.fromkeys([*dtypes, *(["float32"] if {"bfloat16", "float16"} & set(dtypes) else [])])
+    )  # a half dtype is judged against float32 too
     matmul = {name: matmul_ceiling(parse_dtype(name), device, budget_s=budget_s) for name in names}
-    return {"matmul_flops_per_s": matmul,
-            "copy_bytes_per_s": copy_bandwidth(device, budget_s=budget_s / 2),
-            "method": CEILING_METHOD}
+    return {
+        "matmul_flops_per_s": matmul,
+        "copy_bytes_per_s": copy_bandwidth(device, budget_s=budget_s / 2),
+        "method": CEILING_METHOD,
+    }

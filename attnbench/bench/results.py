@@ -17,9 +17,10 @@ import platform
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -27,14 +28,51 @@ RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
 # Core row fields, in the order tables show them (issue #3 fixes these names).
 CORE_FIELDS = [
-    "variant", "family", "pass", "level", "batch", "seq_len", "heads", "head_dim", "dtype",
-    "device", "status", "reason", "time_ms", "time_ms_p20", "time_ms_p80", "peak_mem_bytes",
-    "flops", "flops_per_s", "frac_of_ceiling", "tokens_per_s",
+    "variant",
+    "family",
+    "pass",
+    "level",
+    "batch",
+    "seq_len",
+    "heads",
+    "head_dim",
+    "dtype",
+    "device",
+    "status",
+    "reason",
+    "time_ms",
+    "time_ms_p20",
+    "time_ms_p80",
+    "peak_mem_bytes",
+    "flops",
+    "flops_per_s",
+    "frac_of_ceiling",
+    "tokens_per_s",
 ]
-STATUSES = ("ok", "unsupported", "incorrect", "implausible", "oom", "error", "timeout", "crash",
-            "skipped_after_oom", "diverged")
-PACKAGES = ("torch", "triton", "flash-attn", "flash_attn_3", "xformers", "fla-core",
-            "transformers", "numpy", "pandas", "matplotlib")
+STATUSES = (
+    "ok",
+    "unsupported",
+    "incorrect",
+    "implausible",
+    "oom",
+    "error",
+    "timeout",
+    "crash",
+    "skipped_after_oom",
+    "diverged",
+)
+PACKAGES = (
+    "torch",
+    "triton",
+    "flash-attn",
+    "flash_attn_3",
+    "xformers",
+    "fla-core",
+    "transformers",
+    "numpy",
+    "pandas",
+    "matplotlib",
+)
 
 
 def new_run_id(suite_name: str) -> str:
@@ -58,10 +96,13 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             if i == len(lines) - 1:
-                warnings.warn(f"{path}: ignoring a torn last line (an interrupted run)",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{path}: ignoring a torn last line (an interrupted run)", stacklevel=2
+                )
             else:
-                raise ValueError(f"{path}:{i + 1} is not valid JSON (a corrupted results file)")
+                raise ValueError(
+                    f"{path}:{i + 1} is not valid JSON (a corrupted results file)"
+                ) from None
     return rows
 
 
@@ -121,8 +162,13 @@ class ResultWriter:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[2])
+        out = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parents[2],
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -131,8 +177,10 @@ def _git(*args: str) -> str | None:
 def git_state() -> dict[str, Any]:
     """The commit of the code that runs, and whether it has uncommitted changes (None outside a
     git checkout, e.g. an installed package)."""
-    return {"git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -158,9 +206,13 @@ def environment(device: str) -> dict[str, Any]:
     }
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(device)
-        env.update(device_name=props.name, cuda=torch.version.cuda,
-                   capability=f"{props.major}.{props.minor}",
-                   gpu_memory_bytes=props.total_memory, driver=_nvidia_driver())
+        env.update(
+            device_name=props.name,
+            cuda=torch.version.cuda,
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_bytes=props.total_memory,
+            driver=_nvidia_driver(),
+        )
     return env
 
 
@@ -177,8 +229,12 @@ def _cpu_name() -> str:
 
 def _nvidia_driver() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, IndexError):
         return None

@@ -26,9 +26,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -52,8 +53,14 @@ def plan(suite: Suite) -> list[Case]:
         op = suite.op
         for spec in op.variants:
             v = get_variant(spec)
-            ident = dict(variant=v.label, family=v.family, math=v.info.math, impl=v.impl,
-                         exact=v.exact, device=device)
+            ident = dict(
+                variant=v.label,
+                family=v.family,
+                math=v.info.math,
+                impl=v.impl,
+                exact=v.exact,
+                device=device,
+            )
             for dtype in op.dtypes:
                 for d in op.head_dims:
                     heads = op.heads_for(d)
@@ -61,10 +68,22 @@ def plan(suite: Suite) -> list[Case]:
                         for causal in op.causal:
                             for pass_ in op.passes:
                                 for n in sorted(op.seq_lens):
-                                    cases += [Case(level="op", **ident, pass_=pass_,
-                                                   batch=op.batch_for(n), seq_len=n, heads=heads,
-                                                   kv_heads=kv, head_dim=d, dtype=dtype,
-                                                   causal=causal, repeat=r) for r in reps]
+                                    cases += [
+                                        Case(
+                                            level="op",
+                                            **ident,
+                                            pass_=pass_,
+                                            batch=op.batch_for(n),
+                                            seq_len=n,
+                                            heads=heads,
+                                            kv_heads=kv,
+                                            head_dim=d,
+                                            dtype=dtype,
+                                            causal=causal,
+                                            repeat=r,
+                                        )
+                                        for r in reps
+                                    ]
     if suite.model is not None:
         m = suite.model
         heads, kv_heads, head_dim = model_shape(m.preset)
@@ -73,11 +92,27 @@ def plan(suite: Suite) -> list[Case]:
             for dtype in m.dtypes:
                 for pass_ in m.passes:
                     for n in sorted(m.seq_lens):
-                        cases += [Case(level="model", variant=v.label, family=v.family,
-                                       math=v.info.math, impl=v.impl, exact=v.exact, pass_=pass_,
-                                       batch=m.batch, seq_len=n, heads=heads,
-                                       kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
-                                       device=device, preset=m.preset, repeat=r) for r in reps]
+                        cases += [
+                            Case(
+                                level="model",
+                                variant=v.label,
+                                family=v.family,
+                                math=v.info.math,
+                                impl=v.impl,
+                                exact=v.exact,
+                                pass_=pass_,
+                                batch=m.batch,
+                                seq_len=n,
+                                heads=heads,
+                                kv_heads=kv_heads,
+                                head_dim=head_dim,
+                                dtype=dtype,
+                                device=device,
+                                preset=m.preset,
+                                repeat=r,
+                            )
+                            for r in reps
+                        ]
     cases = [c.replace(repeat=r) for r in range(suite.timing.repeats) for c in cases]
     if suite.quality is not None:
         cases += plan_quality(suite.quality, device)
@@ -120,7 +155,10 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "attnbench.bench.worker", str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL)
+            pass_fds=(to_child_r, from_child_w),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self.send_conn = Connection(to_child_w, readable=False)
@@ -212,16 +250,31 @@ def progress_bar(total: int, enabled: bool, unit: str = "case") -> tqdm:
     tty = sys.stderr.isatty()
     if not tty:  # tqdm's monitor thread would drop miniters to 1 after a slow case: a line per case
         tqdm.monitor_interval = 0
-    return tqdm(total=total, disable=not enabled or not total, unit=unit, dynamic_ncols=tty,
-                file=sys.stderr if tty else _Lines(sys.stderr), mininterval=0.5 if tty else 0,
-                miniters=1 if tty else max(1, total // 10), ascii=not tty)
+    return tqdm(
+        total=total,
+        disable=not enabled or not total,
+        unit=unit,
+        dynamic_ncols=tty,
+        file=sys.stderr if tty else _Lines(sys.stderr),
+        mininterval=0.5 if tty else 0,
+        miniters=1 if tty else max(1, total // 10),
+        ascii=not tty,
+    )
 
 
-def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (),
-        command: list[str] | None = None,
-        resume: bool = False, force: bool = False, progress: bool = True, workers: int = 1,
-        on_row: Callable[[dict[str, Any]], None] | None = None,
-        deadline: float | None = None) -> Path:
+def run(
+    suite: Suite,
+    run_dir: str | Path,
+    *,
+    plugins: list[str] = (),
+    command: list[str] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    workers: int = 1,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    deadline: float | None = None,
+) -> Path:
     """Measure every case of ``suite`` not yet in ``run_dir``; returns the run folder.
     ``workers`` > 1: that many worker slots share the cases (see ``execute``). ``deadline``
     (``time.time()`` seconds): no case starts after it; the cases left are listed in run.json
@@ -234,8 +287,18 @@ def run(suite: Suite, run_dir: str | Path, *, plugins: list[str] = (),
     todo = [c for c in cases if c.case_id not in writer.done]
     info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)
     info["launcher"] = {"kind": "local", "workers": workers}
-    execute(todo, suite, run_dir, writer, info, plugins=plugins, progress=progress, workers=workers,
-            on_row=on_row, deadline=deadline)
+    execute(
+        todo,
+        suite,
+        run_dir,
+        writer,
+        info,
+        plugins=plugins,
+        progress=progress,
+        workers=workers,
+        on_row=on_row,
+        deadline=deadline,
+    )
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results.write_run_json(run_dir, info)
     return run_dir
@@ -245,37 +308,60 @@ def _suite_json(suite: Suite) -> str:
     return json.dumps(suite.to_dict(), sort_keys=True, default=str)
 
 
-def start_info(suite: Suite, run_dir: Path, cases, todo, plugins, command, resume,
-               force: bool = False) -> dict[str, Any]:
+def start_info(
+    suite: Suite, run_dir: Path, cases, todo, plugins, command, resume, force: bool = False
+) -> dict[str, Any]:
     """run.json's content at the start (or on resume, with the resume recorded); the corpus is
     loaded here, so a missing one fails at once. A resume with another suite or another commit
     is refused unless ``force``, and then recorded."""
     if resume and (run_dir / results.RUN_FILE).exists():
         info = results.read_run_json(run_dir)
         changes = []
-        if json.loads(_suite_json(suite)) != json.loads(json.dumps(info.get("suite"),
-                                                                   sort_keys=True, default=str)):
+        if json.loads(_suite_json(suite)) != json.loads(
+            json.dumps(info.get("suite"), sort_keys=True, default=str)
+        ):
             changes.append("the suite differs from the run's")
         env = info.get("environment") or {}
         was, was_dirty = env.get("git_commit"), env.get("git_dirty")
         now = results.git_state()
-        if was and now["git_commit"] and (was != now["git_commit"]
-                                          or (now["git_dirty"] and not was_dirty)):
-            changes.append(f"the code differs: the run was measured at commit {was[:12]}"
-                           + (" with uncommitted changes" if was_dirty else "") + f", this is "
-                           f"{now['git_commit'][:12]}"
-                           + (" with uncommitted changes" if now["git_dirty"] else ""))
+        if (
+            was
+            and now["git_commit"]
+            and (was != now["git_commit"] or (now["git_dirty"] and not was_dirty))
+        ):
+            changes.append(
+                f"the code differs: the run was measured at commit {was[:12]}"
+                + (" with uncommitted changes" if was_dirty else "")
+                + f", this is "
+                f"{now['git_commit'][:12]}"
+                + (" with uncommitted changes" if now["git_dirty"] else "")
+            )
         if changes and not force:
-            raise ValueError(f"--resume {run_dir}: " + "; ".join(changes)
-                             + ". Its rows would mix settings; resume with the same suite and "
-                               "commit, or pass --force (recorded in run.json)")
-        info.setdefault("resumed", []).append({"command": command or sys.argv, "time": time.time(),
-                                               "cases_left": len(todo), "forced": bool(changes),
-                                               "changes": changes, **now})
+            raise ValueError(
+                f"--resume {run_dir}: "
+                + "; ".join(changes)
+                + ". Its rows would mix settings; resume with the same suite and "
+                "commit, or pass --force (recorded in run.json)"
+            )
+        info.setdefault("resumed", []).append(
+            {
+                "command": command or sys.argv,
+                "time": time.time(),
+                "cases_left": len(todo),
+                "forced": bool(changes),
+                "changes": changes,
+                **now,
+            }
+        )
     else:
-        info = {"run_id": run_dir.name, "command": command or sys.argv, "suite": suite.to_dict(),
-                "plugins": list(plugins), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "cases_planned": len(cases)}
+        info = {
+            "run_id": run_dir.name,
+            "command": command or sys.argv,
+            "suite": suite.to_dict(),
+            "plugins": list(plugins),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "cases_planned": len(cases),
+        }
     if suite.quality is not None:
         info.setdefault("datasets", {})[suite.quality.dataset] = _corpus_info(suite)
     return info
@@ -317,8 +403,13 @@ def balance(groups: list[list[Case]], k: int) -> list[list[Case]]:
 class Slot:
     """One launcher slot: its timing, memory and training workers, its host and ceilings."""
 
-    def __init__(self, init: dict[str, Any], timing_env: dict[str, str], pin: dict[str, str],
-                 train_init: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        init: dict[str, Any],
+        timing_env: dict[str, str],
+        pin: dict[str, str],
+        train_init: dict[str, Any] | None = None,
+    ):
         self.timing_env = {**timing_env, **pin}
         self.time = Worker(init, env=self.timing_env)
         self.memory = Worker(init, env={**measure.MEMORY_ENV, **self.timing_env})
@@ -336,9 +427,19 @@ class Slot:
             w.stop()
 
 
-def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[str, Any], *,
-            plugins=(), progress: bool = True, workers: int = 1, on_row=None,
-            deadline: float | None = None) -> None:
+def execute(
+    todo: list[Case],
+    suite: Suite,
+    run_dir: Path,
+    writer,
+    info: dict[str, Any],
+    *,
+    plugins=(),
+    progress: bool = True,
+    workers: int = 1,
+    on_row=None,
+    deadline: float | None = None,
+) -> None:
     """Measure ``todo`` into ``writer``: each slot's ceilings (at its start and end) and the
     environment into ``info`` (and run.json), then the sweep. With ``workers`` = K > 1, K slots
     take whole (variant, device) groups, each pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or to a
@@ -349,17 +450,29 @@ def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[st
     threads = suite.timing.threads
     if k > 1 and not device.startswith("cuda"):  # a 1/K share of the CPU each
         threads = max(1, (threads or os.cpu_count() or 1) // k)
-    init = {"threads": threads, "plugins": list(plugins), "timing": vars(suite.timing),
-            "suite": suite.to_dict(), "run_dir": str(run_dir)}
+    init = {
+        "threads": threads,
+        "plugins": list(plugins),
+        "timing": vars(suite.timing),
+        "suite": suite.to_dict(),
+        "run_dir": str(run_dir),
+    }
     # The timing and memory workers on a CPU: one thread unless the suite says otherwise (as
     # torch.utils.benchmark does): two threads on two shared cores made 62 of 135 quick-suite
     # rows noisy; training keeps PyTorch's default.
-    timing_init = dict(init, threads=suite.timing.threads or (0 if device.startswith("cuda")
-                                                               else TIMING_THREADS_CPU))
-    slots = [Slot(timing_init, dict(suite.timing.env),
-                  {"CUDA_VISIBLE_DEVICES": str(i)} if k > 1 and device.startswith("cuda") else {},
-                  train_init=init)
-             for i in range(k)]
+    timing_init = dict(
+        init,
+        threads=suite.timing.threads or (0 if device.startswith("cuda") else TIMING_THREADS_CPU),
+    )
+    slots = [
+        Slot(
+            timing_init,
+            dict(suite.timing.env),
+            {"CUDA_VISIBLE_DEVICES": str(i)} if k > 1 and device.startswith("cuda") else {},
+            train_init=init,
+        )
+        for i in range(k)
+    ]
     dtypes = sorted({c.dtype_label for c in todo if c.level in ("op", "model")})
     session = info["resumed"][-1] if info.get("resumed") else info
     try:
@@ -368,10 +481,13 @@ def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[st
                 slot.ceilings = slot.measure_ceilings(dtypes, device)
             session["ceilings"] = {**slots[0].ceilings, "by_slot": [s.ceilings for s in slots]}
         env = results.environment(device)
-        env.update(worker_threads=slots[0].time.threads or _probe_threads(slots[0].time),
-                   worker_processes=k, timing_env=dict(suite.timing.env),
-                   memory_env=dict(measure.MEMORY_ENV),
-                   mem_method="cuda_allocator" if device.startswith("cuda") else "cpu_peak_rss")
+        env.update(
+            worker_threads=slots[0].time.threads or _probe_threads(slots[0].time),
+            worker_processes=k,
+            timing_env=dict(suite.timing.env),
+            memory_env=dict(measure.MEMORY_ENV),
+            mem_method="cuda_allocator" if device.startswith("cuda") else "cpu_peak_rss",
+        )
         session["environment"] = env
         results.write_run_json(run_dir, info)
         bar = progress_bar(len(todo), progress)
@@ -380,17 +496,19 @@ def execute(todo: list[Case], suite: Suite, run_dir: Path, writer, info: dict[st
         def done(row):
             with lock:
                 bar.update(1)
-                bar.set_postfix_str(f"{row['variant'][:40]} {row['pass']} N={row['seq_len']}",
-                                    refresh=False)
+                bar.set_postfix_str(
+                    f"{row['variant'][:40]} {row['pass']} N={row['seq_len']}", refresh=False
+                )
                 if on_row:
                     on_row(row)
 
         sweeps = [(slot, cases) for slot, cases in zip(slots, balance(groups, k))]
         late: list[str] = []  # cases the deadline left unstarted
         if deadline is not None:
-            session["deadline"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S",
-                                                       time.localtime(deadline)),
-                                   "skipped_cases": late}
+            session["deadline"] = {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(deadline)),
+                "skipped_cases": late,
+            }
         if k == 1:
             _sweep(todo, slots[0], writer, info, suite, env, done, deadline, late)
         else:
@@ -440,8 +558,17 @@ def _probe_threads(worker: Worker) -> int | None:
     return worker.threads
 
 
-def _sweep(todo: list[Case], slot: Slot, writer, info, suite: Suite, env: dict, done,
-           deadline: float | None = None, late: list[str] | None = None) -> None:
+def _sweep(
+    todo: list[Case],
+    slot: Slot,
+    writer,
+    info,
+    suite: Suite,
+    env: dict,
+    done,
+    deadline: float | None = None,
+    late: list[str] | None = None,
+) -> None:
     ceilings = slot.ceilings.get("matmul_flops_per_s", {})
     oom_at: dict[tuple, int] = {}
     host = platform.node()
@@ -449,21 +576,34 @@ def _sweep(todo: list[Case], slot: Slot, writer, info, suite: Suite, env: dict, 
         if deadline is not None and time.time() >= deadline:
             late.append(case.case_id)  # not started: no row, so a resume measures it
             continue
-        group = (case.level, case.variant, case.pass_, case.dtype_label, case.head_dim,
-                 case.kv_heads, case.causal)
+        group = (
+            case.level,
+            case.variant,
+            case.pass_,
+            case.dtype_label,
+            case.head_dim,
+            case.kv_heads,
+            case.causal,
+        )
         t0 = time.time()
         reasons = unsupported_reasons(case)
         if reasons:
             out = {"status": "unsupported", "reason": "; ".join(reasons)}
         elif group in oom_at and case.seq_len > oom_at[group]:
-            out = {"status": "skipped_after_oom",
-                   "reason": f"out of memory at N={oom_at[group]} for this variant and pass"}
+            out = {
+                "status": "skipped_after_oom",
+                "reason": f"out of memory at N={oom_at[group]} for this variant and pass",
+            }
         else:
             out = slot.worker_for(case).ask("case", case, timeout=_timeout(case, suite))
             if out["status"] == "oom":
                 oom_at[group] = min(oom_at.get(group, case.seq_len), case.seq_len)
-            if out["status"] == "ok" and case.level in ("op", "model") and suite.timing.memory \
-                    and not case.device.startswith("cuda"):
+            if (
+                out["status"] == "ok"
+                and case.level in ("op", "model")
+                and suite.timing.memory
+                and not case.device.startswith("cuda")
+            ):
                 out.update(_memory(slot, case, suite))
         parts = out.pop("rows", [])
         row = {**case.row(), **out}
@@ -471,12 +611,21 @@ def _sweep(todo: list[Case], slot: Slot, writer, info, suite: Suite, env: dict, 
         if case.level in ("op", "model"):
             row.setdefault("gated", suite.timing.gate)
             row["timing_env"] = dict(suite.timing.env)
-            _efficiency(row, ceilings, slot.ceilings.get("copy_bytes_per_s"),
-                        env.get("device_name", ""))
+            _efficiency(
+                row, ceilings, slot.ceilings.get("copy_bytes_per_s"), env.get("device_name", "")
+            )
         if row.get("status") not in ("ok", "implausible"):  # no number of a failed or
             # incorrect case is a result (an implausible row keeps its numbers to inspect)
-            for f in ("time_ms", "time_ms_p20", "time_ms_p80", "flops_per_s", "tokens_per_s",
-                      "frac_of_ceiling", "peak_mem_bytes", "bytes_per_s"):
+            for f in (
+                "time_ms",
+                "time_ms_p20",
+                "time_ms_p80",
+                "flops_per_s",
+                "tokens_per_s",
+                "frac_of_ceiling",
+                "peak_mem_bytes",
+                "bytes_per_s",
+            ):
                 row[f] = None
         stamp = dict(run_id=info["run_id"], host=host, threads=slot.time.threads)
         row.update(stamp, wall_s=round(time.time() - t0, 3))
@@ -489,8 +638,11 @@ def _memory(slot: Slot, case: Case, suite: Suite) -> dict[str, Any]:
     mem = slot.memory.ask("memory", case, timeout=suite.timing.timeout_s)
     if "peak_mem_bytes" in mem:
         return mem
-    return {"peak_mem_bytes": None, "mem_method": "failed",
-            "mem_reason": f"{mem.get('status')}: {mem.get('reason', '')}"}
+    return {
+        "peak_mem_bytes": None,
+        "mem_method": "failed",
+        "mem_reason": f"{mem.get('status')}: {mem.get('reason', '')}",
+    }
 
 
 TIMING_THREADS_CPU = 1  # torch threads of a CPU timing worker when the suite sets none
@@ -512,8 +664,9 @@ def compute_ceiling(ceilings: dict[str, float], dtype: str) -> tuple[float | Non
     return best
 
 
-def _efficiency(row: dict[str, Any], ceilings: dict[str, float], copy_bw: float | None,
-                device_name: str) -> None:
+def _efficiency(
+    row: dict[str, Any], ceilings: dict[str, float], copy_bw: float | None, device_name: str
+) -> None:
     """Fractions of the ceilings of the process and host that measured the row, and of the
     device's published peak; a row above its ceiling (beyond ``PLAUSIBLE_MARGIN``) or above the
     published peak is ``implausible``: it keeps its time for inspection, and no report ranks,
@@ -527,8 +680,10 @@ def _efficiency(row: dict[str, Any], ceilings: dict[str, float], copy_bw: float 
     if row.get("flops_per_s") and ceiling:
         row["frac_of_ceiling"] = row["flops_per_s"] / ceiling
         if row["frac_of_ceiling"] > 1 + PLAUSIBLE_MARGIN:
-            why.append(f"{row['frac_of_ceiling']:.2f}x the measured {ceiling_dtype} matmul "
-                       f"ceiling ({ceiling / 1e9:.1f} GFLOP/s)")
+            why.append(
+                f"{row['frac_of_ceiling']:.2f}x the measured {ceiling_dtype} matmul "
+                f"ceiling ({ceiling / 1e9:.1f} GFLOP/s)"
+            )
     peak = measure.published_peak(device_name, row["dtype"])
     if peak and row.get("flops_per_s"):
         row["frac_of_peak"] = row["flops_per_s"] / peak
@@ -536,10 +691,15 @@ def _efficiency(row: dict[str, Any], ceilings: dict[str, float], copy_bw: float 
             why.append(f"{row['frac_of_peak']:.2f}x the device's published peak")
     if row.get("bytes_per_s") and copy_bw:
         row["frac_of_bandwidth"] = row["bytes_per_s"] / copy_bw
-        if row["frac_of_bandwidth"] > 1 + PLAUSIBLE_MARGIN and \
-                (row.get("read_bytes") or 0) >= BANDWIDTH_MIN_BYTES:
+        if (
+            row["frac_of_bandwidth"] > 1 + PLAUSIBLE_MARGIN
+            and (row.get("read_bytes") or 0) >= BANDWIDTH_MIN_BYTES
+        ):
             why.append(f"{row['frac_of_bandwidth']:.2f}x the measured copy bandwidth")
     if why:
         row["status"] = "implausible"
-        row["reason"] = ("faster than this machine can do the work: " + "; ".join(why)
-                         + " (a kernel that skips work, or a mismeasured ceiling)")
+        row["reason"] = (
+            "faster than this machine can do the work: "
+            + "; ".join(why)
+            + " (a kernel that skips work, or a mismeasured ceiling)"
+        )

@@ -30,8 +30,9 @@ from attnbench.bench.suite import Suite, from_dict
 SHARDS = "shards"
 
 
-def run_shard(suite_dict: dict, case_ids: list[str], run_dir: str, shard: str,
-              plugins: list[str]) -> dict[str, Any]:
+def run_shard(
+    suite_dict: dict, case_ids: list[str], run_dir: str, shard: str, plugins: list[str]
+) -> dict[str, Any]:
     """A job's body: measure ``case_ids`` of the suite into ``shards/<shard>/``."""
     from attnbench.registry import load_plugin
 
@@ -42,8 +43,12 @@ def run_shard(suite_dict: dict, case_ids: list[str], run_dir: str, shard: str,
     shard_dir = Path(run_dir) / SHARDS / shard
     writer = results.ResultWriter(shard_dir)
     todo = [c for c in plan(suite) if c.case_id in wanted and c.case_id not in writer.done]
-    info = {"run_id": Path(run_dir).name, "shard": shard, "host": platform.node(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    info = {
+        "run_id": Path(run_dir).name,
+        "shard": shard,
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     if suite.quality is not None:
         from attnbench.quality.cases import corpus_for
 
@@ -66,11 +71,23 @@ def merge_shards(run_dir: Path) -> int:
     return added
 
 
-def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=False, force=False,
-           local=False,
-           max_jobs: int = 32, partition: str | None = None, gpus_per_job: int = 0,
-           cpus_per_job: int | None = None, timeout_min: int = 240, progress: bool = True,
-           slurm_args: dict[str, Any] | None = None) -> Path:
+def launch(
+    suite: Suite,
+    run_dir: Path,
+    *,
+    plugins=(),
+    command=None,
+    resume=False,
+    force=False,
+    local=False,
+    max_jobs: int = 32,
+    partition: str | None = None,
+    gpus_per_job: int = 0,
+    cpus_per_job: int | None = None,
+    timeout_min: int = 240,
+    progress: bool = True,
+    slurm_args: dict[str, Any] | None = None,
+) -> Path:
     """Submit the missing cases of ``suite`` as jobs, wait for them, merge their shards."""
     import submitit
 
@@ -84,13 +101,18 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
     info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)
     attempt = len(info.get("launcher", {}).get("submissions", []))
     jobs_cases = balance(groups_of(todo), max(1, max_jobs))
-    executor = submitit.AutoExecutor(folder=run_dir / "submitit",
-                                     cluster="local" if local else None)
+    executor = submitit.AutoExecutor(
+        folder=run_dir / "submitit", cluster="local" if local else None
+    )
     params: dict[str, Any] = {"timeout_min": timeout_min, "name": f"attnbench-{suite.name}"}
     if not local:
-        params.update(slurm_partition=partition, slurm_array_parallelism=max_jobs,
-                      gpus_per_node=gpus_per_job or None, cpus_per_task=cpus_per_job,
-                      **(slurm_args or {}))
+        params.update(
+            slurm_partition=partition,
+            slurm_array_parallelism=max_jobs,
+            gpus_per_node=gpus_per_job or None,
+            cpus_per_task=cpus_per_job,
+            **(slurm_args or {}),
+        )
     elif cpus_per_job:
         params["cpus_per_task"] = cpus_per_job
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
@@ -99,12 +121,31 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
     jobs = []
     with executor.batch():
         for shard, group in zip(shards, jobs_cases):
-            jobs.append(executor.submit(run_shard, suite_dict, [c.case_id for c in group],
-                                        str(run_dir), shard, list(plugins)))
-    submission = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "local": local, "jobs": [
-        {"job_id": str(j.job_id), "shard": shard, "cases": len(group),
-         "variants": sorted({c.variant for c in group}), "stdout": str(j.paths.stdout),
-         "stderr": str(j.paths.stderr)} for j, shard, group in zip(jobs, shards, jobs_cases)]}
+            jobs.append(
+                executor.submit(
+                    run_shard,
+                    suite_dict,
+                    [c.case_id for c in group],
+                    str(run_dir),
+                    shard,
+                    list(plugins),
+                )
+            )
+    submission = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "local": local,
+        "jobs": [
+            {
+                "job_id": str(j.job_id),
+                "shard": shard,
+                "cases": len(group),
+                "variants": sorted({c.variant for c in group}),
+                "stdout": str(j.paths.stdout),
+                "stderr": str(j.paths.stderr),
+            }
+            for j, shard, group in zip(jobs, shards, jobs_cases)
+        ],
+    }
     # the launching host's environment; each job's own node, environment and ceilings are in
     # its record below
     info.setdefault("environment", results.environment(suite.resolved_device()))
@@ -120,8 +161,9 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
             out = job.result()
             record["node"] = out["host"]
         except Exception as e:  # a failed or cancelled job: its finished cases are in its shard
-            record["error"] = (f"{type(e).__name__}: "
-                               f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}")[:500]
+            record["error"] = (
+                f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            )[:500]
         shard_info = run_dir / SHARDS / record["shard"] / results.RUN_FILE
         if shard_info.exists():
             shard = results.read_run_json(shard_info.parent)
@@ -138,8 +180,11 @@ def launch(suite: Suite, run_dir: Path, *, plugins=(), command=None, resume=Fals
         info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results.write_run_json(run_dir, info)
     if missing:
-        print(f"attnbench: {missing} cases missing (failed or cancelled jobs); "
-              f"--resume {run_dir} --launcher submitit submits only those", file=sys.stderr)
+        print(
+            f"attnbench: {missing} cases missing (failed or cancelled jobs); "
+            f"--resume {run_dir} --launcher submitit submits only those",
+            file=sys.stderr,
+        )
     return run_dir
 
 
@@ -149,8 +194,10 @@ def _wait(jobs, progress: bool) -> None:
     while True:
         finished = sum(j.done() for j in jobs)
         if progress and finished != last:
-            print(f"[jobs] {finished}/{len(jobs)} finished after {time.time() - start:.0f} s",
-                  file=sys.stderr)
+            print(
+                f"[jobs] {finished}/{len(jobs)} finished after {time.time() - start:.0f} s",
+                file=sys.stderr,
+            )
             last = finished
         if finished == len(jobs):
             return

@@ -103,8 +103,13 @@ class Suite:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
-_SECTIONS = {"op": OpConfig, "model": ModelLevelConfig, "quality": QualityConfig,
-             "recall": RecallConfig, "timing": TimingConfig}
+_SECTIONS = {
+    "op": OpConfig,
+    "model": ModelLevelConfig,
+    "quality": QualityConfig,
+    "recall": RecallConfig,
+    "timing": TimingConfig,
+}
 
 
 def _fail(where: str, msg: str) -> None:
@@ -125,16 +130,20 @@ def _coerce(full: str, value: Any, kind: Any, default: Any, minimum: int = 1) ->
             _fail(full, f"must be a non-empty list, got {value!r}")
         for x in value:
             if item is int and (not _is_int(x) or x < minimum):
-                _fail(full, f"items must be {'positive' if minimum == 1 else 'non-negative'} "
-                      f"integers, got {x!r}")
+                _fail(
+                    full,
+                    f"items must be {'positive' if minimum == 1 else 'non-negative'} "
+                    f"integers, got {x!r}",
+                )
             if item is bool and not isinstance(x, bool):
                 _fail(full, f"items must be true or false, got {x!r}")
             if item is str and not isinstance(x, str):
                 _fail(full, f"items must be strings, got {x!r}")
         return tuple(value)
     if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, (str, int, float))
-                                                  for v in value.values()):
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (str, int, float)) for v in value.values()
+        ):
             _fail(full, f"must be a table of names to values, got {value!r}")
         return {str(k): str(v) for k, v in value.items()}
     if kind is bool:
@@ -146,8 +155,12 @@ def _coerce(full: str, value: Any, kind: Any, default: Any, minimum: int = 1) ->
             _fail(full, f"must be a non-negative integer, got {value!r}")
         return value
     if kind is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 \
-                or (value == 0 and default != 0):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or value < 0
+            or (value == 0 and default != 0)
+        ):
             _fail(full, f"must be a positive number, got {value!r}")
         return float(value)
     if not isinstance(value, str):
@@ -163,8 +176,9 @@ def _build(cls, where: str, data: dict[str, Any]):
     for key, value in data.items():
         if key not in meta:
             _fail(where + key, f"unknown key; valid keys: {', '.join(meta)}")
-        out[key] = _coerce(where + key, value, hints[key], getattr(defaults, key),
-                           meta[key].get("minimum", 1))
+        out[key] = _coerce(
+            where + key, value, hints[key], getattr(defaults, key), meta[key].get("minimum", 1)
+        )
     return cls(**out)
 
 
@@ -196,9 +210,12 @@ def _check_values(suite: Suite) -> None:
             h = op.heads_for(d)
             bad = [kv for kv in op.kv_heads if h % kv]
             if bad:
-                _fail("op.kv_heads", f"{bad[0]} does not divide heads={h} (head dim {d}); valid: "
-                      f"divisors of {h}: "
-                      f"{', '.join(str(x) for x in range(1, h + 1) if h % x == 0)}")
+                _fail(
+                    "op.kv_heads",
+                    f"{bad[0]} does not divide heads={h} (head dim {d}); valid: "
+                    f"divisors of {h}: "
+                    f"{', '.join(str(x) for x in range(1, h + 1) if h % x == 0)}",
+                )
     from attnbench.model import PRESETS
 
     for sec in ("model", "quality", "recall"):
@@ -213,8 +230,11 @@ def _check_values(suite: Suite) -> None:
             except (ValueError, ImportError, OSError) as e:
                 _fail("model.preset", str(e))
         elif cfg.preset not in PRESETS:
-            _fail(f"{sec}.preset", f"unknown preset {cfg.preset!r}; valid: {', '.join(PRESETS)}"
-                  + (", or hf:NAME / hf:FOLDER (a transformers model)" if sec == "model" else ""))
+            _fail(
+                f"{sec}.preset",
+                f"unknown preset {cfg.preset!r}; valid: {', '.join(PRESETS)}"
+                + (", or hf:NAME / hf:FOLDER (a transformers model)" if sec == "model" else ""),
+            )
     for sec in ("quality", "recall"):
         cfg = getattr(suite, sec)
         if cfg is not None:
@@ -224,19 +244,28 @@ def _check_values(suite: Suite) -> None:
     if suite.quality is not None:
         _check_quality(suite.quality)
     if suite.recall is not None and not suite.recall.key_vocab >= max(suite.recall.kv_pairs):
-        _fail("recall.key_vocab", f"{suite.recall.key_vocab} is smaller than the largest kv_pairs "
-              f"({max(suite.recall.kv_pairs)}): the keys of a sequence must be distinct")
+        _fail(
+            "recall.key_vocab",
+            f"{suite.recall.key_vocab} is smaller than the largest kv_pairs "
+            f"({max(suite.recall.kv_pairs)}): the keys of a sequence must be distinct",
+        )
     if suite.recall is not None and not suite.recall.grid():
-        _fail("recall", "no (seq_len, kv_pairs) setting fits: "
-              f"seq_lens {list(suite.recall.seq_lens)}, "
-              f"kv_pairs {list(suite.recall.kv_pairs)} (needs seq_len >= 4 * kv_pairs)")
+        _fail(
+            "recall",
+            "no (seq_len, kv_pairs) setting fits: "
+            f"seq_lens {list(suite.recall.seq_lens)}, "
+            f"kv_pairs {list(suite.recall.kv_pairs)} (needs seq_len >= 4 * kv_pairs)",
+        )
     if all(getattr(suite, sec) is None for sec in ("op", "model", "quality", "recall")):
         _fail("", "needs an [op], [model], [quality] or [recall] section")
     t = suite.timing
     if t.min_reps < 5 or t.max_reps < t.min_reps or t.repeats < 1 or t.warmup < 1:
-        _fail("timing", f"needs warmup >= 1 untimed call of the timed pass, 5 <= min_reps <= "
-              f"max_reps and repeats >= 1 (got warmup={t.warmup}, min_reps={t.min_reps}, "
-              f"max_reps={t.max_reps}, repeats={t.repeats})")
+        _fail(
+            "timing",
+            f"needs warmup >= 1 untimed call of the timed pass, 5 <= min_reps <= "
+            f"max_reps and repeats >= 1 (got warmup={t.warmup}, min_reps={t.min_reps}, "
+            f"max_reps={t.max_reps}, repeats={t.repeats})",
+        )
     dev = suite.device
     if dev not in ("auto", "cpu", "cuda") and not dev.startswith("cuda:"):
         _fail("device", f"unknown device {dev!r}; valid: auto, cpu, cuda, cuda:N")
@@ -252,13 +281,17 @@ def _check_quality(q: QualityConfig) -> None:
     if q.mode not in QUALITY_MODES:
         _fail("quality.mode", f"unknown mode {q.mode!r}; valid: {', '.join(QUALITY_MODES)}")
     if q.mode == "dropin" and not (q.checkpoint or q.hf_model):
-        _fail("quality.checkpoint", "dropin mode needs a checkpoint file (or hf_model: a "
-              "transformers model folder)")
+        _fail(
+            "quality.checkpoint",
+            "dropin mode needs a checkpoint file (or hf_model: a transformers model folder)",
+        )
     if q.hf_model and q.mode != "dropin":
         _fail("quality.hf_model", "a transformers model is evaluated in dropin mode only")
     if q.eval_method not in EVAL_METHODS:
-        _fail("quality.eval_method",
-              f"unknown method {q.eval_method!r}; valid: {', '.join(EVAL_METHODS)}")
+        _fail(
+            "quality.eval_method",
+            f"unknown method {q.eval_method!r}; valid: {', '.join(EVAL_METHODS)}",
+        )
     if q.eval_split not in ("val", "test", "train"):
         _fail("quality.eval_split", f"unknown split {q.eval_split!r}; valid: val, test, train")
     if q.train_len < 2 or q.batch < 1:
@@ -291,8 +324,9 @@ def load_suite(name_or_path: str) -> Suite:
         path = SUITES_DIR / f"{name_or_path}.toml"
     if not path.exists():
         known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
-        raise ValueError(f"no suite {name_or_path!r}; known suites: {', '.join(known)} "
-                         "(or a path to a .toml)")
+        raise ValueError(
+            f"no suite {name_or_path!r}; known suites: {', '.join(known)} (or a path to a .toml)"
+        )
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

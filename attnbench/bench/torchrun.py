@@ -30,7 +30,8 @@ def launched_by_torchrun(environ=None) -> bool:
     which is what the GPU check tests."""
     env = os.environ if environ is None else environ
     return "TORCHELASTIC_RUN_ID" in env or all(
-        k in env for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR"))
+        k in env for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR")
+    )
 
 
 def _broadcast(obj: Any) -> Any:
@@ -63,24 +64,37 @@ def run_quality(suite, args) -> Path | None:
         q = suite.quality
         run_dir = None
         if rank == 0:
-            run_dir = (Path(args.resume) if args.resume
-                       else Path(args.out) / results.new_run_id(suite.name))
+            run_dir = (
+                Path(args.resume)
+                if args.resume
+                else Path(args.out) / results.new_run_id(suite.name)
+            )
         run_dir = Path(_broadcast(str(run_dir) if run_dir else None))
         cases = plan_quality(q, "cuda" if use_cuda else "cpu")
         writer = results.ResultWriter(run_dir) if rank == 0 else None
         done = _broadcast(sorted(writer.done) if writer else None)
         todo = [c for c in cases if c.case_id not in done]
         if rank == 0:
-            info = results.read_run_json(run_dir) if (run_dir / results.RUN_FILE).exists() else {
-                "run_id": run_dir.name, "command": sys.argv, "suite": suite.to_dict(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "cases_planned": len(cases)}
+            info = (
+                results.read_run_json(run_dir)
+                if (run_dir / results.RUN_FILE).exists()
+                else {
+                    "run_id": run_dir.name,
+                    "command": sys.argv,
+                    "suite": suite.to_dict(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "cases_planned": len(cases),
+                }
+            )
             info["environment"] = results.environment(device)
             info["distributed"] = {"world_size": world, "backend": backend, "launcher": "torchrun"}
             info.setdefault("datasets", {})[q.dataset] = corpus_for(q).info()
             results.write_run_json(run_dir, info)
-            print(f"attnbench: {len(todo)} quality cases on {world} processes "
-                  f"({backend}) -> {run_dir}",
-                  file=sys.stderr)
+            print(
+                f"attnbench: {len(todo)} quality cases on {world} processes "
+                f"({backend}) -> {run_dir}",
+                file=sys.stderr,
+            )
         for case in todo:
             case = case.replace(device=device)
             if case.pass_ == "train" or rank == 0:
@@ -88,11 +102,19 @@ def run_quality(suite, args) -> Path | None:
                 out = run_quality_case(case, q, run_dir, rank=rank, world=world)
                 if rank == 0:
                     sub_rows = out.pop("rows", [])
-                    row = {**case.row(), **out, "run_id": run_dir.name, "world_size": world,
-                           "backend": backend, "threads": torch.get_num_threads(),
-                           "host": platform.node(), "wall_s": round(time.time() - t0, 3)}
-                    writer.write_case(row, [dict(sub, run_id=run_dir.name, world_size=world)
-                                            for sub in sub_rows])
+                    row = {
+                        **case.row(),
+                        **out,
+                        "run_id": run_dir.name,
+                        "world_size": world,
+                        "backend": backend,
+                        "threads": torch.get_num_threads(),
+                        "host": platform.node(),
+                        "wall_s": round(time.time() - t0, 3),
+                    }
+                    writer.write_case(
+                        row, [dict(sub, run_id=run_dir.name, world_size=world) for sub in sub_rows]
+                    )
             dist.barrier()
         if rank == 0:
             info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -26,7 +26,8 @@ import os
 import time
 import traceback
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -52,8 +53,11 @@ class _all_threads:
 
 def _classify(exc: BaseException) -> str:
     text = str(exc).lower()
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text \
-            or "can't allocate memory" in text:
+    if (
+        isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    ):
         return "oom"
     return "error"
 
@@ -64,10 +68,16 @@ class Prepared:
     result of a timed repetition (default: the same); ``before(i)``, when given, runs untimed
     before each call (a decoder restoring its state)."""
 
-    def __init__(self, fns: list[Callable[[], Any]], checks: list[Callable[[Any], str | None]],
-                 tokens: int, flops: int, extra: dict[str, Any],
-                 before: Callable[[int], None] | None = None,
-                 timed_checks: list[Callable[[Any], str | None]] | None = None):
+    def __init__(
+        self,
+        fns: list[Callable[[], Any]],
+        checks: list[Callable[[Any], str | None]],
+        tokens: int,
+        flops: int,
+        extra: dict[str, Any],
+        before: Callable[[int], None] | None = None,
+        timed_checks: list[Callable[[Any], str | None]] | None = None,
+    ):
         self.fns, self.checks, self.tokens, self.flops = fns, checks, tokens, flops
         self.extra, self.before = extra, before
         self.timed_checks = timed_checks or checks
@@ -117,8 +127,11 @@ def prepare_op(case: Case, rows: int) -> Prepared:
     b, n = case.batch, case.seq_len
     kw = {} if case.causal else {"causal": False}
     seed = case_seed(case)
-    extra: dict[str, Any] = {"gate_inputs": list(dists), "gate_seed": seed,
-                             "timed_inputs": TIMED_SETS}
+    extra: dict[str, Any] = {
+        "gate_inputs": list(dists),
+        "gate_seed": seed,
+        "timed_inputs": TIMED_SETS,
+    }
     sets = [_inputs(case, device, seed=seed + i, dist=dist) for i, dist in enumerate(dists)]
     t0 = time.perf_counter()
     held = measure.held_bytes(device)
@@ -132,6 +145,7 @@ def prepare_op(case: Case, rows: int) -> Prepared:
     fns, checks, timed = [], [], []
     for i, (q, k, v, _) in enumerate(sets):
         if case.pass_ == "fwd":
+
             def fn(q=q, k=k, v=v):
                 with torch.no_grad():
                     return variant(q, k, v, **kw)
@@ -142,6 +156,7 @@ def prepare_op(case: Case, rows: int) -> Prepared:
         inputs = [x.requires_grad_() for x in (q, k, v)]  # a dispatcher sees the backward too
         grads = gate.GradientGate(variant, q, k, v, case.causal, rows, seed=seed + i)
         if case.pass_ == "fwd_bwd":
+
             def fn(inputs=inputs, grads=grads):
                 out = variant(*inputs, **kw)
                 return torch.autograd.grad(out, inputs, grads.grad)
@@ -171,16 +186,18 @@ def _prepare_decode(case: Case, variant, sets, extra: dict, t0: float) -> Prepar
     b, n, h, d = case.batch, case.seq_len, case.heads, case.head_dim
 
     def new_decoder(max_len=n + 1):
-        return variant.decoder(b, h, d, kv_heads=case.kv_heads, max_len=max_len,
-                               dtype=case.dtype, device=device)
+        return variant.decoder(
+            b, h, d, kv_heads=case.kv_heads, max_len=max_len, dtype=case.dtype, device=device
+        )
 
     decs, snaps, fns, checks, timed = [], [], [], [], []
     for q, k, v, g in sets:
         dec = new_decoder()
         dec.fill(k, v)
-        q1, k1, v1 = (torch.randn(b, 1, x.shape[2], d, generator=g).to(device=device,
-                                                                       dtype=case.dtype)
-                      for x in (q, k, v))
+        q1, k1, v1 = (
+            torch.randn(b, 1, x.shape[2], d, generator=g).to(device=device, dtype=case.dtype)
+            for x in (q, k, v)
+        )
         decs.append(dec)
         snaps.append(dec.snapshot())
         full = [torch.cat([x, x1], dim=1) for x, x1 in ((q, q1), (k, k1), (v, v1))]
@@ -193,7 +210,8 @@ def _prepare_decode(case: Case, variant, sets, extra: dict, t0: float) -> Prepar
 
         def first_check(out, full=full, step_check=step_check):  # then consecutive steps
             return step_check(out) or gate.check_decode_steps(
-                variant, *full, DECODE_STEPS, lambda: new_decoder(full[0].shape[1]))
+                variant, *full, DECODE_STEPS, lambda: new_decoder(full[0].shape[1])
+            )
 
         fns.append(fn)
         checks.append(first_check)
@@ -205,13 +223,18 @@ def _prepare_decode(case: Case, variant, sets, extra: dict, t0: float) -> Prepar
         decs[i].restore(snaps[i])
 
     dec = decs[0]
-    extra.update(decoder=dec.name, cache_bytes=dec.cache_bytes(), read_bytes=dec.read_bytes(),
-                 decode_steps_gated=DECODE_STEPS)
+    extra.update(
+        decoder=dec.name,
+        cache_bytes=dec.cache_bytes(),
+        read_bytes=dec.read_bytes(),
+        decode_steps_gated=DECODE_STEPS,
+    )
     kernel = dec.kernel(sets[0][0][:, :1])
     if kernel:  # where a dispatcher picks the kernel: the one it picked
         extra["kernel"] = kernel
-    return Prepared(fns, checks, b, attention_flops(variant, case), extra, before=before,
-                    timed_checks=timed)
+    return Prepared(
+        fns, checks, b, attention_flops(variant, case), extra, before=before, timed_checks=timed
+    )
 
 
 def prepare_model(case: Case, gate_on: bool) -> Prepared:
@@ -224,10 +247,15 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
     lm = LanguageModel.build(case)
     lm.scale_query_key(gate.PEAK_QK)  # peaked attention: what the gate can see (every variant)
     g = torch.Generator().manual_seed(1)
-    idxs = [torch.randint(0, lm.vocab_size, (b, n + 1), generator=g).to(device)
-            for _ in range(INPUT_SETS)]
-    extra: dict[str, Any] = {"model_params": lm.num_params(), "model_kind": lm.kind,
-                             "qk_scale": gate.PEAK_QK}
+    idxs = [
+        torch.randint(0, lm.vocab_size, (b, n + 1), generator=g).to(device)
+        for _ in range(INPUT_SETS)
+    ]
+    extra: dict[str, Any] = {
+        "model_params": lm.num_params(),
+        "model_kind": lm.kind,
+        "qk_scale": gate.PEAK_QK,
+    }
     flops = model_flops(lm, b, n, case.pass_)
     if case.pass_ == "train_step":
         lm.train()
@@ -238,6 +266,7 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
         opt = torch.optim.AdamW(lm.module.parameters(), lr=1e-4)
         fns = []
         for idx in idxs:
+
             def fn(idx=idx):
                 loss = lm.loss(idx[:, :-1], idx[:, 1:])
                 opt.zero_grad(set_to_none=True)
@@ -258,6 +287,7 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
     if case.pass_ == "prefill":
         fns, checks = [], []
         for idx in idxs:
+
             def fn(idx=idx):
                 with torch.no_grad():
                     return lm.logits(idx[:, :n])
@@ -283,8 +313,11 @@ def prepare_model(case: Case, gate_on: bool) -> Prepared:
     def restore(i):
         lm.restore(states[i], snaps[i])
 
-    extra.update(decoder=lm.decoder_name(states[0]), cache_bytes=lm.cache_bytes(states[0]),
-                 decode_kind=lm.decode_kind)
+    extra.update(
+        decoder=lm.decoder_name(states[0]),
+        cache_bytes=lm.cache_bytes(states[0]),
+        decode_kind=lm.decode_kind,
+    )
     return Prepared(fns, checks, b, flops, extra, before=restore)
 
 
@@ -331,23 +364,44 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
     del first
     outputs: dict[int, Any] = {}
     timed = p.fns[:TIMED_SETS]
-    t = measure.time_fn(timed, device, warmup=timing["warmup"], budget_s=timing["budget_s"],
-                        min_reps=timing["min_reps"], max_reps=timing["max_reps"],
-                        l2_flush=timing["l2_flush"], cuda_graphs=timing["cuda_graphs"],
-                        outputs=outputs if timing["gate"] else None, before=p.before)
+    t = measure.time_fn(
+        timed,
+        device,
+        warmup=timing["warmup"],
+        budget_s=timing["budget_s"],
+        min_reps=timing["min_reps"],
+        max_reps=timing["max_reps"],
+        l2_flush=timing["l2_flush"],
+        cuda_graphs=timing["cuda_graphs"],
+        outputs=outputs if timing["gate"] else None,
+        before=p.before,
+    )
     if timing["gate"]:
         measure.sync(device)
-        for i, check in enumerate(p.timed_checks[:len(timed)]):
+        for i, check in enumerate(p.timed_checks[: len(timed)]):
             with _all_threads():
                 why = check(outputs[i]) if i in outputs else "no timed repetition ran on it"
             if why:
-                return {**row, "status": "incorrect",
-                        "reason": "a timed repetition, " + _which(p, i, why)}
+                return {
+                    **row,
+                    "status": "incorrect",
+                    "reason": "a timed repetition, " + _which(p, i, why),
+                }
     outputs.clear()
     seconds = t.median_ms / 1e3
-    row.update(status="ok", reason="", time_ms=t.median_ms, time_ms_p20=t.p20_ms,
-               time_ms_p80=t.p80_ms, reps=t.reps, spread=t.spread, noisy=t.spread > timing["noisy"],
-               flops=p.flops, flops_per_s=p.flops / seconds, tokens_per_s=p.tokens / seconds)
+    row.update(
+        status="ok",
+        reason="",
+        time_ms=t.median_ms,
+        time_ms_p20=t.p20_ms,
+        time_ms_p80=t.p80_ms,
+        reps=t.reps,
+        spread=t.spread,
+        noisy=t.spread > timing["noisy"],
+        flops=p.flops,
+        flops_per_s=p.flops / seconds,
+        tokens_per_s=p.tokens / seconds,
+    )
     if "read_bytes" in row:
         row["bytes_per_s"] = row["read_bytes"] / seconds
     if device.type == "cuda" and timing["memory"]:
@@ -376,8 +430,12 @@ def memory_case(case: Case, timing: dict) -> dict[str, Any]:
         p.before(0)
     peak, method = measure.peak_memory(p.fn, torch.device(case.device))
     setup = p.extra.get("setup_mem_bytes") or 0
-    return {"peak_mem_bytes": None if peak is None else peak + setup, "mem_method": method,
-            "setup_mem_bytes": setup, "call_peak_mem_bytes": peak}
+    return {
+        "peak_mem_bytes": None if peak is None else peak + setup,
+        "mem_method": method,
+        "setup_mem_bytes": setup,
+        "call_peak_mem_bytes": peak,
+    }
 
 
 def _training_case(case: Case, init: dict) -> dict[str, Any]:
@@ -423,8 +481,10 @@ def main(recv_conn, conn) -> None:
             last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" (at {os.path.basename(last.filename)}:{last.lineno})" if last else ""
             first = str(exc).splitlines()[0] if str(exc) else ""
-            result = {"status": _classify(exc),
-                      "reason": f"{type(exc).__name__}: {first}"[:500] + where}
+            result = {
+                "status": _classify(exc),
+                "reason": f"{type(exc).__name__}: {first}"[:500] + where,
+            }
         conn.send(result)
 
 

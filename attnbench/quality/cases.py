@@ -66,42 +66,93 @@ def _settings(cls, cfg) -> Any:
 def plan_quality(cfg: QualityConfig, device: str) -> list[QualityCase]:
     model = ModelConfig.from_name(cfg.preset)
     cuda = device.startswith("cuda")
-    common = dict(dataset=cfg.dataset, preset=cfg.preset, train_len=cfg.train_len, batch=cfg.batch,
-                  train_tokens=cfg.train_tokens, train_seconds=cfg.train_seconds,
-                  budget=_budget(cfg), heads=model.n_heads, kv_heads=model.kv_heads,
-                  head_dim=model.head_dim, autocast=cuda, device=device, seq_len=cfg.train_len,
-                  eval_lens=tuple(cfg.eval_lens), eval_split=cfg.eval_split)
+    common = dict(
+        dataset=cfg.dataset,
+        preset=cfg.preset,
+        train_len=cfg.train_len,
+        batch=cfg.batch,
+        train_tokens=cfg.train_tokens,
+        train_seconds=cfg.train_seconds,
+        budget=_budget(cfg),
+        heads=model.n_heads,
+        kv_heads=model.kv_heads,
+        head_dim=model.head_dim,
+        autocast=cuda,
+        device=device,
+        seq_len=cfg.train_len,
+        eval_lens=tuple(cfg.eval_lens),
+        eval_split=cfg.eval_split,
+    )
     seeds = cfg.seed_list()
     cases = []
     if cfg.ngram_order > 0:
-        cases.append(QualityCase(**common, variant=f"ngram:order={cfg.ngram_order}",
-                                 family="baseline", math="ngram", impl="kneser_ney", pass_="fit",
-                                 seed=seeds[0]))
+        cases.append(
+            QualityCase(
+                **common,
+                variant=f"ngram:order={cfg.ngram_order}",
+                family="baseline",
+                math="ngram",
+                impl="kneser_ney",
+                pass_="fit",
+                seed=seeds[0],
+            )
+        )
     if cfg.mode == "train":
         for spec in cfg.variants:
             label = get_variant(spec).label
-            cases += [QualityCase(**common, **_variant_fields(spec), pass_="train", seed=s,
-                                  checkpoint=f"{CHECKPOINT_DIR}/{checkpoint_name(label, s)}")
-                      for s in seeds]
+            cases += [
+                QualityCase(
+                    **common,
+                    **_variant_fields(spec),
+                    pass_="train",
+                    seed=s,
+                    checkpoint=f"{CHECKPOINT_DIR}/{checkpoint_name(label, s)}",
+                )
+                for s in seeds
+            ]
         if cfg.dropin:
             trained = get_variant(cfg.variants[0]).label
             ckpt = f"{CHECKPOINT_DIR}/{checkpoint_name(trained, seeds[0])}"
-            cases += [QualityCase(**common, **_variant_fields(spec), pass_="dropin", seed=seeds[0],
-                                  trained_variant=trained, checkpoint=ckpt)
-                      for spec in cfg.dropin_variants or cfg.variants]
+            cases += [
+                QualityCase(
+                    **common,
+                    **_variant_fields(spec),
+                    pass_="dropin",
+                    seed=seeds[0],
+                    trained_variant=trained,
+                    checkpoint=ckpt,
+                )
+                for spec in cfg.dropin_variants or cfg.variants
+            ]
     elif cfg.hf_model:  # a transformers model, trained with its own attention
         heads, kv, d = model_shape(f"hf:{cfg.hf_model}")
         folder = str(Path(cfg.hf_model).resolve())
         hf_common = dict(common, preset=f"hf:{folder}", heads=heads, kv_heads=kv, head_dim=d)
-        cases += [QualityCase(**hf_common, **_variant_fields(spec), pass_="dropin", seed=seeds[0],
-                              trained_variant="transformers:sdpa", checkpoint=folder)
-                  for spec in cfg.dropin_variants or cfg.variants]
+        cases += [
+            QualityCase(
+                **hf_common,
+                **_variant_fields(spec),
+                pass_="dropin",
+                seed=seeds[0],
+                trained_variant="transformers:sdpa",
+                checkpoint=folder,
+            )
+            for spec in cfg.dropin_variants or cfg.variants
+        ]
     else:
         trained = _checkpoint_attention(cfg.checkpoint)
         ckpt = str(Path(cfg.checkpoint).resolve())
-        cases += [QualityCase(**common, **_variant_fields(spec), pass_="dropin", seed=seeds[0],
-                              trained_variant=trained, checkpoint=ckpt)
-                  for spec in cfg.dropin_variants or cfg.variants]
+        cases += [
+            QualityCase(
+                **common,
+                **_variant_fields(spec),
+                pass_="dropin",
+                seed=seeds[0],
+                trained_variant=trained,
+                checkpoint=ckpt,
+            )
+            for spec in cfg.dropin_variants or cfg.variants
+        ]
     return cases
 
 
@@ -113,13 +164,25 @@ def _checkpoint_attention(path: str) -> str:
 
 def plan_recall(cfg: RecallConfig, device: str) -> list[RecallCase]:
     model = ModelConfig.from_name(cfg.preset)
-    return [RecallCase(**_variant_fields(spec), preset=cfg.preset, batch=cfg.batch,
-                       seq_len=max(n for n, _ in cfg.grid()), heads=model.n_heads,
-                       kv_heads=model.kv_heads, head_dim=model.head_dim,
-                       autocast=device.startswith("cuda"), device=device,
-                       train_steps=cfg.train_steps, seed=cfg.seed, seq_lens=tuple(cfg.seq_lens),
-                       kv_pairs_list=tuple(cfg.kv_pairs), key_vocab=cfg.key_vocab)
-            for spec in cfg.variants]
+    return [
+        RecallCase(
+            **_variant_fields(spec),
+            preset=cfg.preset,
+            batch=cfg.batch,
+            seq_len=max(n for n, _ in cfg.grid()),
+            heads=model.n_heads,
+            kv_heads=model.kv_heads,
+            head_dim=model.head_dim,
+            autocast=device.startswith("cuda"),
+            device=device,
+            train_steps=cfg.train_steps,
+            seed=cfg.seed,
+            seq_lens=tuple(cfg.seq_lens),
+            kv_pairs_list=tuple(cfg.kv_pairs),
+            key_vocab=cfg.key_vocab,
+        )
+        for spec in cfg.variants
+    ]
 
 
 @functools.lru_cache(maxsize=2)
@@ -136,20 +199,40 @@ def _part(case, suffix: str, **fields_) -> dict[str, Any]:
     return {**case.row(), "case_id": f"{case.case_id}|{suffix}", **fields_}
 
 
-def _eval_rows(model, held_out: np.ndarray, cfg: QualityConfig, case: QualityCase,
-               order0: float) -> list[dict]:
+def _eval_rows(
+    model, held_out: np.ndarray, cfg: QualityConfig, case: QualityCase, order0: float
+) -> list[dict]:
     rows = []
     pass_ = "eval" if case.pass_ == "train" else case.pass_
     for n in cfg.eval_lens:
-        e = evaluate(model, held_out, n, method=cfg.eval_method, stride=cfg.stride,
-                     max_targets=cfg.eval_tokens, buckets=cfg.position_buckets)
-        rows.append(_part(case, f"eval{n}", **{"pass": pass_}, seq_len=n, eval_len=n,
-                          status="ok" if e["finite"] else "diverged",
-                          reason="" if e["finite"] else "non-finite loss",
-                          bits_per_byte=e["bits_per_byte"], ppl=e["ppl"], nll=e["nll"],
-                          eval_method=e["eval_method"], eval_targets=e["eval_targets"],
-                          position_edges=e["position_edges"], position_bpb=e["position_bpb"],
-                          order0_bpb=order0))
+        e = evaluate(
+            model,
+            held_out,
+            n,
+            method=cfg.eval_method,
+            stride=cfg.stride,
+            max_targets=cfg.eval_tokens,
+            buckets=cfg.position_buckets,
+        )
+        rows.append(
+            _part(
+                case,
+                f"eval{n}",
+                **{"pass": pass_},
+                seq_len=n,
+                eval_len=n,
+                status="ok" if e["finite"] else "diverged",
+                reason="" if e["finite"] else "non-finite loss",
+                bits_per_byte=e["bits_per_byte"],
+                ppl=e["ppl"],
+                nll=e["nll"],
+                eval_method=e["eval_method"],
+                eval_targets=e["eval_targets"],
+                position_edges=e["position_edges"],
+                position_bpb=e["position_bpb"],
+                order0_bpb=order0,
+            )
+        )
     return rows
 
 
@@ -160,13 +243,25 @@ def _copy_rows(model, cfg: QualityConfig, case: QualityCase) -> list[dict]:
     rows = []
     for n in cfg.copy_lens or tuple(sorted({max(8, x // 2) for x in cfg.eval_lens})):
         p = copy_probe(model, n, seed=case.seed)
-        rows.append(_part(case, f"copy{n}", **{"pass": "copy"}, seq_len=2 * n, copy_len=n,
-                          status="ok", reason="", probe="copy", **p))
+        rows.append(
+            _part(
+                case,
+                f"copy{n}",
+                **{"pass": "copy"},
+                seq_len=2 * n,
+                copy_len=n,
+                status="ok",
+                reason="",
+                probe="copy",
+                **p,
+            )
+        )
     return rows
 
 
-def run_quality_case(case: QualityCase, cfg: QualityConfig, run_dir: str | Path, *, rank: int = 0,
-                     world: int = 1) -> dict[str, Any]:
+def run_quality_case(
+    case: QualityCase, cfg: QualityConfig, run_dir: str | Path, *, rank: int = 0, world: int = 1
+) -> dict[str, Any]:
     """One quality case -> {status, ..., "rows": [per evaluation length]}."""
     corpus = corpus_for(cfg)
     train_split, held_out = corpus.split("train"), corpus.split(cfg.eval_split)
@@ -182,38 +277,95 @@ def run_quality_case(case: QualityCase, cfg: QualityConfig, run_dir: str | Path,
             windows = min(len(held_out) - 1, limit) // n
             nll = ngram.nll(held_out[: windows * n + 1], window=n)
             mean = float(nll.mean())
-            rows.append(_part(case, f"eval{n}", **{"pass": "eval"}, seq_len=n, eval_len=n,
-                              status="ok", reason="", bits_per_byte=mean / LN2,
-                              ppl=math.exp(mean), nll=mean, eval_targets=int(nll.size),
-                              eval_method="windows", order0_bpb=order0))
-        return {"status": "ok", "reason": "", "order0_bpb": order0, "dataset_sha256": corpus.sha256,
-                "rows": rows}
+            rows.append(
+                _part(
+                    case,
+                    f"eval{n}",
+                    **{"pass": "eval"},
+                    seq_len=n,
+                    eval_len=n,
+                    status="ok",
+                    reason="",
+                    bits_per_byte=mean / LN2,
+                    ppl=math.exp(mean),
+                    nll=mean,
+                    eval_targets=int(nll.size),
+                    eval_method="windows",
+                    order0_bpb=order0,
+                )
+            )
+        return {
+            "status": "ok",
+            "reason": "",
+            "order0_bpb": order0,
+            "dataset_sha256": corpus.sha256,
+            "rows": rows,
+        }
     if not case.preset.startswith("hf:"):  # the gate before any number: causal, and right
         why = check_in_model(case.preset or cfg.preset, case.variant, cfg.train_len, device)
         if why:
-            return {"status": "incorrect", "reason": why, "order0_bpb": order0,
-                    "rows": [_part(case, f"eval{n}", **{"pass": "eval"}, seq_len=n, eval_len=n,
-                                   status="incorrect", reason=why) for n in cfg.eval_lens]}
+            return {
+                "status": "incorrect",
+                "reason": why,
+                "order0_bpb": order0,
+                "rows": [
+                    _part(
+                        case,
+                        f"eval{n}",
+                        **{"pass": "eval"},
+                        seq_len=n,
+                        eval_len=n,
+                        status="incorrect",
+                        reason=why,
+                    )
+                    for n in cfg.eval_lens
+                ],
+            }
     if case.pass_ == "train":
         settings = replace(_settings(TrainSettings, cfg), seed=case.seed)
         result = train(train_split, case.variant, settings, device, rank=rank, world=world)
-        main = {"status": result.status, "reason": result.reason, "train_steps": result.steps,
-                "tokens_trained": result.tokens, "train_s": round(result.seconds, 3),
-                "data_parallel": result.data_parallel,
-                "tokens_per_s": result.tokens_per_s, "final_train_loss": result.final_loss,
-                "final_train_bpb": result.final_loss / LN2, "loss_curve": result.curve,
-                "curve_fields": ["step", "tokens", "seconds", "loss", "lr"],
-                "order0_bpb": order0, "dataset_sha256": corpus.sha256,
-                "model_params": result.model.cfg.num_params()}
+        main = {
+            "status": result.status,
+            "reason": result.reason,
+            "train_steps": result.steps,
+            "tokens_trained": result.tokens,
+            "train_s": round(result.seconds, 3),
+            "data_parallel": result.data_parallel,
+            "tokens_per_s": result.tokens_per_s,
+            "final_train_loss": result.final_loss,
+            "final_train_bpb": result.final_loss / LN2,
+            "loss_curve": result.curve,
+            "curve_fields": ["step", "tokens", "seconds", "loss", "lr"],
+            "order0_bpb": order0,
+            "dataset_sha256": corpus.sha256,
+            "model_params": result.model.cfg.num_params(),
+        }
         if rank != 0:  # data-parallel training: process 0 saves and evaluates
             return {**main, "rows": []}
-        save_checkpoint(Path(run_dir) / case.checkpoint, result.model,
-                        {"dataset": cfg.dataset, "dataset_sha256": corpus.sha256,
-                         "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
-                         "status": result.status, "steps": result.steps})
+        save_checkpoint(
+            Path(run_dir) / case.checkpoint,
+            result.model,
+            {
+                "dataset": cfg.dataset,
+                "dataset_sha256": corpus.sha256,
+                "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
+                "status": result.status,
+                "steps": result.steps,
+            },
+        )
         if result.status != "ok":
-            rows = [_part(case, f"eval{n}", **{"pass": "eval"}, seq_len=n, eval_len=n,
-                          status=result.status, reason=result.reason) for n in cfg.eval_lens]
+            rows = [
+                _part(
+                    case,
+                    f"eval{n}",
+                    **{"pass": "eval"},
+                    seq_len=n,
+                    eval_len=n,
+                    status=result.status,
+                    reason=result.reason,
+                )
+                for n in cfg.eval_lens
+            ]
         else:
             rows = _eval_rows(result.model, held_out, cfg, case, order0)
             rows += _copy_rows(result.model, cfg, case)
@@ -228,23 +380,42 @@ def run_quality_case(case: QualityCase, cfg: QualityConfig, run_dir: str | Path,
         model, payload = load_checkpoint(path, device)
         data, per_byte = held_out, 1.0
         meta = {"checkpoint_dataset_sha256": payload["meta"].get("dataset_sha256")}
-    own = {n: evaluate(model, data, n, method=cfg.eval_method, stride=cfg.stride,
-                       max_targets=cfg.eval_tokens, buckets=cfg.position_buckets)["bits_per_byte"]
-           for n in cfg.eval_lens}
+    own = {
+        n: evaluate(
+            model,
+            data,
+            n,
+            method=cfg.eval_method,
+            stride=cfg.stride,
+            max_targets=cfg.eval_tokens,
+            buckets=cfg.position_buckets,
+        )["bits_per_byte"]
+        for n in cfg.eval_lens
+    }
     model.set_attention(case.variant)
     rows = _eval_rows(model, data, cfg, case, order0)
     for row in rows:
         ref = own[row["eval_len"]]
         if per_byte != 1.0:  # tokens of the model's own tokenizer: per token, and per byte
-            row.update(unit="token", bits_per_token=row["bits_per_byte"], trained_bpt=ref,
-                       bits_per_byte=row["bits_per_byte"] * per_byte)
+            row.update(
+                unit="token",
+                bits_per_token=row["bits_per_byte"],
+                trained_bpt=ref,
+                bits_per_byte=row["bits_per_byte"] * per_byte,
+            )
             ref *= per_byte
         row["trained_bpb"] = ref
         if row.get("bits_per_byte") is not None:
             # signed: above 0 the swapped-in variant is worse (more bits per byte), below better
             row["rel_diff"] = (row["bits_per_byte"] - ref) / ref
-    return {"status": "ok", "reason": "", "order0_bpb": order0, "dataset_sha256": corpus.sha256,
-            **meta, "rows": rows}
+    return {
+        "status": "ok",
+        "reason": "",
+        "order0_bpb": order0,
+        "dataset_sha256": corpus.sha256,
+        **meta,
+        "rows": rows,
+    }
 
 
 class _HFLogits(torch.nn.Module):
@@ -275,11 +446,16 @@ def _hf_dropin_model(case: QualityCase, cfg: QualityConfig, held_out: np.ndarray
     meta = {"model_kind": "transformers", "tokenizer": bool(tok)}
     if tok is None:
         if model.config.vocab_size < 256:
-            raise ValueError(f"{case.checkpoint}: no tokenizer and a vocabulary of "
-                             f"{model.config.vocab_size} < 256: cannot score bytes")
+            raise ValueError(
+                f"{case.checkpoint}: no tokenizer and a vocabulary of "
+                f"{model.config.vocab_size} < 256: cannot score bytes"
+            )
         return _HFLogits(model), held_out, 1.0, meta
-    text = (held_out[: max(cfg.eval_tokens, 1) * 8 + 1].tobytes() if cfg.eval_tokens
-            else held_out.tobytes())
+    text = (
+        held_out[: max(cfg.eval_tokens, 1) * 8 + 1].tobytes()
+        if cfg.eval_tokens
+        else held_out.tobytes()
+    )
     ids = np.asarray(tok(text.decode("utf-8", errors="replace"))["input_ids"], dtype=np.int64)
     meta["tokens_per_byte"] = len(ids) / len(text)
     return _HFLogits(model), ids, len(ids) / len(text), meta
@@ -287,25 +463,56 @@ def _hf_dropin_model(case: QualityCase, cfg: QualityConfig, held_out: np.ndarray
 
 def run_recall_case(case: RecallCase, cfg: RecallConfig) -> dict[str, Any]:
     settings = _settings(RecallSettings, cfg)
-    why = check_in_model(cfg.preset, case.variant, max(n for n, _ in settings.grid()),
-                         case.device)
+    why = check_in_model(cfg.preset, case.variant, max(n for n, _ in settings.grid()), case.device)
     if why:  # no recall number for a variant that sees the answer
-        return {"status": "incorrect", "reason": why,
-                "rows": [_part(case, f"N{n}-kv{kv}", **{"pass": "eval"}, seq_len=n, kv_pairs=kv,
-                               chance=chance(kv), status="incorrect", reason=why)
-                         for n, kv in settings.grid()]}
+        return {
+            "status": "incorrect",
+            "reason": why,
+            "rows": [
+                _part(
+                    case,
+                    f"N{n}-kv{kv}",
+                    **{"pass": "eval"},
+                    seq_len=n,
+                    kv_pairs=kv,
+                    chance=chance(kv),
+                    status="incorrect",
+                    reason=why,
+                )
+                for n, kv in settings.grid()
+            ],
+        }
     result = train_recall(case.variant, settings, case.device)
-    main = {"status": result.status, "reason": result.reason, "train_steps": result.steps,
-            "train_s": round(result.seconds, 3), "final_train_loss": result.final_loss}
+    main = {
+        "status": result.status,
+        "reason": result.reason,
+        "train_steps": result.steps,
+        "train_s": round(result.seconds, 3),
+        "final_train_loss": result.final_loss,
+    }
     rows = []
     for n, kv in settings.grid():
-        row = _part(case, f"N{n}-kv{kv}", **{"pass": "eval"}, seq_len=n, kv_pairs=kv,
-                    chance=chance(kv), state_bytes=state_bytes(case, n))
+        row = _part(
+            case,
+            f"N{n}-kv{kv}",
+            **{"pass": "eval"},
+            seq_len=n,
+            kv_pairs=kv,
+            chance=chance(kv),
+            state_bytes=state_bytes(case, n),
+        )
         if result.status == "ok":
-            acc = accuracy(result.model, n, kv, sequences=cfg.eval_sequences,
-                           key_vocab=cfg.key_vocab, seed=cfg.seed + 1)
-            row.update(status="ok", reason="", accuracy=acc,
-                       near_chance=acc < NEAR_CHANCE * chance(kv))
+            acc = accuracy(
+                result.model,
+                n,
+                kv,
+                sequences=cfg.eval_sequences,
+                key_vocab=cfg.key_vocab,
+                seed=cfg.seed + 1,
+            )
+            row.update(
+                status="ok", reason="", accuracy=acc, near_chance=acc < NEAR_CHANCE * chance(kv)
+            )
         else:
             row.update(status=result.status, reason=result.reason)
         rows.append(row)

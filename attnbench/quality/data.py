@@ -28,9 +28,9 @@ import sysconfig
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -74,14 +74,20 @@ class Corpus:
 
     def split(self, name: str) -> np.ndarray:
         if name not in self.splits:
-            raise CorpusError(f"corpus {self.name!r} has no split {name!r}; it has: "
-                              f"{', '.join(self.splits)}")
+            raise CorpusError(
+                f"corpus {self.name!r} has no split {name!r}; it has: {', '.join(self.splits)}"
+            )
         return self.splits[name]
 
     def info(self) -> dict:
         """What run.json records, so that numbers are only compared where corpora match."""
-        return {"name": self.name, "sha256": self.sha256, "description": self.description,
-                "bytes": {k: int(v.size) for k, v in self.splits.items()}, **self.meta}
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "description": self.description,
+            "bytes": {k: int(v.size) for k, v in self.splits.items()},
+            **self.meta,
+        }
 
 
 def _sha256_file(path: Path) -> str:
@@ -100,8 +106,13 @@ def default_cache_dir() -> Path:
 class DataStore:
     """Finds, checks and (when allowed) downloads the files of the corpora."""
 
-    def __init__(self, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 offline: bool | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        offline: bool | None = None,
+        timeout: float = 30.0,
+    ):
         data_dir = data_dir or os.environ.get("ATTNBENCH_DATA_DIR") or None
         self.data_dir = Path(data_dir) if data_dir else None
         if self.data_dir is not None and not self.data_dir.is_dir():
@@ -126,14 +137,18 @@ class DataStore:
 
     def check(self, src: Source, path: Path) -> None:
         if src.size is not None and path.stat().st_size != src.size:
-            raise CorpusError(f"{path}: {path.stat().st_size:,} bytes, expected {src.size:,} "
-                              f"(a partial or different file); delete it or replace it with "
-                              f"{src.describe()}")
+            raise CorpusError(
+                f"{path}: {path.stat().st_size:,} bytes, expected {src.size:,} "
+                f"(a partial or different file); delete it or replace it with "
+                f"{src.describe()}"
+            )
         if src.sha256:
             got = _sha256_file(path)
             if got != src.sha256:
-                raise CorpusError(f"{path}: sha256 {got} does not match the pinned {src.sha256}; "
-                                  f"delete it or replace it with {src.describe()}")
+                raise CorpusError(
+                    f"{path}: sha256 {got} does not match the pinned {src.sha256}; "
+                    f"delete it or replace it with {src.describe()}"
+                )
 
     def fetch(self, src: Source) -> Path:
         """The checked local path of ``src``, downloading it into the cache when needed."""
@@ -143,9 +158,11 @@ class DataStore:
         where = " or ".join(str(d / src.filename) for d in self.folders)
         if src.url is None or self.offline:
             why = "it has no download address" if src.url is None else "offline mode is on"
-            raise CorpusError(f"{src.filename} is not cached and {why}: put {src.describe()} at "
-                              f"{where} (or point ATTNBENCH_DATA_DIR / --data-dir at a folder "
-                              "that holds it)")
+            raise CorpusError(
+                f"{src.filename} is not cached and {why}: put {src.describe()} at "
+                f"{where} (or point ATTNBENCH_DATA_DIR / --data-dir at a folder "
+                "that holds it)"
+            )
         return self.download(src)
 
     def download(self, src: Source) -> Path:
@@ -164,18 +181,23 @@ class DataStore:
                     size += len(block)
         except (urllib.error.URLError, OSError, ValueError) as e:
             part.unlink(missing_ok=True)
-            raise CorpusError(f"could not download {src.url} ({e}); without a network, put "
-                              f"{src.describe()} at {final} or in a folder named by "
-                              "ATTNBENCH_DATA_DIR / --data-dir") from None
+            raise CorpusError(
+                f"could not download {src.url} ({e}); without a network, put "
+                f"{src.describe()} at {final} or in a folder named by "
+                "ATTNBENCH_DATA_DIR / --data-dir"
+            ) from None
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        if (src.sha256 and h.hexdigest() != src.sha256) or (src.size is not None
-                                                            and size != src.size):
+        if (src.sha256 and h.hexdigest() != src.sha256) or (
+            src.size is not None and size != src.size
+        ):
             part.unlink(missing_ok=True)
-            raise CorpusError(f"download of {src.url} does not match its pin ({size:,} bytes, "
-                              f"sha256 {h.hexdigest()}; expected {src.describe()}); nothing was "
-                              "kept")
+            raise CorpusError(
+                f"download of {src.url} does not match its pin ({size:,} bytes, "
+                f"sha256 {h.hexdigest()}; expected {src.describe()}); nothing was "
+                "kept"
+            )
         part.replace(final)
         return final
 
@@ -183,8 +205,9 @@ class DataStore:
 def _check_content(name: str, data: bytes, sha256: str) -> bytes:
     got = hashlib.sha256(data).hexdigest()
     if got != sha256:
-        raise CorpusError(f"{name}: unpacked content has sha256 {got}, expected {sha256} "
-                          "(a corrupted archive?)")
+        raise CorpusError(
+            f"{name}: unpacked content has sha256 {got}, expected {sha256} (a corrupted archive?)"
+        )
     return data
 
 
@@ -206,40 +229,63 @@ def _zip_member(path: Path, member: str) -> bytes:
         try:
             return z.read(member)
         except KeyError:
-            raise CorpusError(f"{path}: no member {member!r}; "
-                              f"it holds {z.namelist()[:8]}") from None
+            raise CorpusError(
+                f"{path}: no member {member!r}; it holds {z.namelist()[:8]}"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------------
 # The corpora. Each loader takes the DataStore and returns a Corpus.
 
-ENWIK8 = Source("enwik8.zip", "http://mattmahoney.net/dc/enwik8.zip",
-                "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc", 36_445_475)
+ENWIK8 = Source(
+    "enwik8.zip",
+    "http://mattmahoney.net/dc/enwik8.zip",
+    "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
+    36_445_475,
+)
 ENWIK8_MD5 = "a1fa5ffddb56f4953e226637dabbb36a"  # of the unzipped 100,000,000 bytes (published)
 ENWIKI_EXCERPT = Source(
     "gensim_enwiki_xml_excerpt.xml.bz2",
     "https://github.com/piskvorky/gensim/raw/develop/gensim/test/test_data/"
     "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
-    "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d", 1_695_871)
+    "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d",
+    1_695_871,
+)
 ENWIKI_EXCERPT_UNPACKED = "34c1c63050c87cc8477b9ae36b1cb0edf372612c92938b742e579a7109c20fa4"
 TINYSHAKESPEARE = Source(
     "tinyshakespeare_input.txt",
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", 1_115_394)
+    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    1_115_394,
+)
 # text8.zip has no published hash: its size is pinned, and the unzipped file's SHA-256.
 TEXT8 = Source("text8.zip", "http://mattmahoney.net/dc/text8.zip", None, 31_344_016)
 TEXT8_UNPACKED = "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"
-WIKITEXT103 = Source("wikitext-103-raw-v1.zip", "https://wikitext.smerity.com/wikitext-103-raw-v1.zip",
-                     "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794",
-                     191_984_949)
-WIKITEXT2 = Source("wikitext-2-v1.zip", "https://wikitext.smerity.com/wikitext-2-v1.zip",
-                   "92675f1d63015c1c8b51f1656a52d5bdbc33aafa60cc47a218a66e7ee817488c")
+WIKITEXT103 = Source(
+    "wikitext-103-raw-v1.zip",
+    "https://wikitext.smerity.com/wikitext-103-raw-v1.zip",
+    "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794",
+    191_984_949,
+)
+WIKITEXT2 = Source(
+    "wikitext-2-v1.zip",
+    "https://wikitext.smerity.com/wikitext-2-v1.zip",
+    "92675f1d63015c1c8b51f1656a52d5bdbc33aafa60cc47a218a66e7ee817488c",
+)
 # WikiText-2's extracted split files, accepted in place of the archive (pinned one by one)
 WIKITEXT2_SPLITS = {
-    "val": Source("wikitext2_tokenized_valid.txt", None,
-                  "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8", 1_121_681),
-    "test": Source("wikitext2_tokenized_test.txt", None,
-                   "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0", 1_256_449),
+    "val": Source(
+        "wikitext2_tokenized_valid.txt",
+        None,
+        "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+        1_121_681,
+    ),
+    "test": Source(
+        "wikitext2_tokenized_test.txt",
+        None,
+        "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+        1_256_449,
+    ),
 }
 ENWIK8_FRACTIONS = {"train": 0.9, "val": 0.05, "test": 0.05}
 
@@ -249,31 +295,50 @@ def _enwik8(store: DataStore) -> Corpus:
     got = hashlib.md5(data).hexdigest()
     if got != ENWIK8_MD5:
         raise CorpusError(f"enwik8: unzipped MD5 {got}, expected {ENWIK8_MD5}")
-    return Corpus("enwik8", split_by_fractions(data, ENWIK8_FRACTIONS),
-                  "enwik8 (Hutter prize), raw bytes, 90M/5M/5M")
+    return Corpus(
+        "enwik8",
+        split_by_fractions(data, ENWIK8_FRACTIONS),
+        "enwik8 (Hutter prize), raw bytes, 90M/5M/5M",
+    )
 
 
 def _enwiki_excerpt(store: DataStore) -> Corpus:
     data = bz2.decompress(store.fetch(ENWIKI_EXCERPT).read_bytes())
     _check_content("enwiki-excerpt", data, ENWIKI_EXCERPT_UNPACKED)
-    return Corpus("enwiki-excerpt", split_by_fractions(data, ENWIK8_FRACTIONS),
-                  "a 6 MB MediaWiki XML excerpt (gensim's test dump; not enwik8) split like enwik8")
+    return Corpus(
+        "enwiki-excerpt",
+        split_by_fractions(data, ENWIK8_FRACTIONS),
+        "a 6 MB MediaWiki XML excerpt (gensim's test dump; not enwik8) split like enwik8",
+    )
 
 
 def _tinyshakespeare(store: DataStore) -> Corpus:
     data = store.fetch(TINYSHAKESPEARE).read_bytes()
-    return Corpus("tinyshakespeare", split_by_fractions(data, {"train": 0.9, "val": 0.1}),
-                  "tiny shakespeare (char-rnn), nanoGPT's 90/10 split")
+    return Corpus(
+        "tinyshakespeare",
+        split_by_fractions(data, {"train": 0.9, "val": 0.1}),
+        "tiny shakespeare (char-rnn), nanoGPT's 90/10 split",
+    )
 
 
 def _text8(store: DataStore) -> Corpus:
     data = _check_content("text8", _zip_member(store.fetch(TEXT8), "text8"), TEXT8_UNPACKED)
-    return Corpus("text8", split_by_fractions(data, ENWIK8_FRACTIONS),
-                  "text8 (lower-case Wikipedia letters and spaces), 90M/5M/5M")
+    return Corpus(
+        "text8",
+        split_by_fractions(data, ENWIK8_FRACTIONS),
+        "text8 (lower-case Wikipedia letters and spaces), 90M/5M/5M",
+    )
 
 
-def _wikitext(store: DataStore, name: str, archive: Source, folder: str, ext: str,
-              loose: dict[str, Source], want: tuple[str, ...]) -> Corpus:
+def _wikitext(
+    store: DataStore,
+    name: str,
+    archive: Source,
+    folder: str,
+    ext: str,
+    loose: dict[str, Source],
+    want: tuple[str, ...],
+) -> Corpus:
     splits: dict[str, np.ndarray] = {}
     member = {"train": "train", "val": "valid", "test": "test"}
     for split in want:
@@ -285,8 +350,14 @@ def _wikitext(store: DataStore, name: str, archive: Source, folder: str, ext: st
             try:
                 zpath = store.fetch(archive)
             except CorpusError as e:
-                loose_note = (f" (the extracted {', '.join(s.filename for s in loose.values())} "
-                              "stand in for their splits only)") if loose else ""
+                loose_note = (
+                    (
+                        f" (the extracted {', '.join(s.filename for s in loose.values())} "
+                        "stand in for their splits only)"
+                    )
+                    if loose
+                    else ""
+                )
                 raise CorpusError(f"{name} split {split!r}: {e}{loose_note}") from None
             data = _zip_member(zpath, f"{folder}/wiki.{member[split]}.{ext}")
         splits[split] = np.frombuffer(data, dtype=np.uint8)
@@ -302,8 +373,18 @@ def _wikitext2(store: DataStore, want=SPLITS) -> Corpus:
 
 
 # The standard library: the running Python's own sources, always present offline.
-PYSTDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
-                 "lib2to3", "ensurepip", "turtledemo", "encodings"}  # tests, vendored, code tables
+PYSTDLIB_SKIP = {
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idle_test",
+    "__pycache__",
+    "lib2to3",
+    "ensurepip",
+    "turtledemo",
+    "encodings",
+}  # tests, vendored, code tables
 
 
 def pystdlib_files(root: Path | None = None) -> list[Path]:
@@ -326,8 +407,11 @@ def _pystdlib(store: DataStore) -> Corpus:
         parts.append(f"# file: {path.relative_to(root).as_posix()}\n".encode())
         parts.append(path.read_bytes())
     data = b"".join(parts)
-    corpus = Corpus("pystdlib", split_by_fractions(data, {"train": 0.9, "val": 0.1}),
-                    "the running Python's standard-library sources (sorted, tests excluded), 90/10")
+    corpus = Corpus(
+        "pystdlib",
+        split_by_fractions(data, {"train": 0.9, "val": 0.1}),
+        "the running Python's standard-library sources (sorted, tests excluded), 90/10",
+    )
     corpus.meta.update(python=sys.version.split()[0], files=len(parts) // 2)
     return corpus
 
@@ -342,8 +426,11 @@ def load_file(path: str | Path, val_fraction: float = 0.1) -> Corpus:
     data = path.read_bytes()
     if len(data) < 1024:
         raise CorpusError(f"file:{path}: only {len(data)} bytes; a corpus needs at least 1 KiB")
-    corpus = Corpus(f"file:{path}", split_by_fractions(
-        data, {"train": 1 - val_fraction, "val": val_fraction}), f"{path}, split by bytes")
+    corpus = Corpus(
+        f"file:{path}",
+        split_by_fractions(data, {"train": 1 - val_fraction, "val": val_fraction}),
+        f"{path}, split by bytes",
+    )
     return corpus
 
 
@@ -359,10 +446,15 @@ CORPORA: dict[str, Callable[[DataStore], Corpus]] = {
 }
 
 
-def load_corpus(name: str, *, data_dir: str | Path | None = None,
-                cache_dir: str | Path | None = None,
-                offline: bool | None = None, val_fraction: float = 0.1,
-                splits: tuple[str, ...] | None = None) -> Corpus:
+def load_corpus(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+    val_fraction: float = 0.1,
+    splits: tuple[str, ...] | None = None,
+) -> Corpus:
     """A corpus by name (see ``CORPORA``) or ``file:PATH``; ``splits`` keeps only those (and,
     for corpora stored one file per split, reads only those files)."""
     if name.startswith("file:"):
@@ -392,5 +484,14 @@ def unigram_entropy_bits(train: np.ndarray, held_out: np.ndarray) -> float:
     return float(-logp[held_out].mean())
 
 
-__all__ = ["CORPORA", "Corpus", "CorpusError", "DataStore", "Source", "load_corpus",
-           "split_by_fractions", "pystdlib_files", "unigram_entropy_bits"]
+__all__ = [
+    "CORPORA",
+    "Corpus",
+    "CorpusError",
+    "DataStore",
+    "Source",
+    "load_corpus",
+    "split_by_fractions",
+    "pystdlib_files",
+    "unigram_entropy_bits",
+]

@@ -54,11 +54,12 @@ class ByteNGram:
         self.ctx: list[_Table] = []  # per k: sum over bytes of grams[k] for the context
         self.types: list[_Table] = []  # per k: number of distinct bytes seen after the context
 
-    def fit(self, train: np.ndarray) -> "ByteNGram":
+    def fit(self, train: np.ndarray) -> ByteNGram:
         train = np.asarray(train, dtype=np.uint8)
         if len(train) < self.order + 1:
-            raise ValueError(f"training data of {len(train)} bytes "
-                             f"is too short for order {self.order}")
+            raise ValueError(
+                f"training data of {len(train)} bytes is too short for order {self.order}"
+            )
         for k in range(self.order):
             if k == self.order - 1:
                 table = _Table(_keys(train, k))

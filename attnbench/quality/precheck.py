@@ -21,8 +21,9 @@ from attnbench.attention.reference import ReferenceAttention, reference_error
 LEAK_TOL = 1e-5  # of the logits' largest magnitude: what float rounding can move
 
 
-def check_in_model(preset: str, variant: str, seq_len: int, device="cpu", seed: int = 0,
-                   batch: int = 2) -> str | None:
+def check_in_model(
+    preset: str, variant: str, seq_len: int, device="cpu", seed: int = 0, batch: int = 2
+) -> str | None:
     """None when ``variant`` inside the model of ``preset`` at ``seq_len`` tokens is causal and
     matches its reference; else why."""
     from attnbench.quality.train import build_model
@@ -32,15 +33,18 @@ def check_in_model(preset: str, variant: str, seq_len: int, device="cpu", seed: 
     x = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=g).to(device)
     t = seq_len // 2
     changed = x.clone()
-    changed[:, t + 1 :] = torch.randint(0, model.cfg.vocab_size, (batch, seq_len - t - 1),
-                                        generator=g).to(device)
+    changed[:, t + 1 :] = torch.randint(
+        0, model.cfg.vocab_size, (batch, seq_len - t - 1), generator=g
+    ).to(device)
     with torch.no_grad():
         a, b = model(x), model(changed)
         moved = float((a[:, : t + 1] - b[:, : t + 1]).abs().max())
         if moved > LEAK_TOL * float(a.abs().max()):
-            return (f"sees the future: changing the tokens after position {t} moved the logits "
-                    f"at positions <= {t} by up to {moved:.3g} (the logits reach "
-                    f"{float(a.abs().max()):.3g})")
+            return (
+                f"sees the future: changing the tokens after position {t} moved the logits "
+                f"at positions <= {t} by up to {moved:.3g} (the logits reach "
+                f"{float(a.abs().max()):.3g})"
+            )
         outs = []
         for dtype in (torch.float32, torch.float64):
             ref_model = copy.deepcopy(model).to(dtype)

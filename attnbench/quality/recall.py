@@ -35,16 +35,20 @@ KEY_BASE, VALUE_BASE = 1, 128  # keys 1.., values 128..
 IGNORE = -100  # the targets the loss skips (optimizer_step ignores -100)
 
 
-def mqar_batch(batch: int, seq_len: int, kv_pairs: int, *, key_vocab: int = 64,
-               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mqar_batch(
+    batch: int, seq_len: int, kv_pairs: int, *, key_vocab: int = 64, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets), both (batch, seq_len) int64; targets are -100 except at query keys."""
     if not fits(seq_len, kv_pairs):
-        raise ValueError(f"seq_len={seq_len} cannot hold {kv_pairs} pairs and their queries "
-                         f"(needs seq_len >= {4 * kv_pairs})")
+        raise ValueError(
+            f"seq_len={seq_len} cannot hold {kv_pairs} pairs and their queries "
+            f"(needs seq_len >= {4 * kv_pairs})"
+        )
     if not kv_pairs <= key_vocab <= VALUE_BASE - KEY_BASE:
         raise ValueError(f"key_vocab={key_vocab} must be in [{kv_pairs}, {VALUE_BASE - KEY_BASE}]")
-    keys = np.stack([rng.choice(key_vocab, kv_pairs, replace=False)
-                     for _ in range(batch)]) + KEY_BASE
+    keys = (
+        np.stack([rng.choice(key_vocab, kv_pairs, replace=False) for _ in range(batch)]) + KEY_BASE
+    )
     values = rng.integers(0, key_vocab, (batch, kv_pairs)) + VALUE_BASE
     x = np.full((batch, seq_len), FILLER, dtype=np.int64)
     y = np.full((batch, seq_len), IGNORE, dtype=np.int64)
@@ -74,8 +78,10 @@ def train_recall(variant: str, s: RecallSettings, device="cpu") -> RecallResult:
     device = torch.device(device)
     grid = s.grid()
     if not grid:
-        raise ValueError(f"no (seq_len, kv_pairs) setting fits: seq_lens {s.seq_lens}, kv_pairs "
-                         f"{s.kv_pairs} (needs seq_len >= 4 * kv_pairs)")
+        raise ValueError(
+            f"no (seq_len, kv_pairs) setting fits: seq_lens {s.seq_lens}, kv_pairs "
+            f"{s.kv_pairs} (needs seq_len >= 4 * kv_pairs)"
+        )
     model = build_model(s.preset, variant, s.seed, device)
     opt = _optimizer(model, s)
     model.train()
@@ -90,29 +96,40 @@ def train_recall(variant: str, s: RecallSettings, device="cpu") -> RecallResult:
             rest = (progress - s.warmup_frac) / (1 - s.warmup_frac)
             lr = s.lr * (s.min_lr_frac + (1 - s.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * rest)))
         n, kv = grid[step % len(grid)]
-        x, y = mqar_batch(s.batch, n, kv, key_vocab=s.key_vocab,
-                          rng=np.random.default_rng([s.seed, step]))
-        value = optimizer_step(model, model, opt, x.to(device), y.to(device),
-                               lr, s.grad_clip).item()
+        x, y = mqar_batch(
+            s.batch, n, kv, key_vocab=s.key_vocab, rng=np.random.default_rng([s.seed, step])
+        )
+        value = optimizer_step(
+            model, model, opt, x.to(device), y.to(device), lr, s.grad_clip
+        ).item()
         if not math.isfinite(value):
             status, reason = "diverged", f"training loss became {value} at step {step + 1}"
             break
         losses.append(value)
     model.eval()
-    final = float(np.mean(losses[-len(grid) * 5:])) if losses else float("nan")
+    final = float(np.mean(losses[-len(grid) * 5 :])) if losses else float("nan")
     return RecallResult(model, status, reason, len(losses), time.perf_counter() - start, final)
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, seq_len: int, kv_pairs: int, *, sequences: int = 256,
-             key_vocab: int = 64, seed: int = 1, batch: int = 64) -> float:
+def accuracy(
+    model: torch.nn.Module,
+    seq_len: int,
+    kv_pairs: int,
+    *,
+    sequences: int = 256,
+    key_vocab: int = 64,
+    seed: int = 1,
+    batch: int = 64,
+) -> float:
     """Fraction of queries whose most likely next token is the right value (fresh sequences)."""
     device = next(model.parameters()).device
     rng = np.random.default_rng([seed, 1_000_003, seq_len, kv_pairs])
     right = total = 0
     for start in range(0, sequences, batch):
-        x, y = mqar_batch(min(batch, sequences - start), seq_len, kv_pairs,
-                          key_vocab=key_vocab, rng=rng)
+        x, y = mqar_batch(
+            min(batch, sequences - start), seq_len, kv_pairs, key_vocab=key_vocab, rng=rng
+        )
         x, y = x.to(device), y.to(device)
         with _autocast(device):
             pred = model(x).argmax(-1)

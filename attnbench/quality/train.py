@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,8 +64,9 @@ def batch_offsets(n_bytes: int, length: int, batch: int, seed: int, step: int) -
     return rng.integers(0, n_bytes - length - 1, size=batch)
 
 
-def get_batch(data: np.ndarray, offsets: np.ndarray, length: int,
-              device) -> tuple[torch.Tensor, torch.Tensor]:
+def get_batch(
+    data: np.ndarray, offsets: np.ndarray, length: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     idx = offsets[:, None] + np.arange(length + 1)[None, :]
     chunk = torch.from_numpy(data[idx].astype(np.int64)).to(device)
     return chunk[:, :-1], chunk[:, 1:]
@@ -78,8 +80,11 @@ def build_model(preset: str, variant: str, seed: int, device) -> TransformerLM:
 def _optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                              {"params": other, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": s.weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=s.lr,
+        betas=(0.9, 0.95),
+    )
 
 
 def _autocast(device: torch.device):
@@ -88,8 +93,15 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def optimizer_step(net, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
-                   y: torch.Tensor, lr: float, grad_clip: float) -> torch.Tensor:
+def optimizer_step(
+    net,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    grad_clip: float,
+) -> torch.Tensor:
     """One step of the shared recipe at learning rate ``lr``: cross-entropy of ``net(x)`` against
     ``y`` (targets of -100 are ignored), gradients clipped to ``grad_clip`` over ``model``'s
     parameters (``net`` may wrap ``model``, e.g. in DDP), AdamW. Returns the detached loss."""
@@ -105,14 +117,22 @@ def optimizer_step(net, model: torch.nn.Module, opt: torch.optim.Optimizer, x: t
     return loss.detach()
 
 
-def train(data: np.ndarray, variant: str, s: TrainSettings, device="cpu", *,
-          rank: int = 0, world: int = 1,
-          on_log: Callable[[list], None] | None = None) -> TrainResult:
+def train(
+    data: np.ndarray,
+    variant: str,
+    s: TrainSettings,
+    device="cpu",
+    *,
+    rank: int = 0,
+    world: int = 1,
+    on_log: Callable[[list], None] | None = None,
+) -> TrainResult:
     """Train the identical model with attention ``variant`` on ``data`` (uint8 train split)."""
     device = torch.device(device)
     if len(data) < s.train_len + 2:
-        raise ValueError(f"training split of {len(data)} bytes "
-                         f"is shorter than train_len={s.train_len}")
+        raise ValueError(
+            f"training split of {len(data)} bytes is shorter than train_len={s.train_len}"
+        )
     if s.batch % world:
         raise ValueError(f"batch={s.batch} must be divisible by the number of processes ({world})")
     model = build_model(s.preset, variant, s.seed, device)
@@ -154,15 +174,21 @@ def train(data: np.ndarray, variant: str, s: TrainSettings, device="cpu", *,
             break
         window.append(value)
         if step % s.log_every == 0 or (budget_s <= 0 and step == total_steps):
-            point = [step, tokens, round(time.perf_counter() - start, 3),
-                     float(np.mean(window)), lr]
+            point = [
+                step,
+                tokens,
+                round(time.perf_counter() - start, 3),
+                float(np.mean(window)),
+                lr,
+            ]
             curve.append(point)
             window = []
             if on_log:
                 on_log(point)
     if window:
-        curve.append([step, tokens, round(time.perf_counter() - start, 3),
-                      float(np.mean(window)), lr])
+        curve.append(
+            [step, tokens, round(time.perf_counter() - start, 3), float(np.mean(window)), lr]
+        )
     seconds = time.perf_counter() - start
     model.eval()
     final = curve[-1][3] if curve else float("nan")
@@ -204,8 +230,9 @@ def eval_windows(n_bytes: int, eval_len: int, method: str, stride: int, max_targ
     if method not in EVAL_METHODS:
         raise ValueError(f"unknown eval method {method!r}; valid: {', '.join(EVAL_METHODS)}")
     if n_bytes < eval_len + 1:
-        raise ValueError(f"held-out split of {n_bytes} bytes "
-                         f"is shorter than eval_len={eval_len} + 1")
+        raise ValueError(
+            f"held-out split of {n_bytes} bytes is shorter than eval_len={eval_len} + 1"
+        )
     limit = n_bytes - 1 if max_targets <= 0 else min(n_bytes - 1, max_targets)
     out = []
     if method == "windows":
@@ -225,9 +252,17 @@ def eval_windows(n_bytes: int, eval_len: int, method: str, stride: int, max_targ
 
 
 @torch.no_grad()
-def evaluate(model: TransformerLM, data: np.ndarray, eval_len: int, *, method: str = "windows",
-             stride: int = 0, max_targets: int = 0, batch: int = 8,
-             buckets: int = 8) -> dict[str, Any]:
+def evaluate(
+    model: TransformerLM,
+    data: np.ndarray,
+    eval_len: int,
+    *,
+    method: str = "windows",
+    stride: int = 0,
+    max_targets: int = 0,
+    batch: int = 8,
+    buckets: int = 8,
+) -> dict[str, Any]:
     """Bits per byte of ``model`` on ``data`` at context length ``eval_len``.
 
     Returns nll (nats per byte), bits_per_byte, ppl (per byte), targets scored, windows, and
@@ -260,7 +295,10 @@ def evaluate(model: TransformerLM, data: np.ndarray, eval_len: int, *, method: s
     with np.errstate(invalid="ignore", divide="ignore"):
         pos = np.where(bucket_n > 0, bucket_nll / np.maximum(bucket_n, 1) / LN2, np.nan)
     return {
-        "nll": mean, "bits_per_byte": mean / LN2, "ppl": math.exp(mean), "eval_targets": count,
+        "nll": mean,
+        "bits_per_byte": mean / LN2,
+        "ppl": math.exp(mean),
+        "eval_targets": count,
         "eval_windows": len(wins),
         "eval_method": method if method == "windows" else f"sliding:stride={stride}",
         "position_edges": edges.tolist(),
@@ -272,28 +310,37 @@ def evaluate(model: TransformerLM, data: np.ndarray, eval_len: int, *, method: s
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: plain tensors and plain data, loadable with torch.load(weights_only=True).
 
+
 def save_checkpoint(path: str | Path, model: TransformerLM, meta: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": "attnbench-lm-1", "config": asdict(model.cfg),
-               "attention": model.attention, "meta": meta, "state_dict": model.state_dict()}
+    payload = {
+        "format": "attnbench-lm-1",
+        "config": asdict(model.cfg),
+        "attention": model.attention,
+        "meta": meta,
+        "state_dict": model.state_dict(),
+    }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
 
 
-def load_checkpoint(path: str | Path, device="cpu",
-                    attention: str | None = None) -> tuple[TransformerLM, dict]:
+def load_checkpoint(
+    path: str | Path, device="cpu", attention: str | None = None
+) -> tuple[TransformerLM, dict]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     payload = torch.load(path, map_location=device, weights_only=True)
     if payload.get("format") != "attnbench-lm-1":
-        raise ValueError(f"{path} is not an attnbench checkpoint "
-                         f"(format {payload.get('format')!r})")
-    model = TransformerLM(ModelConfig(**payload["config"]),
-                          attention=attention or payload["attention"])
+        raise ValueError(
+            f"{path} is not an attnbench checkpoint (format {payload.get('format')!r})"
+        )
+    model = TransformerLM(
+        ModelConfig(**payload["config"]), attention=attention or payload["attention"]
+    )
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return model, payload
@@ -307,8 +354,9 @@ def checkpoint_name(variant_label: str, seed: int = 0) -> str:
 
 
 @torch.no_grad()
-def copy_probe(model: TransformerLM, length: int, *, sequences: int = 16, seed: int = 0,
-               batch: int = 8) -> dict[str, float]:
+def copy_probe(
+    model: TransformerLM, length: int, *, sequences: int = 16, seed: int = 0, batch: int = 8
+) -> dict[str, float]:
     """In-context copying on a trained language model: random printable bytes of ``length``,
     then the same bytes again; bits per byte on the second copy (a model that looks back
     ``length`` tokens can copy it: near 0) and on the first (unpredictable: near log2(95)).
@@ -328,5 +376,7 @@ def copy_probe(model: TransformerLM, length: int, *, sequences: int = 16, seed: 
         nll = nll.view(x.shape[0], -1) / LN2  # target j + 1 for input position j
         firsts.append(nll[:, : length - 1])
         seconds.append(nll[:, length - 1 :])
-    return {"copy_bpb": float(torch.cat(seconds).mean()),
-            "first_copy_bpb": float(torch.cat(firsts).mean())}
+    return {
+        "copy_bpb": float(torch.cat(seconds).mean()),
+        "first_copy_bpb": float(torch.cat(firsts).mean()),
+    }

@@ -31,8 +31,12 @@ class Metric:
     higher_is_worse: bool = True
 
 
-DEFAULT_FLOORS = {"time_ms": 0.05, "peak_mem_bytes": float(2**20), "bits_per_byte": 0.01,
-                  "accuracy": 0.02}
+DEFAULT_FLOORS = {
+    "time_ms": 0.05,
+    "peak_mem_bytes": float(2**20),
+    "bits_per_byte": 0.01,
+    "accuracy": 0.02,
+}
 METRICS = [
     Metric("time_ms", "time (ms)", DEFAULT_FLOORS["time_ms"]),
     Metric("peak_mem_bytes", "peak memory", DEFAULT_FLOORS["peak_mem_bytes"]),
@@ -81,20 +85,32 @@ class Change:
     note: str = ""
 
 
-def compare_rows(rows_a, rows_b, *, threshold: float = 0.10,
-                 floors: dict[str, float] | None = None) -> dict[str, Any]:
+def compare_rows(
+    rows_a, rows_b, *, threshold: float = 0.10, floors: dict[str, float] | None = None
+) -> dict[str, Any]:
     floors = {**DEFAULT_FLOORS, **(floors or {})}
     a, b = _reduce(rows_a), _reduce(rows_b)
     changes: list[Change] = []
     for key in [k for k in a if k in b]:
         ra, rb = a[key], b[key]
         if ra["status"] == "ok" and rb["status"] != "ok":
-            changes.append(Change(key, "status", None, None, None, True, True,
-                                  f"ok -> {rb['status']}: {str(rb.get('reason', ''))[:120]}"))
+            changes.append(
+                Change(
+                    key,
+                    "status",
+                    None,
+                    None,
+                    None,
+                    True,
+                    True,
+                    f"ok -> {rb['status']}: {str(rb.get('reason', ''))[:120]}",
+                )
+            )
             continue
         if ra["status"] != "ok" and rb["status"] == "ok":
-            changes.append(Change(key, "status", None, None, None, True, False,
-                                  f"{ra['status']} -> ok"))
+            changes.append(
+                Change(key, "status", None, None, None, True, False, f"{ra['status']} -> ok")
+            )
             continue
         for m in METRICS:
             va, vb = ra.get(m.field), rb.get(m.field)
@@ -104,8 +120,11 @@ def compare_rows(rows_a, rows_b, *, threshold: float = 0.10,
             flagged = abs(vb - va) > threshold * abs(va) + floors[m.field]
             worse = (vb > va) if m.higher_is_worse else (vb < va)
             changes.append(Change(key, m.field, va, vb, ratio, flagged, flagged and worse))
-    return {"changes": changes, "only_a": sorted(k for k in a if k not in b),
-            "only_b": sorted(k for k in b if k not in a)}
+    return {
+        "changes": changes,
+        "only_a": sorted(k for k in a if k not in b),
+        "only_b": sorted(k for k in b if k not in a),
+    }
 
 
 def _fmt(field: str, value: float | None) -> str:
@@ -116,22 +135,36 @@ def _fmt(field: str, value: float | None) -> str:
     return f"{value:.4g}"
 
 
-def compare(run_a: str | Path, run_b: str | Path, *, threshold: float = 0.10,
-            floors: dict[str, float] | None = None, allow_device_mismatch: bool = False,
-            show_all: bool = False) -> tuple[int, str]:
+def compare(
+    run_a: str | Path,
+    run_b: str | Path,
+    *,
+    threshold: float = 0.10,
+    floors: dict[str, float] | None = None,
+    allow_device_mismatch: bool = False,
+    show_all: bool = False,
+) -> tuple[int, str]:
     """(exit status, printed text) of comparing run folder B against run folder A."""
     info_a, info_b = results.read_run_json(run_a), results.read_run_json(run_b)
     dev_a = _device(info_a)
     dev_b = _device(info_b)
     if dev_a != dev_b and not allow_device_mismatch:
-        raise ValueError(f"the runs are from different devices ({dev_a!r} vs {dev_b!r}); their "
-                         "numbers are not comparable (--allow-device-mismatch to compare anyway)")
-    out = compare_rows(results.read_rows(run_a), results.read_rows(run_b), threshold=threshold,
-                       floors=floors)
-    lines = [f"compare B = {Path(run_b).name} against A = {Path(run_a).name} "
-             f"(flag when |B - A| > {threshold:g} * A + floor; floors: "
-             + ", ".join(f"{k} {_fmt(k, v) if k == 'peak_mem_bytes' else v}"
-                         for k, v in {**DEFAULT_FLOORS, **(floors or {})}.items()) + ")"]
+        raise ValueError(
+            f"the runs are from different devices ({dev_a!r} vs {dev_b!r}); their "
+            "numbers are not comparable (--allow-device-mismatch to compare anyway)"
+        )
+    out = compare_rows(
+        results.read_rows(run_a), results.read_rows(run_b), threshold=threshold, floors=floors
+    )
+    lines = [
+        f"compare B = {Path(run_b).name} against A = {Path(run_a).name} "
+        f"(flag when |B - A| > {threshold:g} * A + floor; floors: "
+        + ", ".join(
+            f"{k} {_fmt(k, v) if k == 'peak_mem_bytes' else v}"
+            for k, v in {**DEFAULT_FLOORS, **(floors or {})}.items()
+        )
+        + ")"
+    ]
     if dev_a != dev_b:
         lines.append(f"WARNING: different devices: {dev_a} vs {dev_b}")
     shown = [c for c in out["changes"] if show_all or c.flagged]
@@ -139,8 +172,10 @@ def compare(run_a: str | Path, run_b: str | Path, *, threshold: float = 0.10,
     for c in shown:
         mark = "REGRESSION" if c.worse else ("improved" if c.flagged else "")
         ratio = f"{c.ratio:.3f}x" if c.ratio is not None else ""
-        lines.append(f"{c.case:<{width}} {c.metric:<15} {_fmt(c.metric, c.a):>12} -> "
-                     f"{_fmt(c.metric, c.b):>12} {ratio:>8}  {mark} {c.note}")
+        lines.append(
+            f"{c.case:<{width}} {c.metric:<15} {_fmt(c.metric, c.a):>12} -> "
+            f"{_fmt(c.metric, c.b):>12} {ratio:>8}  {mark} {c.note}"
+        )
     compared = len({c.case for c in out["changes"]})
     regressions = [c for c in out["changes"] if c.worse]
     improved = [c for c in out["changes"] if c.flagged and not c.worse]
@@ -148,9 +183,11 @@ def compare(run_a: str | Path, run_b: str | Path, *, threshold: float = 0.10,
         lines.append(f"only in A: {key}")
     for key in out["only_b"]:
         lines.append(f"only in B: {key}")
-    lines.append(f"{compared} cases compared: {len(regressions)} regressions, {len(improved)} "
-                 f"improvements beyond the threshold; {len(out['only_a'])} only in A, "
-                 f"{len(out['only_b'])} only in B")
+    lines.append(
+        f"{compared} cases compared: {len(regressions)} regressions, {len(improved)} "
+        f"improvements beyond the threshold; {len(out['only_a'])} only in A, "
+        f"{len(out['only_b'])} only in B"
+    )
     return (1 if regressions else 0), "\n".join(lines)
 
 

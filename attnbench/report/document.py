@@ -35,23 +35,23 @@ from attnbench.report.tables import NOISY_MARK, STATUS_TEXT, pivot, render
 
 PLOT_CAPTIONS = {
     "time": "Time against sequence length, one panel per pass (log-log); an x at the top marks "
-            "where a variant did not run (out of memory, error, timeout).",
+    "where a variant did not run (out of memory, error, timeout).",
     "memory": "Peak memory of one pass beyond its inputs, against sequence length.",
     "flops": "Achieved FLOP/s on the attended pairs, with this run's measured matmul ceiling.",
     "quality": "Held-out bits per byte against evaluation context length, with the n-gram floor "
-               "and the order-0 entropy; right: loss by position within the longest window.",
+    "and the order-0 entropy; right: loss by position within the longest window.",
     "pareto": "Training step time against bits per byte at the training length; the Pareto front "
-              "is outlined.",
+    "is outlined.",
     "decode": "Decoding one token: latency and the bytes of the KV cache or recurrent state.",
     "patterns": "Which keys each query sees, for one variant of each family.",
     "recall": "Multi-query associative recall accuracy by number of key-value pairs, "
-              "per sequence length.",
+    "per sequence length.",
     "state": "Recall accuracy against the state each variant keeps per layer (Zoology's view): one "
-             "point per (variant, setting).",
+    "point per (variant, setting).",
     "model": "Inside a model (the identical LM or a transformers model): train step, prefill and "
-             "one decoded token against sequence length.",
+    "one decoded token against sequence length.",
     "dropin": "One trained checkpoint evaluated with each variant swapped in: bits per byte "
-              "against evaluation length; dashed: the attention it was trained with.",
+    "against evaluation length; dashed: the attention it was trained with.",
 }
 
 
@@ -66,6 +66,7 @@ class Block:
 # ---------------------------------------------------------------------------------------------
 # tables
 
+
 def _reasons(frame: pd.DataFrame) -> str:
     bad = frame[frame["status"] != "ok"]
     if bad.empty:
@@ -77,8 +78,11 @@ def _reasons(frame: pd.DataFrame) -> str:
     lines = []
     for (v, st, why), ns in seen.items():
         at = ", ".join(str(int(n)) for n in sorted({n for n in ns if pd.notna(n)}))
-        lines.append(f"- `{v}` {STATUS_TEXT.get(st, st)}" + (f" at N = {at}" if at else "")
-                     + (f": {why[:300]}" if why else ""))
+        lines.append(
+            f"- `{v}` {STATUS_TEXT.get(st, st)}"
+            + (f" at N = {at}" if at else "")
+            + (f": {why[:300]}" if why else "")
+        )
     return "\n".join(lines)
 
 
@@ -89,8 +93,11 @@ LIKE = ["pass", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal"]
 def is_exact(frame: pd.DataFrame) -> pd.Series:
     """Whether each row's variant computes full softmax attention: the row's own ``exact`` field
     (older rows without it: their math is causal softmax)."""
-    math_exact = frame["math"] == "causal_softmax" if "math" in frame else \
-        pd.Series(False, index=frame.index)
+    math_exact = (
+        frame["math"] == "causal_softmax"
+        if "math" in frame
+        else pd.Series(False, index=frame.index)
+    )
     if "exact" not in frame:
         return math_exact
     return frame["exact"].astype(object).where(frame["exact"].notna(), math_exact).astype(bool)
@@ -104,8 +111,10 @@ def _ceiling_note(sub: pd.DataFrame) -> str:
     parts = []
     for (dt, cd), g in sub.groupby(["dtype", "ceiling_dtype"]):
         rate = g["ceiling_flops_per_s"].dropna()
-        parts.append(f"{dt} rows by the {cd} matmul" + (f" ({rate.iloc[0] / 1e9:.0f} GFLOP/s)"
-                                                        if len(rate) else ""))
+        parts.append(
+            f"{dt} rows by the {cd} matmul"
+            + (f" ({rate.iloc[0] / 1e9:.0f} GFLOP/s)" if len(rate) else "")
+        )
     return " (" + "; ".join(parts) + ")"
 
 
@@ -126,8 +135,11 @@ def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     for key, sub in op.groupby(LIKE, sort=False, dropna=False):
         setting = dict(zip(LIKE, key))
         p = setting["pass"]
-        value = "time_ms" if metric == "time" else ("cache_bytes" if p == "decode"
-                                                    else "peak_mem_bytes")
+        value = (
+            "time_ms"
+            if metric == "time"
+            else ("cache_bytes" if p == "decode" else "peak_mem_bytes")
+        )
         if value not in sub:
             continue
         sub = sub[sub[value].notna()]
@@ -147,47 +159,79 @@ def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
             if timed:  # a win only beyond both rows' spread: the challenger's p80 below the
                 # exact variant's p20 (a tie is a tie)
                 hi = mine_rows.groupby("seq_len")["time_ms_p80"].median()
-                lo = exact[exact["variant"].isin(best_var.values)].groupby(
-                    ["seq_len", "variant"])["time_ms_p20"].median()
+                lo = (
+                    exact[exact["variant"].isin(best_var.values)]
+                    .groupby(["seq_len", "variant"])["time_ms_p20"]
+                    .median()
+                )
                 wins = [hi[n] < lo.get((n, best_var[n]), best[n]) for n in ns]
             else:
                 wins = [mine[n] < best[n] for n in ns]
             start = next((ns[i] for i in range(len(ns)) if all(wins[i:])), None)
-            rows.append({"pass": p, "dtype": setting["dtype"], "D": setting["head_dim"],
-                         "H/KV": f"{setting['heads']}/{int(setting['kv_heads'])}",
-                         "B": setting["batch"], "variant": v, "measure": value,
-                         "from N": "–" if start is None else str(int(start)),
-                         "ratio at largest N": (f"{best[ns[-1]] / mine[ns[-1]]:.2f}×"
-                                                if ns and mine[ns[-1]] > 0 else "–")})
+            rows.append(
+                {
+                    "pass": p,
+                    "dtype": setting["dtype"],
+                    "D": setting["head_dim"],
+                    "H/KV": f"{setting['heads']}/{int(setting['kv_heads'])}",
+                    "B": setting["batch"],
+                    "variant": v,
+                    "measure": value,
+                    "from N": "–" if start is None else str(int(start)),
+                    "ratio at largest N": (
+                        f"{best[ns[-1]] / mine[ns[-1]]:.2f}×" if ns and mine[ns[-1]] > 0 else "–"
+                    ),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # the document
 
-def build(run_dir: Path, frame: pd.DataFrame, info: dict[str, Any],
-          plot_paths: dict[str, Path]) -> list[Block]:
+
+def build(
+    run_dir: Path, frame: pd.DataFrame, info: dict[str, Any], plot_paths: dict[str, Path]
+) -> list[Block]:
     """The report, top-down: what was run, the findings, then the tables and plots behind them,
     then the environment and the command that reproduces it."""
     suite = info.get("suite", {})
     blocks = [Block("h1", f"attnbench report: {info.get('run_id', run_dir.name)}")]
     counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
-    blocks.append(Block("p", f"Suite **{suite.get('name', '?')}** "
-                             f"({suite.get('description', '')}); {len(frame)} rows: "
-                             + ", ".join(f"{k} {v}" for k, v in counts.items())
-                             + f". Started {info.get('started', '?')}, "
-                             f"finished {info.get('finished', 'not yet')}."))
+    blocks.append(
+        Block(
+            "p",
+            f"Suite **{suite.get('name', '?')}** "
+            f"({suite.get('description', '')}); {len(frame)} rows: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + f". Started {info.get('started', '?')}, "
+            f"finished {info.get('finished', 'not yet')}.",
+        )
+    )
     timed = frame[frame["level"].isin(["op", "model"])] if not frame.empty else frame
     if not timed.empty and "gated" in timed and (timed["gated"] == False).any():  # noqa: E712
-        blocks.append(Block("p", "**Not gated**: this run was measured with `--no-gate`; its "
-                                 "timings were not checked against the float64 reference."))
+        blocks.append(
+            Block(
+                "p",
+                "**Not gated**: this run was measured with `--no-gate`; its "
+                "timings were not checked against the float64 reference.",
+            )
+        )
     drift = (info.get("ceilings") or {}).get("drift") or {}
     if drift:
-        blocks.append(Block("p", "Ceiling drift over the run (end / start − 1): " + ", ".join(
-            f"{k} {v:+.1%}" for k, v in drift.items())
-            + (" — **the machine changed speed while measuring**"
-               if any(abs(v) > 0.1 for v in drift.values()) else "")
-            + "."))
+        blocks.append(
+            Block(
+                "p",
+                "Ceiling drift over the run (end / start − 1): "
+                + ", ".join(f"{k} {v:+.1%}" for k, v in drift.items())
+                + (
+                    " — **the machine changed speed while measuring**"
+                    if any(abs(v) > 0.1 for v in drift.values())
+                    else ""
+                )
+                + ".",
+            )
+        )
     blocks += _summary_blocks(frame)
     blocks += _op_blocks(frame)
     blocks += _model_blocks(frame)
@@ -213,22 +257,30 @@ def _summary_blocks(frame: pd.DataFrame) -> list[Block]:
     lines = []
     bests = best_per_n(frame)
     if bests:
-        lines.append("- " + _link("Fastest and leanest at each N", "Fastest and leanest")
-                     + " per pass and setting, below.")
+        lines.append(
+            "- "
+            + _link("Fastest and leanest at each N", "Fastest and leanest")
+            + " per pass and setting, below."
+        )
     for metric in ("time", "memory"):
         table = crossover(frame, metric)
         if not table.empty:
             ahead = table[table["from N"] != "–"]
-            names = ", ".join(f"`{r['variant']}` ({r['pass']}, from N = {r['from N']})"
-                              for _, r in ahead.head(6).iterrows())
-            lines.append(f"- By {metric}, {len(ahead)} of {len(table)} efficient (variant, "
-                         "setting) pairs overtake the best exact variant of their setting"
-                         + (f": {names}" + (" …" if len(ahead) > 6 else "") if names else "")
-                         + f" ({_link('crossover table', f'Crossover by {metric}')}).")
+            names = ", ".join(
+                f"`{r['variant']}` ({r['pass']}, from N = {r['from N']})"
+                for _, r in ahead.head(6).iterrows()
+            )
+            lines.append(
+                f"- By {metric}, {len(ahead)} of {len(table)} efficient (variant, "
+                "setting) pairs overtake the best exact variant of their setting"
+                + (f": {names}" + (" …" if len(ahead) > 6 else "") if names else "")
+                + f" ({_link('crossover table', f'Crossover by {metric}')})."
+            )
     cost = quality_cost(frame)
     if cost is not None:
-        lines.append("- Quality cost against full attention: "
-                     + _link("table", "Quality cost") + ".")
+        lines.append(
+            "- Quality cost against full attention: " + _link("table", "Quality cost") + "."
+        )
     verdict = recall_verdict(frame)
     if verdict:
         lines.append(f"- Recall: {verdict} ({_link('table', 'Recall (MQAR)')})")
@@ -238,19 +290,29 @@ def _summary_blocks(frame: pd.DataFrame) -> list[Block]:
         blocks.append(Block("p", "\n".join(lines)))
     if bests:
         blocks.append(Block("h3", "Fastest and leanest"))
-        blocks.append(Block("p", "At each N of each setting: the fastest variant (median time) "
-                                 "and how far the next is behind, and the variant with the least "
-                                 "memory (peak beyond the inputs; for decode, the cache or "
-                                 "state)."))
+        blocks.append(
+            Block(
+                "p",
+                "At each N of each setting: the fastest variant (median time) "
+                "and how far the next is behind, and the variant with the least "
+                "memory (peak beyond the inputs; for decode, the cache or "
+                "state).",
+            )
+        )
         for label, table in bests:
             blocks.append(Block("p", f"**{label}**"))
             blocks.append(Block("table", frame=table))
     if cost is not None:
         blocks.append(Block("h3", "Quality cost"))
-        blocks.append(Block("p", "Held-out bits per byte at the training length, mean over seeds, "
-                                 "against the exact variant; a difference within the spread "
-                                 "between seeds is not a finding. Drop-in: the exact variant's "
-                                 "checkpoint evaluated with this variant swapped in (+: worse)."))
+        blocks.append(
+            Block(
+                "p",
+                "Held-out bits per byte at the training length, mean over seeds, "
+                "against the exact variant; a difference within the spread "
+                "between seeds is not a finding. Drop-in: the exact variant's "
+                "checkpoint evaluated with this variant swapped in (+: worse).",
+            )
+        )
         blocks.append(Block("table", frame=cost))
     return blocks if len(blocks) > 1 else []
 
@@ -261,34 +323,59 @@ def _op_blocks(frame: pd.DataFrame) -> list[Block]:
     if op.empty:
         return blocks
     blocks.append(Block("h2", "Attention alone (op level)"))
-    blocks.append(Block("p", "Cells: median time in ms (p20–p80 in results.jsonl; † noisy); "
-                             "other cells are statuses, explained below each table."))
+    blocks.append(
+        Block(
+            "p",
+            "Cells: median time in ms (p20–p80 in results.jsonl; † noisy); "
+            "other cells are statuses, explained below each table.",
+        )
+    )
     op = op.assign(kv_heads=op["kv_heads"].fillna(op["heads"]) if "kv_heads" in op else op["heads"])
     for (p, dtype, d, h, kv, causal, b), sub in op.groupby(
-            ["pass", "dtype", "head_dim", "heads", "kv_heads", "causal", "batch"], sort=False):
-        setting = (f"{dtype}, head dim {d}, {h} heads"
-                   + (f" ({int(kv)} kv heads)" if kv != h else "")
-                   + f", batch {b}" + ("" if causal else ", non-causal"))
+        ["pass", "dtype", "head_dim", "heads", "kv_heads", "causal", "batch"], sort=False
+    ):
+        setting = (
+            f"{dtype}, head dim {d}, {h} heads"
+            + (f" ({int(kv)} kv heads)" if kv != h else "")
+            + f", batch {b}"
+            + ("" if causal else ", non-causal")
+        )
         blocks.append(Block("h3", f"{plots.PASS_TITLES.get(p, p)}: time (ms), {setting}"))
         if p == "decode" and "decoder" in sub:  # each variant decodes with its own kernel
-            sub = sub.assign(variant=[f"{v} ({dec})" if isinstance(dec, str) else v
-                                      for v, dec in zip(sub["variant"], sub["decoder"])])
-        blocks.append(Block("table",
-                            frame=pivot(sub, "seq_len", "time_ms", ".3f", mark_noisy=True)))
+            sub = sub.assign(
+                variant=[
+                    f"{v} ({dec})" if isinstance(dec, str) else v
+                    for v, dec in zip(sub["variant"], sub["decoder"])
+                ]
+            )
+        blocks.append(
+            Block("table", frame=pivot(sub, "seq_len", "time_ms", ".3f", mark_noisy=True))
+        )
         if "noisy" in sub and (sub["noisy"] == True).any():  # noqa: E712
-            blocks.append(Block("p", f"{NOISY_MARK} noisy: the p20–p80 spread of its repetitions "
-                                     "exceeds 10% of the median."))
+            blocks.append(
+                Block(
+                    "p",
+                    f"{NOISY_MARK} noisy: the p20–p80 spread of its repetitions "
+                    "exceeds 10% of the median.",
+                )
+            )
         if p != "decode":
-            blocks.append(Block("p", "Fraction of the measured matmul ceiling" + _ceiling_note(sub)
-                                + ":"))
+            blocks.append(
+                Block("p", "Fraction of the measured matmul ceiling" + _ceiling_note(sub) + ":")
+            )
             blocks.append(Block("table", frame=pivot(sub, "seq_len", "frac_of_ceiling", ".1%")))
             if "frac_of_peak" in sub and sub["frac_of_peak"].notna().any():
                 blocks.append(Block("p", "Fraction of the device's published dense peak:"))
                 blocks.append(Block("table", frame=pivot(sub, "seq_len", "frac_of_peak", ".1%")))
         elif "bytes_per_s" in sub and sub["bytes_per_s"].notna().any():
             sub = sub.assign(_gbs=sub["bytes_per_s"].astype(float) / 1e9)
-            blocks.append(Block("p", "Cache or state read per step, GB/s (fraction of the measured "
-                                     "copy bandwidth in results.jsonl):"))
+            blocks.append(
+                Block(
+                    "p",
+                    "Cache or state read per step, GB/s (fraction of the measured "
+                    "copy bandwidth in results.jsonl):",
+                )
+            )
             blocks.append(Block("table", frame=pivot(sub, "seq_len", "_gbs", ".2f")))
         blocks.append(Block("p", "Peak memory (MiB):"))
         blocks.append(Block("table", frame=_mib(sub)))
@@ -299,13 +386,18 @@ def _op_blocks(frame: pd.DataFrame) -> list[Block]:
         table = crossover(frame, metric)
         if not table.empty:
             blocks.append(Block("h3", f"Crossover by {what}"))
-            blocks.append(Block("p", f"The sequence length from which each efficient variant beats "
-                                     f"the best exact variant's {what} of the same setting at "
-                                     "every larger measured N (– : not within the measured range); "
-                                     "the ratio is the best exact variant's over this one's at the "
-                                     "largest N (above 1: this one is ahead). Memory is the peak "
-                                     "beyond the inputs, and for decode the bytes of the cache or "
-                                     "state."))
+            blocks.append(
+                Block(
+                    "p",
+                    f"The sequence length from which each efficient variant beats "
+                    f"the best exact variant's {what} of the same setting at "
+                    "every larger measured N (– : not within the measured range); "
+                    "the ratio is the best exact variant's over this one's at the "
+                    "largest N (above 1: this one is ahead). Memory is the peak "
+                    "beyond the inputs, and for decode the bytes of the cache or "
+                    "state.",
+                )
+            )
             blocks.append(Block("table", frame=table.set_index(["pass", "variant"])))
     return blocks
 
@@ -316,14 +408,23 @@ def _model_blocks(frame: pd.DataFrame) -> list[Block]:
     if model.empty:
         return blocks
     for preset, by_model in model.groupby("preset", sort=False):
-        title = (f"A transformers model ({preset[3:]})" if str(preset).startswith("hf:")
-                 else f"The identical model ({preset} preset)")
+        title = (
+            f"A transformers model ({preset[3:]})"
+            if str(preset).startswith("hf:")
+            else f"The identical model ({preset} preset)"
+        )
         blocks.append(Block("h2", title))
         for p, sub in by_model.groupby("pass", sort=False):
-            blocks.append(Block("h3", f"{title}: {plots.PASS_TITLES.get(p, p)}, time (ms), "
-                                      f"batch {sub.iloc[0]['batch']}"))
-            blocks.append(Block("table",
-                                frame=pivot(sub, "seq_len", "time_ms", ".3f", mark_noisy=True)))
+            blocks.append(
+                Block(
+                    "h3",
+                    f"{title}: {plots.PASS_TITLES.get(p, p)}, time (ms), "
+                    f"batch {sub.iloc[0]['batch']}",
+                )
+            )
+            blocks.append(
+                Block("table", frame=pivot(sub, "seq_len", "time_ms", ".3f", mark_noisy=True))
+            )
             reasons = _reasons(sub)
             if reasons:
                 blocks.append(Block("p", reasons))
@@ -348,60 +449,105 @@ def _quality_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
         ds = info.get("datasets", {}).get(first["dataset"], {})
         seeds = sorted({int(s) for s in evals["seed"].dropna()}) if "seed" in evals else [0]
         blocks.append(Block("h2", f"Quality on {first['dataset']}"))
-        blocks.append(Block("p", (
-            f"The {first['preset']} model trained per variant on the same budget "
-            f"({first['budget']}, sequences of {int(first['train_len'])} bytes, "
-            f"batch {int(first['batch'])}, "
-            + (f"seeds {', '.join(map(str, seeds))}: mean ± half the spread between seeds"
-               if len(seeds) > 1
-               else f"one seed ({seeds[0]}): differences smaller than the seed-to-seed spread, "
-                    "unknown here, would not be findings")
-            + f"); bits per byte on the {first.get('eval_split', 'val')} split, "
-            f"method `{first.get('eval_method', 'windows')}`, at each evaluation length (columns). "
-            f"Corpus sha256 `{ds.get('sha256', '?')[:16]}…`"
-            + (f", Python {ds['python']}" if ds.get("python") else "")
-            + (f"; order-0 entropy {first['order0_bpb']:.3f} bits per byte."
-               if pd.notna(first.get("order0_bpb")) else "."))))
+        blocks.append(
+            Block(
+                "p",
+                (
+                    f"The {first['preset']} model trained per variant on the same budget "
+                    f"({first['budget']}, sequences of {int(first['train_len'])} bytes, "
+                    f"batch {int(first['batch'])}, "
+                    + (
+                        f"seeds {', '.join(map(str, seeds))}: mean ± half the spread between seeds"
+                        if len(seeds) > 1
+                        else f"one seed ({seeds[0]}): differences smaller than the seed-to-seed "
+                        "spread, unknown here, would not be findings"
+                    )
+                    + f"); bits per byte on the {first.get('eval_split', 'val')} split, "
+                    f"method `{first.get('eval_method', 'windows')}`, "
+                    "at each evaluation length (columns). "
+                    f"Corpus sha256 `{ds.get('sha256', '?')[:16]}…`"
+                    + (f", Python {ds['python']}" if ds.get("python") else "")
+                    + (
+                        f"; order-0 entropy {first['order0_bpb']:.3f} bits per byte."
+                        if pd.notna(first.get("order0_bpb"))
+                        else "."
+                    )
+                ),
+            )
+        )
         blocks.append(Block("table", frame=_mean_spread(evals, "eval_len", "bits_per_byte")))
         reasons = _reasons(q[q["pass"].isin(["train", "eval"])])
         if reasons:
             blocks.append(Block("p", reasons))
         trains = q[q["pass"] == "train"]
         if not trains.empty:
-            t = trains[["variant", "seed", "status", "train_steps", "tokens_trained",
-                        "tokens_per_s", "train_s", "final_train_bpb"]].copy()
+            t = trains[
+                [
+                    "variant",
+                    "seed",
+                    "status",
+                    "train_steps",
+                    "tokens_trained",
+                    "tokens_per_s",
+                    "train_s",
+                    "final_train_bpb",
+                ]
+            ].copy()
             t["tokens_per_s"] = t["tokens_per_s"].map(lambda x: f"{x:,.0f}" if pd.notna(x) else "–")
-            t["final_train_bpb"] = t["final_train_bpb"].map(lambda x: f"{x:.4f}" if pd.notna(x)
-                                                            else "–")
+            t["final_train_bpb"] = t["final_train_bpb"].map(
+                lambda x: f"{x:.4f}" if pd.notna(x) else "–"
+            )
             blocks.append(Block("h3", "Training"))
             blocks.append(Block("table", frame=t.set_index("variant")))
     copies = q[q["pass"] == "copy"] if not q.empty else q
     if not copies.empty and "copy_bpb" in copies:
         blocks.append(Block("h3", "In-context copy"))
-        blocks.append(Block("p", "Each trained model reads random printable bytes of length L "
-                                 "(columns) twice; bits per byte on the second copy. A model that "
-                                 "can look back L bytes copies it (near 0); the first copy is "
-                                 f"unpredictable (about {copies['first_copy_bpb'].mean():.1f} "
-                                 "here). A window narrower than L, or a state that blurs the past, "
-                                 "pays the difference."))
+        blocks.append(
+            Block(
+                "p",
+                "Each trained model reads random printable bytes of length L "
+                "(columns) twice; bits per byte on the second copy. A model that "
+                "can look back L bytes copies it (near 0); the first copy is "
+                f"unpredictable (about {copies['first_copy_bpb'].mean():.1f} "
+                "here). A window narrower than L, or a state that blurs the past, "
+                "pays the difference.",
+            )
+        )
         blocks.append(Block("table", frame=_mean_spread(copies, "copy_len", "copy_bpb")))
     dropin = q[(q["pass"] == "dropin")] if not q.empty else q
     if not dropin.empty and "eval_len" in dropin:
         d = dropin[dropin["eval_len"].notna()]
         if not d.empty:
-            unit = ("token (the model's tokenizer) and per byte"
-                    if "unit" in d and (d["unit"] == "token").any() else "byte")
-            blocks.append(Block("h3", f"Drop-in: the {d.iloc[0]['trained_variant']} checkpoint "
-                                "with each variant"))
-            blocks.append(Block("p", f"Bits per {unit}, then the relative difference to the "
-                                     "trained variant (exact variants and windows at least as wide "
-                                     "as the evaluation length must be within 1e-4)."))
+            unit = (
+                "token (the model's tokenizer) and per byte"
+                if "unit" in d and (d["unit"] == "token").any()
+                else "byte"
+            )
+            blocks.append(
+                Block(
+                    "h3",
+                    f"Drop-in: the {d.iloc[0]['trained_variant']} checkpoint with each variant",
+                )
+            )
+            blocks.append(
+                Block(
+                    "p",
+                    f"Bits per {unit}, then the relative difference to the "
+                    "trained variant (exact variants and windows at least as wide "
+                    "as the evaluation length must be within 1e-4).",
+                )
+            )
             blocks.append(Block("table", frame=pivot(d, "eval_len", "bits_per_byte", ".4f")))
             if "bits_per_token" in d and d["bits_per_token"].notna().any():
                 blocks.append(Block("p", "Bits per token:"))
                 blocks.append(Block("table", frame=pivot(d, "eval_len", "bits_per_token", ".4f")))
-            blocks.append(Block("p", "Relative difference to the trained variant's own bits "
-                                     "per byte (+: worse, −: better):"))
+            blocks.append(
+                Block(
+                    "p",
+                    "Relative difference to the trained variant's own bits "
+                    "per byte (+: worse, −: better):",
+                )
+            )
             blocks.append(Block("table", frame=pivot(d, "eval_len", "rel_diff", "+.1e")))
     rec = frame[(frame["level"] == "recall") & (frame["pass"] == "eval")]
     if not rec.empty:
@@ -409,28 +555,46 @@ def _quality_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
         rec["setting"] = [f"N{int(n)} kv{int(k)}" for n, k in zip(rec["seq_len"], rec["kv_pairs"])]
         blocks.append(Block("h2", "Recall (MQAR)"))
         first = frame[(frame["level"] == "recall")].iloc[0]
-        blocks.append(Block("p", "Accuracy of the value predicted at each query key, on fresh "
-                                 "sequences (N: sequence length, kv: key-value pairs), after "
-                                 f"{int(first.get('train_steps') or 0)} steps of the "
-                                 f"`{first['preset']}` recipe (the same for every variant: a "
-                                 "width-3 short convolution before attention does the copying "
-                                 "step, so a 2-layer model learns the task at CPU scale). ≈chance: "
-                                 "below 1.5 × 1/kv, the accuracy of guessing among the values in "
-                                 "the sequence."))
+        blocks.append(
+            Block(
+                "p",
+                "Accuracy of the value predicted at each query key, on fresh "
+                "sequences (N: sequence length, kv: key-value pairs), after "
+                f"{int(first.get('train_steps') or 0)} steps of the "
+                f"`{first['preset']}` recipe (the same for every variant: a "
+                "width-3 short convolution before attention does the copying "
+                "step, so a 2-layer model learns the task at CPU scale). ≈chance: "
+                "below 1.5 × 1/kv, the accuracy of guessing among the values in "
+                "the sequence.",
+            )
+        )
         verdict = recall_verdict(frame)
         if verdict:
             blocks.append(Block("p", verdict))
         table = pivot(rec, "setting", "accuracy", ".3f", marks={"near_chance": " ≈chance"})
-        keys = sorted(table.columns, key=lambda s: tuple(int(x[2:] if x.startswith("kv") else x[1:])
-                                                         for x in s.split()))
+        keys = sorted(
+            table.columns,
+            key=lambda s: tuple(int(x[2:] if x.startswith("kv") else x[1:]) for x in s.split()),
+        )
         blocks.append(Block("table", frame=table[keys]))
         if "state_bytes" in rec:
-            blocks.append(Block("p", "State each variant keeps per layer to continue a sequence "
-                                     "(KiB; batch 1, float32): the KV cache, a window's ring "
-                                     "buffer, a linear attention's state."))
+            blocks.append(
+                Block(
+                    "p",
+                    "State each variant keeps per layer to continue a sequence "
+                    "(KiB; batch 1, float32): the KV cache, a window's ring "
+                    "buffer, a linear attention's state.",
+                )
+            )
             rec = rec.assign(_kib=rec["state_bytes"].astype(float) / 1024, status="ok")
-            blocks.append(Block("table", frame=pivot(rec.drop_duplicates(["variant", "seq_len"]),
-                                                     "seq_len", "_kib", ".1f")))
+            blocks.append(
+                Block(
+                    "table",
+                    frame=pivot(
+                        rec.drop_duplicates(["variant", "seq_len"]), "seq_len", "_kib", ".1f"
+                    ),
+                )
+            )
     return blocks
 
 
@@ -466,7 +630,8 @@ def _environment_table(info: dict[str, Any]) -> pd.DataFrame:
     for dtype, value in (ceil.get("matmul_flops_per_s") or {}).items():
         after = (end.get("matmul_flops_per_s") or {}).get(dtype)
         rows[f"matmul ceiling, {dtype}"] = f"{value / 1e9:.1f} GFLOP/s" + (
-            f" at the start, {after / 1e9:.1f} at the end" if after else "")
+            f" at the start, {after / 1e9:.1f} at the end" if after else ""
+        )
     if ceil.get("copy_bytes_per_s"):
         rows["copy bandwidth"] = f"{ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s"
     if env.get("timing_env"):
@@ -490,6 +655,7 @@ def _reproduce(info: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # renderers
+
 
 def to_markdown(blocks: list[Block], run_dir: Path) -> str:
     out = []
@@ -552,14 +718,16 @@ window.addEventListener('load', function () {
 });
 """
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
-         "color:#222}table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
-         "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-         "table.t th:first-child,table.t td:first-child{text-align:left}"
-         "table.t thead th{background:#f3f3f3}figure.plot{margin:.5em 0}"
-         "figure.plot svg{max-width:100%;height:auto}g.pt:hover{opacity:.6}"
-         "pre{background:#f6f6f6;padding:.6em;overflow:auto}code{font-size:12px}"
-         "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+    "color:#222}table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
+    "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+    "table.t th:first-child,table.t td:first-child{text-align:left}"
+    "table.t thead th{background:#f3f3f3}figure.plot{margin:.5em 0}"
+    "figure.plot svg{max-width:100%;height:auto}g.pt:hover{opacity:.6}"
+    "pre{background:#f6f6f6;padding:.6em;overflow:auto}code{font-size:12px}"
+    "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"
+)
 
 
 def to_html(blocks: list[Block]) -> str:
@@ -579,18 +747,24 @@ def to_html(blocks: list[Block]) -> str:
             svg = b.path.with_suffix(".svg")
             if svg.exists():
                 inner = svg.read_text()
-                inner = inner[inner.index("<svg"):]  # drop the XML prologue and doctype
-                body.append(f'<figure class="plot" id="plot-{html.escape(b.text)}">'
-                            f'{inner}</figure>')
+                inner = inner[inner.index("<svg") :]  # drop the XML prologue and doctype
+                body.append(
+                    f'<figure class="plot" id="plot-{html.escape(b.text)}">{inner}</figure>'
+                )
             else:
                 data = base64.b64encode(b.path.read_bytes()).decode()
-                body.append(f'<figure class="plot" id="plot-{html.escape(b.text)}">'
-                            f'<img alt="{html.escape(b.text)}" '
-                            f'src="data:image/png;base64,{data}"></figure>')
+                body.append(
+                    f'<figure class="plot" id="plot-{html.escape(b.text)}">'
+                    f'<img alt="{html.escape(b.text)}" '
+                    f'src="data:image/png;base64,{data}"></figure>'
+                )
     title = html.escape(blocks[0].text if blocks else "attnbench report")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body)
-            + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:

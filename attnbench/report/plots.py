@@ -25,16 +25,32 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 FAMILY_COLOURS = {
-    "naive": "#7f7f7f", "fused": "#1f77b4", "sliding_window": "#2ca02c", "sparse": "#d62728",
-    "linear": "#9467bd", "baseline": "#000000",
+    "naive": "#7f7f7f",
+    "fused": "#1f77b4",
+    "sliding_window": "#2ca02c",
+    "sparse": "#d62728",
+    "linear": "#9467bd",
+    "baseline": "#000000",
 }
 MARKERS = "osD^vP*Xh<>"
 STYLES = ["-", "--", "-.", ":"]
-PASS_TITLES = {"fwd": "forward", "fwd_bwd": "forward + backward", "decode": "decode (one token)",
-               "train_step": "train step", "prefill": "prefill"}
-FAILED_MARK = {"oom": "OOM", "error": "error", "timeout": "timeout", "crash": "crash",
-               "incorrect": "incorrect", "skipped_after_oom": "OOM", "diverged": "diverged",
-               "implausible": "implausible"}
+PASS_TITLES = {
+    "fwd": "forward",
+    "fwd_bwd": "forward + backward",
+    "decode": "decode (one token)",
+    "train_step": "train step",
+    "prefill": "prefill",
+}
+FAILED_MARK = {
+    "oom": "OOM",
+    "error": "error",
+    "timeout": "timeout",
+    "crash": "crash",
+    "incorrect": "incorrect",
+    "skipped_after_oom": "OOM",
+    "diverged": "diverged",
+    "implausible": "implausible",
+}
 DPI = 110
 
 
@@ -46,8 +62,11 @@ def _style(variants: list[str], families: dict[str, str]) -> dict[str, dict[str,
         fam = families.get(v, "fused")
         i = seen.get(fam, 0)
         seen[fam] = i + 1
-        out[v] = dict(color=FAMILY_COLOURS.get(fam, "#17becf"), marker=MARKERS[i % len(MARKERS)],
-                      linestyle=STYLES[i % len(STYLES)])
+        out[v] = dict(
+            color=FAMILY_COLOURS.get(fam, "#17becf"),
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle=STYLES[i % len(STYLES)],
+        )
     return out
 
 
@@ -66,8 +85,15 @@ def _legend(fig, axes) -> None:
                 labels.append(lab)
     if labels:
         cols = max(1, min(3, len(np.atleast_1d(axes).ravel()), (len(labels) + 3) // 4))
-        fig.legend([handles[lab] for lab in labels], labels, loc="upper center",
-                   bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=cols, frameon=False)
+        fig.legend(
+            [handles[lab] for lab in labels],
+            labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            fontsize=8,
+            ncol=cols,
+            frameon=False,
+        )
 
 
 class Tips:
@@ -91,9 +117,10 @@ def _save(fig, path: Path, tips: Tips | None = None) -> Path:
     fig.savefig(svg, bbox_inches="tight")
     plt.close(fig)
     text = svg.read_text()
-    for gid, tip in (tips.texts.items() if tips else ()):
-        text = text.replace(f'<g id="{gid}">',
-                            f'<g id="{gid}" class="pt"><title>{html.escape(tip)}</title>', 1)
+    for gid, tip in tips.texts.items() if tips else ():
+        text = text.replace(
+            f'<g id="{gid}">', f'<g id="{gid}" class="pt"><title>{html.escape(tip)}</title>', 1
+        )
     text = re.sub(r"<!--.*?-->|<metadata>.*?</metadata>", "", text, flags=re.S)  # smaller
     svg.write_text(text)
     return path
@@ -113,9 +140,17 @@ def _line_keys(frame: pd.DataFrame) -> pd.Series:
         parts = []
         for c in varying:
             v = r[c]
-            parts.append({"preset": str(v), "dtype": str(v), "head_dim": f"D{v}", "heads": f"H{v}",
-                          "kv_heads": f"KV{v}", "batch": f"B{v}",
-                          "causal": "causal" if v else "non-causal"}[c])
+            parts.append(
+                {
+                    "preset": str(v),
+                    "dtype": str(v),
+                    "head_dim": f"D{v}",
+                    "heads": f"H{v}",
+                    "kv_heads": f"KV{v}",
+                    "batch": f"B{v}",
+                    "causal": "causal" if v else "non-causal",
+                }[c]
+            )
         return f"{r['variant']} [{', '.join(parts)}]"
 
     return frame.apply(label, axis=1)
@@ -129,9 +164,17 @@ def _tip(r, value: str, unit: str, transform) -> str:
     return f"{r['variant']}\nN = {int(r['seq_len'])}, {r.get('dtype', '')}: {x:.4g} {unit}{spread}"
 
 
-def _line_panels(frame: pd.DataFrame, passes: list[str], value: str, ylabel: str, title: str,
-                 path: Path, env: dict, transform=None,
-                 ceiling: float | None = None) -> Path | None:
+def _line_panels(
+    frame: pd.DataFrame,
+    passes: list[str],
+    value: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    env: dict,
+    transform=None,
+    ceiling: float | None = None,
+) -> Path | None:
     """One log-log panel per pass: ``value`` against N for every variant; failures marked."""
     if frame.empty:
         return None
@@ -159,22 +202,42 @@ def _line_panels(frame: pd.DataFrame, passes: list[str], value: str, ylabel: str
                     ax.plot(g.index, y.values, label=v, **line)
                     for n, yv in zip(g.index, y.values):
                         r = ok[ok["seq_len"] == n].iloc[0]
-                        tips.add(ax, n, yv, _tip(r, value, ylabel, transform),
-                                 color=style[v]["color"], marker=style[v]["marker"])
+                        tips.add(
+                            ax,
+                            n,
+                            yv,
+                            _tip(r, value, ylabel, transform),
+                            color=style[v]["color"],
+                            marker=style[v]["marker"],
+                        )
             for _, r in rows[rows["status"].isin(list(FAILED_MARK))].iterrows():
                 failed.append((r["seq_len"], FAILED_MARK[r["status"]], style[v]["color"]))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         if ceiling:
             ax.axhline(ceiling, color="black", linewidth=1, linestyle=":")
-            ax.annotate("measured matmul ceiling", (0.02, ceiling),
-                        xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+            ax.annotate(
+                "measured matmul ceiling",
+                (0.02, ceiling),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                va="bottom",
+            )
         if failed:
             top = ax.get_ylim()[1]
             for n, text, colour in failed:
                 ax.scatter([n], [top], marker="x", color=colour, s=30, clip_on=False, zorder=5)
-                ax.annotate(text, (n, top), fontsize=6, color=colour, rotation=90,
-                            xytext=(0, 4), textcoords="offset points", ha="center", va="bottom")
+                ax.annotate(
+                    text,
+                    (n, top),
+                    fontsize=6,
+                    color=colour,
+                    rotation=90,
+                    xytext=(0, 4),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                )
         ax.set_title(PASS_TITLES.get(p, p), fontsize=10)
         ax.set_xlabel("sequence length N")
         ax.set_ylabel(ylabel)
@@ -186,8 +249,15 @@ def _line_panels(frame: pd.DataFrame, passes: list[str], value: str, ylabel: str
 
 def plot_time(frame, env, path):
     op = frame[frame["level"] == "op"]
-    return _line_panels(op, ["fwd", "fwd_bwd", "decode"], "time_ms", "time (ms)",
-                        "Time vs sequence length (x: did not run there)", path, env)
+    return _line_panels(
+        op,
+        ["fwd", "fwd_bwd", "decode"],
+        "time_ms",
+        "time (ms)",
+        "Time vs sequence length (x: did not run there)",
+        path,
+        env,
+    )
 
 
 def plot_model(frame, env, path):
@@ -196,15 +266,23 @@ def plot_model(frame, env, path):
     model = frame[frame["level"] == "model"]
     if "decode_kind" in model:  # a full forward over a transformers cache is no decoder
         model = model[~((model["pass"] == "decode") & (model["decode_kind"] == "full_forward"))]
-    return _line_panels(model, ["train_step", "prefill", "decode"], "time_ms", "time (ms)",
-                        "Inside a model: time vs sequence length", path, env)
+    return _line_panels(
+        model,
+        ["train_step", "prefill", "decode"],
+        "time_ms",
+        "time (ms)",
+        "Inside a model: time vs sequence length",
+        path,
+        env,
+    )
 
 
 def plot_dropin(frame, env, path):
     """A trained checkpoint with each variant swapped in: bits per byte against evaluation
     length, the trained attention's own as a dashed line."""
-    d = frame[(frame["level"] == "quality") & (frame["pass"] == "dropin")
-              & (frame["status"] == "ok")]
+    d = frame[
+        (frame["level"] == "quality") & (frame["pass"] == "dropin") & (frame["status"] == "ok")
+    ]
     if d.empty or "eval_len" not in d or d["eval_len"].isna().all():
         return None
     d = d[d["eval_len"].notna()]
@@ -213,31 +291,51 @@ def plot_dropin(frame, env, path):
     tips = Tips()
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     own = d.groupby("eval_len")["trained_bpb"].first()
-    ax.plot(own.index, own.values, color="black", linestyle="--", linewidth=1.2,
-            label=f"{d.iloc[0]['trained_variant']} (trained)")
+    ax.plot(
+        own.index,
+        own.values,
+        color="black",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"{d.iloc[0]['trained_variant']} (trained)",
+    )
     for v in variants:
         rows = d[d["variant"] == v].sort_values("eval_len")
         line = {k: s for k, s in style[v].items() if k != "marker"}
         ax.plot(rows["eval_len"], rows["bits_per_byte"], label=v, **line)
         for _, r in rows.iterrows():
-            tips.add(ax, r["eval_len"], r["bits_per_byte"],
-                     f"{v}\neval length {int(r['eval_len'])}: {r['bits_per_byte']:.4f} bits per "
-                     f"byte ({100 * r['rel_diff']:+.3f}% vs trained)", color=style[v]["color"],
-                     marker=style[v]["marker"])
+            tips.add(
+                ax,
+                r["eval_len"],
+                r["bits_per_byte"],
+                f"{v}\neval length {int(r['eval_len'])}: {r['bits_per_byte']:.4f} bits per "
+                f"byte ({100 * r['rel_diff']:+.3f}% vs trained)",
+                color=style[v]["color"],
+                marker=style[v]["marker"],
+            )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation context length")
     ax.set_ylabel("bits per byte")
     ax.grid(True, which="both", alpha=0.25)
-    ax.set_title(f"Drop-in: one checkpoint, each variant swapped in — {_title_suffix(d, env)}",
-                 fontsize=10)
+    ax.set_title(
+        f"Drop-in: one checkpoint, each variant swapped in — {_title_suffix(d, env)}", fontsize=10
+    )
     _legend(fig, np.array([ax]))
     return _save(fig, path, tips)
 
 
 def plot_memory(frame, env, path):
     op = frame[frame["level"] == "op"]
-    return _line_panels(op, ["fwd", "fwd_bwd", "decode"], "peak_mem_bytes", "peak memory (MiB)",
-                        "Peak memory vs sequence length", path, env, transform=lambda s: s / 2**20)
+    return _line_panels(
+        op,
+        ["fwd", "fwd_bwd", "decode"],
+        "peak_mem_bytes",
+        "peak memory (MiB)",
+        "Peak memory vs sequence length",
+        path,
+        env,
+        transform=lambda s: s / 2**20,
+    )
 
 
 def plot_flops(frame, env, path, ceilings: dict[str, float]):
@@ -245,11 +343,20 @@ def plot_flops(frame, env, path, ceilings: dict[str, float]):
     if op.empty:
         return None
     dtypes = sorted(op["dtype"].dropna().unique())
-    ceiling = (ceilings.get(dtypes[0]) / 1e9 if len(dtypes) == 1 and ceilings.get(dtypes[0])
-               else None)
-    return _line_panels(op, ["fwd", "fwd_bwd"], "flops_per_s", "achieved GFLOP/s",
-                        "Achieved FLOP/s (attended pairs) vs sequence length", path, env,
-                        transform=lambda s: s / 1e9, ceiling=ceiling)
+    ceiling = (
+        ceilings.get(dtypes[0]) / 1e9 if len(dtypes) == 1 and ceilings.get(dtypes[0]) else None
+    )
+    return _line_panels(
+        op,
+        ["fwd", "fwd_bwd"],
+        "flops_per_s",
+        "achieved GFLOP/s",
+        "Achieved FLOP/s (attended pairs) vs sequence length",
+        path,
+        env,
+        transform=lambda s: s / 1e9,
+        ceiling=ceiling,
+    )
 
 
 def plot_decode(frame, env, path):
@@ -293,15 +400,26 @@ def plot_quality(frame, env, path):
         if ok.empty:
             continue
         if (ok["family"] == "baseline").all():
-            ax.plot(ok["eval_len"], ok["bits_per_byte"], color="black", linestyle="--",
-                    linewidth=1.2, label=f"{v} (floor)")
+            ax.plot(
+                ok["eval_len"],
+                ok["bits_per_byte"],
+                color="black",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"{v} (floor)",
+            )
             continue
         ax.plot(ok["eval_len"], ok["bits_per_byte"], label=v, markersize=4, **style[v])
     order0 = q["order0_bpb"].dropna()
     if not order0.empty:
         ax.axhline(order0.iloc[0], color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"order-0 entropy {order0.iloc[0]:.2f}", (0.02, order0.iloc[0]),
-                    xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+        ax.annotate(
+            f"order-0 entropy {order0.iloc[0]:.2f}",
+            (0.02, order0.iloc[0]),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            va="bottom",
+        )
     train_len = q["train_len"].dropna()
     if not train_len.empty:
         ax.axvline(train_len.iloc[0], color="grey", linewidth=0.8, alpha=0.6)
@@ -334,8 +452,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both axes (lower is better on both)."""
     front = []
     for i, (x, y) in enumerate(points):
-        if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y)
-                   for j, (x2, y2) in enumerate(points) if j != i):
+        if not any(
+            (x2 <= x and y2 <= y) and (x2 < x or y2 < y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        ):
             front.append(i)
     return front
 
@@ -362,24 +483,46 @@ def plot_pareto(frame, env, path):
     front = set(pareto_front(pts))
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, ((x, y), n, f) in enumerate(zip(pts, names, fams)):
-        ax.scatter([x], [y], color=FAMILY_COLOURS.get(f, "#17becf"), s=70 if i in front else 35,
-                   edgecolor="black" if i in front else "none", zorder=3, label=n)
+        ax.scatter(
+            [x],
+            [y],
+            color=FAMILY_COLOURS.get(f, "#17becf"),
+            s=70 if i in front else 35,
+            edgecolor="black" if i in front else "none",
+            zorder=3,
+            label=n,
+        )
         ax.annotate(n, (x, y), fontsize=7, xytext=(5, 3), textcoords="offset points")
     order = sorted(front, key=lambda i: pts[i][0])
-    ax.plot([pts[i][0] for i in order], [pts[i][1] for i in order], color="black", linewidth=1,
-            alpha=0.6, label="Pareto front")
-    ngram = evals[(evals["family"] == "baseline")
-                  & (evals["eval_len"] == trains.iloc[0]["train_len"])]
+    ax.plot(
+        [pts[i][0] for i in order],
+        [pts[i][1] for i in order],
+        color="black",
+        linewidth=1,
+        alpha=0.6,
+        label="Pareto front",
+    )
+    ngram = evals[
+        (evals["family"] == "baseline") & (evals["eval_len"] == trains.iloc[0]["train_len"])
+    ]
     if not ngram.empty:
         ax.axhline(ngram.iloc[0]["bits_per_byte"], color="black", linestyle="--", linewidth=1)
-        ax.annotate(f"{ngram.iloc[0]['variant']} floor", (0.02, ngram.iloc[0]["bits_per_byte"]),
-                    xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
-    ax.set_xlabel("training step time (ms; forward + backward + AdamW, "
-                  f"L={int(trains.iloc[0]['train_len'])}, batch {int(trains.iloc[0]['batch'])})")
+        ax.annotate(
+            f"{ngram.iloc[0]['variant']} floor",
+            (0.02, ngram.iloc[0]["bits_per_byte"]),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            va="bottom",
+        )
+    ax.set_xlabel(
+        "training step time (ms; forward + backward + AdamW, "
+        f"L={int(trains.iloc[0]['train_len'])}, batch {int(trains.iloc[0]['batch'])})"
+    )
     ax.set_ylabel("bits per byte at the training length")
     ax.grid(True, which="both", alpha=0.25)
-    ax.set_title(f"Speed-quality trade-off (front outlined) — {_title_suffix(trains, env)}",
-                 fontsize=10)
+    ax.set_title(
+        f"Speed-quality trade-off (front outlined) — {_title_suffix(trains, env)}", fontsize=10
+    )
     return _save(fig, path)
 
 
@@ -390,17 +533,25 @@ def plot_recall(frame, env, path):
     lens = sorted(r["seq_len"].unique())
     variants = list(dict.fromkeys(r["variant"]))
     style = _style(variants, dict(zip(r["variant"], r["family"])))
-    fig, axes = plt.subplots(1, len(lens), figsize=(4.2 * len(lens), 3.8),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(lens), figsize=(4.2 * len(lens), 3.8), squeeze=False, sharey=True
+    )
     for ax, n in zip(axes[0], lens):
         for v in variants:
-            ok = r[(r["variant"] == v) & (r["seq_len"] == n)
-                   & (r["status"] == "ok")].sort_values("kv_pairs")
+            ok = r[(r["variant"] == v) & (r["seq_len"] == n) & (r["status"] == "ok")].sort_values(
+                "kv_pairs"
+            )
             if not ok.empty:
                 ax.plot(ok["kv_pairs"], ok["accuracy"], label=v, markersize=5, **style[v])
         kvs = sorted(r[r["seq_len"] == n]["kv_pairs"].unique())
-        ax.plot(kvs, [1 / k for k in kvs], color="grey", linestyle=":", linewidth=1,
-                label="guessing among the sequence's values (1/kv)")
+        ax.plot(
+            kvs,
+            [1 / k for k in kvs],
+            color="grey",
+            linestyle=":",
+            linewidth=1,
+            label="guessing among the sequence's values (1/kv)",
+        )
         ax.set_xscale("log", base=2)
         ax.set_xticks(kvs)
         ax.set_xticklabels([str(int(k)) for k in kvs])
@@ -435,10 +586,16 @@ def plot_state(frame, env, path):
             line = {k: s for k, s in style[v].items() if k != "marker"}
             ax.plot(pts["state_bytes"] / 1024, pts["accuracy"], label=v, alpha=0.7, **line)
             for _, p in pts.iterrows():
-                tips.add(ax, p["state_bytes"] / 1024, p["accuracy"],
-                         f"{v}\nN = {int(p['seq_len'])}, kv = {int(kv)}: accuracy "
-                         f"{p['accuracy']:.3f}, state {p['state_bytes'] / 1024:.1f} KiB",
-                         color=style[v]["color"], marker=style[v]["marker"], s=30)
+                tips.add(
+                    ax,
+                    p["state_bytes"] / 1024,
+                    p["accuracy"],
+                    f"{v}\nN = {int(p['seq_len'])}, kv = {int(kv)}: accuracy "
+                    f"{p['accuracy']:.3f}, state {p['state_bytes'] / 1024:.1f} KiB",
+                    color=style[v]["color"],
+                    marker=style[v]["marker"],
+                    s=30,
+                )
         ax.axhline(1 / kv, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
@@ -446,8 +603,11 @@ def plot_state(frame, env, path):
         ax.set_xlabel("state per layer (KiB, batch 1, float32)")
         ax.grid(True, which="both", alpha=0.25)
     axes[0][0].set_ylabel("recall accuracy")
-    fig.suptitle(f"Recall against the state each variant keeps — {_title_suffix(r, env)}",
-                 fontsize=11, y=1.03)
+    fig.suptitle(
+        f"Recall against the state each variant keeps — {_title_suffix(r, env)}",
+        fontsize=11,
+        y=1.03,
+    )
     _legend(fig, axes)
     return _save(fig, path, tips)
 
@@ -474,7 +634,7 @@ def plot_patterns(frame, env, path, n: int = 512):
     cols = min(4, len(picks))
     rows = -(-len(picks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.5 * rows), squeeze=False)
-    for ax in axes.ravel()[len(picks):]:
+    for ax in axes.ravel()[len(picks) :]:
         ax.set_axis_off()
     causal_pairs = n * (n + 1) // 2
     for ax, (fam, spec, pattern) in zip(axes.ravel(), picks.values()):
@@ -500,8 +660,9 @@ def plot_patterns(frame, env, path, n: int = 512):
 def write_all(frame: pd.DataFrame, info: dict[str, Any], folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     env = info.get("environment", {})
-    ceilings = (info.get("ceilings", {}).get("matmul_flops_per_s", {}) if info.get("ceilings")
-                else {})
+    ceilings = (
+        info.get("ceilings", {}).get("matmul_flops_per_s", {}) if info.get("ceilings") else {}
+    )
     jobs = {
         "time": lambda p: plot_time(frame, env, p),
         "memory": lambda p: plot_memory(frame, env, p),

@@ -26,8 +26,9 @@ def anchor(text: str) -> str:
 def _setting_label(s: dict[str, Any]) -> str:
     kv = s.get("kv_heads")
     heads = f"{s['heads']} heads" + (f" ({int(kv)} kv)" if kv and kv != s["heads"] else "")
-    return (f"{s['pass']}, {s['dtype']}, D {s['head_dim']}, {heads}, B {s['batch']}"
-            + ("" if s.get("causal", True) else ", non-causal"))
+    return f"{s['pass']}, {s['dtype']}, D {s['head_dim']}, {heads}, B {s['batch']}" + (
+        "" if s.get("causal", True) else ", non-causal"
+    )
 
 
 def best_per_n(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -46,18 +47,28 @@ def best_per_n(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         lines = []
         for n, at_n in sub.groupby("seq_len"):
             t = at_n.groupby("variant")["time_ms"].median()
-            lo, hi = (at_n.groupby("variant")[c].median() if c in at_n else t
-                      for c in ("time_ms_p20", "time_ms_p80"))
+            lo, hi = (
+                at_n.groupby("variant")[c].median() if c in at_n else t
+                for c in ("time_ms_p20", "time_ms_p80")
+            )
             first = t.idxmin()
             # a winner only beyond the rows' own spread: every variant whose p20 is below the
             # fastest's p80 ties with it
             ties = [v for v in t.sort_values().index[1:] if lo[v] <= hi[first]]
             fastest = first if not ties else f"tie: {', '.join([first, *ties])}"
-            line = {"N": int(n), "fastest": fastest, "ms": f"{t.min():.3f}",
-                    "runner-up": (f"{t.nsmallest(2).index[-1]} "
-                                  f"({t.nsmallest(2).iloc[-1] / t.min():.2f}× slower"
-                                  + (", within the spread" if ties else "") + ")"
-                                  if len(t) > 1 else "–")}
+            line = {
+                "N": int(n),
+                "fastest": fastest,
+                "ms": f"{t.min():.3f}",
+                "runner-up": (
+                    f"{t.nsmallest(2).index[-1]} "
+                    f"({t.nsmallest(2).iloc[-1] / t.min():.2f}× slower"
+                    + (", within the spread" if ties else "")
+                    + ")"
+                    if len(t) > 1
+                    else "–"
+                ),
+            }
             if memory in at_n and at_n[memory].notna().any():
                 m = at_n.groupby("variant")[memory].median().dropna()
                 line.update({"leanest": m.idxmin(), "MiB": f"{m.min() / 2**20:.2f}"})
@@ -80,25 +91,41 @@ def quality_cost(frame: pd.DataFrame) -> pd.DataFrame | None:
     at = evals[evals["eval_len"] == length] if (evals["eval_len"] == length).any() else evals
     stats = at.groupby("variant", sort=False)["bits_per_byte"].agg(["mean", "min", "max", "count"])
     exact = at.groupby("variant", sort=False)["exact"].first() if "exact" in at else None
-    base_name = next((v for v in stats.index if exact is not None and bool(exact.get(v))),
-                     stats.index[0])
+    base_name = next(
+        (v for v in stats.index if exact is not None and bool(exact.get(v))), stats.index[0]
+    )
     base = stats.loc[base_name]
     rows = []
-    dropin = q[(q["pass"] == "dropin") & q.get("eval_len", pd.Series(dtype=float)).notna()] \
-        if "eval_len" in q else q.iloc[0:0]
+    dropin = (
+        q[(q["pass"] == "dropin") & q.get("eval_len", pd.Series(dtype=float)).notna()]
+        if "eval_len" in q
+        else q.iloc[0:0]
+    )
     for v, s in stats.iterrows():
         spread = max(s["max"] - s["min"], base["max"] - base["min"])
         diff = s["mean"] - base["mean"]
         significant = None if s["count"] < 2 or base["count"] < 2 else abs(diff) > spread
-        row = {"variant": v, "bits per byte": f"{s['mean']:.4f}",
-               "seeds": int(s["count"]),
-               "spread": f"{s['max'] - s['min']:.4f}" if s["count"] > 1 else "–",
-               f"vs {base_name}": "–" if v == base_name else f"{diff:+.4f}",
-               "finding?": ("–" if v == base_name else
-                            "one seed: spread unknown" if significant is None else
-                            "yes" if significant else "no: within the seed spread")}
-        d = (dropin[(dropin["variant"] == v) & (dropin["eval_len"] == length)]
-             if not dropin.empty else dropin)
+        row = {
+            "variant": v,
+            "bits per byte": f"{s['mean']:.4f}",
+            "seeds": int(s["count"]),
+            "spread": f"{s['max'] - s['min']:.4f}" if s["count"] > 1 else "–",
+            f"vs {base_name}": "–" if v == base_name else f"{diff:+.4f}",
+            "finding?": (
+                "–"
+                if v == base_name
+                else "one seed: spread unknown"
+                if significant is None
+                else "yes"
+                if significant
+                else "no: within the seed spread"
+            ),
+        }
+        d = (
+            dropin[(dropin["variant"] == v) & (dropin["eval_len"] == length)]
+            if not dropin.empty
+            else dropin
+        )
         if not d.empty and pd.notna(d["rel_diff"].iloc[0]):
             row["drop-in"] = f"{100 * d['rel_diff'].iloc[0]:+.2f}%"
         rows.append(row)
@@ -108,24 +135,33 @@ def quality_cost(frame: pd.DataFrame) -> pd.DataFrame | None:
 def recall_verdict(frame: pd.DataFrame) -> str | None:
     """Whether the recall runs learned the task: exact attention must reach 0.9 on every
     setting, otherwise the table says nothing about the variants."""
-    r = (frame[(frame["level"] == "recall") & (frame["pass"] == "eval")]
-         if not frame.empty else frame)
+    r = (
+        frame[(frame["level"] == "recall") & (frame["pass"] == "eval")]
+        if not frame.empty
+        else frame
+    )
     if r.empty or "accuracy" not in r:
         return None
     exact = r[r["exact"] == True] if "exact" in r else r.iloc[0:0]  # noqa: E712
     if exact.empty:
-        return "No exact (softmax) variant was trained on recall: nothing tells whether the task " \
-               "was learnable at this budget."
+        return (
+            "No exact (softmax) variant was trained on recall: nothing tells whether the task "
+            "was learnable at this budget."
+        )
     worst = exact["accuracy"].min()
     if worst < 0.9:
-        return (f"**Recall was not learned**: softmax attention reached only {worst:.2f} on its "
-                "hardest setting (< 0.9), so this budget does not separate the variants; the "
-                "recall table is not a finding.")
+        return (
+            f"**Recall was not learned**: softmax attention reached only {worst:.2f} on its "
+            "hardest setting (< 0.9), so this budget does not separate the variants; the "
+            "recall table is not a finding."
+        )
     others = r[r["exact"] != True]  # noqa: E712
     near = sorted({v for v, c in zip(others["variant"], others.get("near_chance", [])) if c})
-    return ("Softmax attention recalls every setting (≥ " f"{worst:.2f}); "
-            + (f"at chance on some settings: {', '.join(near)}." if near else
-               "every other variant is above chance on every setting."))
+    return f"Softmax attention recalls every setting (≥ {worst:.2f}); " + (
+        f"at chance on some settings: {', '.join(near)}."
+        if near
+        else "every other variant is above chance on every setting."
+    )
 
 
 def problems(frame: pd.DataFrame) -> list[str]:
@@ -137,13 +173,21 @@ def problems(frame: pd.DataFrame) -> list[str]:
         bad = frame[frame["status"] == status]
         if bad.empty:
             continue
-        names = ", ".join(sorted({f"`{v}` {p} N={int(n)}" for v, p, n in
-                                  zip(bad["variant"], bad["pass"], bad["seq_len"])})[:8])
+        names = ", ".join(
+            sorted(
+                {
+                    f"`{v}` {p} N={int(n)}"
+                    for v, p, n in zip(bad["variant"], bad["pass"], bad["seq_len"])
+                }
+            )[:8]
+        )
         more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
         out.append(f"{len(bad)} {STATUS_TEXT.get(status, status)}: {names}{more}")
     if "noisy" in frame:
         noisy = frame[frame["noisy"] == True]  # noqa: E712
         if not noisy.empty:
-            out.append(f"{len(noisy)} noisy (p20–p80 spread above 10% of the median; marked † in "
-                       "the tables)")
+            out.append(
+                f"{len(noisy)} noisy (p20–p80 spread above 10% of the median; marked † in "
+                "the tables)"
+            )
     return out

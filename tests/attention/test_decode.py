@@ -35,8 +35,9 @@ def test_decode_matches_parallel_forward(spec):
     variant = attnbench.get_variant(spec)
     b, n, h, d, kv = SHAPE
     for pass_ in ("fwd", "decode"):
-        reasons = variant.not_supported_reasons(Case(batch=b, seq_len=n, heads=h, kv_heads=kv,
-                                                     head_dim=d, pass_=pass_))
+        reasons = variant.not_supported_reasons(
+            Case(batch=b, seq_len=n, heads=h, kv_heads=kv, head_dim=d, pass_=pass_)
+        )
         if reasons:
             pytest.skip(f"{variant.label} [{pass_}]: " + "; ".join(reasons))
     q, k, v = random_qkv(SHAPE, torch.float32)
@@ -52,11 +53,23 @@ def test_decode_matches_parallel_forward(spec):
     # float32 rounding of FAVOR+ features, 6e-5 on outputs of order 1)
     ref = variant.reference(q, k, v)
     plain = variant.reference(q, k, v, dtype=torch.float32)
-    assert_close_to_reference(f"{variant.label} decoded", got, plain, ref, torch.float32,
-                              conditioning=conditioning(variant, q, k))
+    assert_close_to_reference(
+        f"{variant.label} decoded",
+        got,
+        plain,
+        ref,
+        torch.float32,
+        conditioning=conditioning(variant, q, k),
+    )
     if not is_flex(spec):  # flex: avoid a second compile; its forward is tested elsewhere
-        assert_close_to_reference(f"{variant.label} parallel", variant(q, k, v), plain, ref,
-                                  torch.float32, conditioning=conditioning(variant, q, k))
+        assert_close_to_reference(
+            f"{variant.label} parallel",
+            variant(q, k, v),
+            plain,
+            ref,
+            torch.float32,
+            conditioning=conditioning(variant, q, k),
+        )
     # the cache holds what the family keeps, for the key/value heads only
     per_token = 2 * b * kv * d * 4
     if isinstance(dec, RingBufferDecoder):
@@ -120,6 +133,7 @@ def test_decode_from_an_empty_cache():
     variant = attnbench.get_variant("sliding_window.blocked:window=4")
     q, k, v = random_qkv((1, 9, 1, 8), torch.float32)
     dec = variant.decoder(1, 1, 8, max_len=9)
-    got = torch.cat([dec.step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1])
-                     for t in range(9)], 1)
+    got = torch.cat(
+        [dec.step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1]) for t in range(9)], 1
+    )
     torch.testing.assert_close(got.double(), variant.reference(q, k, v), atol=1e-5, rtol=1e-5)

@@ -11,8 +11,15 @@ from attnbench.attention.patterns import BigBird, Full, Longformer, SlidingWindo
 from attnbench.bench.flops import attention_flops
 from attnbench.case import Case, device_key
 
-PATTERNS = [Full(), Full(False), SlidingWindow(5), SlidingWindow(1), Strided(4, 3),
-            BigBird(4, 2, 1, 2, seed=5), Longformer(6, 3)]
+PATTERNS = [
+    Full(),
+    Full(False),
+    SlidingWindow(5),
+    SlidingWindow(1),
+    Strided(4, 3),
+    BigBird(4, 2, 1, 2, seed=5),
+    Longformer(6, 3),
+]
 
 
 def test_window_convention():
@@ -24,9 +31,15 @@ def test_window_convention():
 @pytest.mark.parametrize("pattern", PATTERNS, ids=str)
 def test_pairs_match_a_brute_force_count(pattern):
     for n in (1, 7, 33, 100):
-        brute = (sum(bool(pattern.mask_fn(n)(torch.tensor(i), torch.tensor(j)))
-                     for i in range(n) for j in range(n)) if n <= 33
-                 else int(pattern.dense_mask(n).sum()))
+        brute = (
+            sum(
+                bool(pattern.mask_fn(n)(torch.tensor(i), torch.tensor(j)))
+                for i in range(n)
+                for j in range(n)
+            )
+            if n <= 33
+            else int(pattern.dense_mask(n).sum())
+        )
         assert pattern.attended_pairs(n) == brute
         assert int(pattern.block_counts(n, 8).sum()) == brute
 
@@ -71,8 +84,9 @@ def test_flops_follow_the_documented_convention():
     assert attention_flops(causal, case.replace(pass_="bwd")) == int(2.5 * fwd)
     assert attention_flops(causal, case.replace(kv_heads=1)) == fwd  # work per query head
     sw = attnbench.get_variant("sliding_window.blocked:window=10")
-    assert (attention_flops(sw, case)
-            == 4 * 2 * 3 * 16 * int(SlidingWindow(10).dense_mask(100).sum()))
+    assert attention_flops(sw, case) == 4 * 2 * 3 * 16 * int(
+        SlidingWindow(10).dense_mask(100).sum()
+    )
     lin = attnbench.get_variant("linear.performer.chunked:features=32")
     projection = 2 * 100 * (3 + 3) * 2 * 16 * 32  # B * N * (q and k heads) * 2 D F
     assert attention_flops(lin, case) == 4 * 2 * 3 * 100 * 32 * 16 + projection

@@ -16,21 +16,51 @@ from attnbench.bench import gate, worker
 from attnbench.case import Case
 
 PLANTED = str(Path(__file__).parents[1] / "plugins" / "planted.py")
-TIMING = {"gate": True, "gate_rows": 48, "warmup": 1, "budget_s": 0.01, "min_reps": 5,
-          "max_reps": 6, "l2_flush": False, "cuda_graphs": False, "noisy": 0.1, "memory": False,
-          "cooldown_s": 0}
+TIMING = {
+    "gate": True,
+    "gate_rows": 48,
+    "warmup": 1,
+    "budget_s": 0.01,
+    "min_reps": 5,
+    "max_reps": 6,
+    "l2_flush": False,
+    "cuda_graphs": False,
+    "noisy": 0.1,
+    "memory": False,
+    "cooldown_s": 0,
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 pytestmark = pytest.mark.usefixtures("planted_variants")  # tests/conftest.py
 
 
-def measure(spec: str, pass_: str = "fwd", dtype: str = "float32", n: int = 256, batch: int = 2,
-            heads: int = 2, head_dim: int = 32) -> dict:
+def measure(
+    spec: str,
+    pass_: str = "fwd",
+    dtype: str = "float32",
+    n: int = 256,
+    batch: int = 2,
+    heads: int = 2,
+    head_dim: int = 32,
+) -> dict:
     v = attnbench.get_variant(spec)
-    case = Case(level="op", variant=v.label, family=v.family, math=v.info.math, impl=v.impl,
-                exact=v.exact, batch=batch, seq_len=n, heads=heads, kv_heads=heads,
-                head_dim=head_dim, dtype=DTYPES[dtype], device="cpu", pass_=pass_)
+    case = Case(
+        level="op",
+        variant=v.label,
+        family=v.family,
+        math=v.info.math,
+        impl=v.impl,
+        exact=v.exact,
+        batch=batch,
+        seq_len=n,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=head_dim,
+        dtype=DTYPES[dtype],
+        device="cpu",
+        pass_=pass_,
+    )
     reasons = v.not_supported_reasons(case)
     if reasons:
         pytest.skip("; ".join(reasons))
@@ -55,10 +85,14 @@ PLANTS = [
 ]
 
 
-@pytest.mark.parametrize("spec, pass_, bad, good, n, needle", PLANTS,
-                         ids=[f"{p[0].split('.')[-1]}-{p[1]}" for p in PLANTS])
-def test_each_planted_defect_is_incorrect_exactly_where_it_breaks(spec, pass_, bad, good, n,
-                                                                   needle):
+@pytest.mark.parametrize(
+    "spec, pass_, bad, good, n, needle",
+    PLANTS,
+    ids=[f"{p[0].split('.')[-1]}-{p[1]}" for p in PLANTS],
+)
+def test_each_planted_defect_is_incorrect_exactly_where_it_breaks(
+    spec, pass_, bad, good, n, needle
+):
     plugin = attnbench.get_variant(spec).info.fn.__globals__  # the planted module's state
     for dtype in bad:
         plugin["_MEMO"].clear()
@@ -72,8 +106,12 @@ def test_each_planted_defect_is_incorrect_exactly_where_it_breaks(spec, pass_, b
         assert row["status"] == "ok", (dtype, row.get("reason"))
 
 
-CONTROLS = ["fused.sdpa", "naive.softmax", "linear.elu.chunked:chunk=16",
-            "sliding_window.banded:window=48,block=16"]
+CONTROLS = [
+    "fused.sdpa",
+    "naive.softmax",
+    "linear.elu.chunked:chunk=16",
+    "sliding_window.banded:window=48,block=16",
+]
 
 
 @pytest.mark.parametrize("spec", CONTROLS)
@@ -120,8 +158,7 @@ def test_the_input_distributions_are_what_they_say():
     assert oq[..., :2].abs().mean() > 6 * oq[..., 2:].abs().mean()
     with pytest.raises(ValueError, match="unknown input distribution 'huge'; valid: normal"):
         gate.shape_inputs(q, k, "huge")
-    assert gate.distributions_for(attnbench.get_variant("fused.sdpa")) == ("normal",
-                                                                           "large_scores")
+    assert gate.distributions_for(attnbench.get_variant("fused.sdpa")) == ("normal", "large_scores")
     assert gate.distributions_for(attnbench.get_variant("linear.elu.chunked"))[1] == "outliers"
 
 
@@ -136,18 +173,35 @@ def test_a_wrong_dtype_or_shape_is_incorrect():
 
 def measure_model(spec: str, pass_: str, dtype: str = "float32") -> dict:
     v = attnbench.get_variant(spec)
-    case = Case(level="model", variant=v.label, family=v.family, math=v.info.math, impl=v.impl,
-                exact=v.exact, batch=2, seq_len=64, heads=2, kv_heads=2, head_dim=32,
-                dtype=DTYPES[dtype], device="cpu", preset="tiny", pass_=pass_)
+    case = Case(
+        level="model",
+        variant=v.label,
+        family=v.family,
+        math=v.info.math,
+        impl=v.impl,
+        exact=v.exact,
+        batch=2,
+        seq_len=64,
+        heads=2,
+        kv_heads=2,
+        head_dim=32,
+        dtype=DTYPES[dtype],
+        device="cpu",
+        preset="tiny",
+        pass_=pass_,
+    )
     return worker.time_case(case, TIMING)
 
 
-@pytest.mark.parametrize("spec, bad, good", [
-    ("fused.planted_layer2_dk", ("train_step",), ("prefill", "decode")),
-    # (its decoder is the default KV-cache SDPA over a cache its prefill filled wrongly)
-    ("fused.planted_ignores_qk", ("train_step", "prefill"), ()),
-    ("fused.sdpa", (), ("train_step", "prefill", "decode")),
-])
+@pytest.mark.parametrize(
+    "spec, bad, good",
+    [
+        ("fused.planted_layer2_dk", ("train_step",), ("prefill", "decode")),
+        # (its decoder is the default KV-cache SDPA over a cache its prefill filled wrongly)
+        ("fused.planted_ignores_qk", ("train_step", "prefill"), ()),
+        ("fused.sdpa", (), ("train_step", "prefill", "decode")),
+    ],
+)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_the_model_level_gate_sees_attention_and_every_layer(spec, bad, good, dtype):
     for pass_ in bad:

@@ -26,12 +26,27 @@ pytestmark = pytest.mark.usefixtures("planted_variants")  # tests/conftest.py
 
 
 def _suite(variants, seq_lens=(256,), passes=("fwd",), dtypes=("float32",), model=None, **timing):
-    t = {"budget_s": 0.05, "min_reps": 5, "max_reps": 10, "timeout_s": 60, "ceiling_s": 0.3,
-         **timing}
-    data = {"name": "t", "device": "cpu",
-            "op": {"variants": list(variants), "seq_lens": list(seq_lens), "heads": 2,
-                   "head_dims": [32], "passes": list(passes), "dtypes": list(dtypes)},
-            "timing": t}
+    t = {
+        "budget_s": 0.05,
+        "min_reps": 5,
+        "max_reps": 10,
+        "timeout_s": 60,
+        "ceiling_s": 0.3,
+        **timing,
+    }
+    data = {
+        "name": "t",
+        "device": "cpu",
+        "op": {
+            "variants": list(variants),
+            "seq_lens": list(seq_lens),
+            "heads": 2,
+            "head_dims": [32],
+            "passes": list(passes),
+            "dtypes": list(dtypes),
+        },
+        "timing": t,
+    }
     if model:
         data["model"] = model
     return from_dict(data)
@@ -44,12 +59,27 @@ def _rows(run_dir):
 def test_time_scales_with_planted_work(tmp_path):
     # Each variant is measured three times and its fastest median kept: a neighbour on this shared
     # machine can only slow a measurement down, so the minimum is the least disturbed one.
-    suite = from_dict({"name": "t", "device": "cpu",
-                       "op": {"variants": ["fused.planted_work:times=1",
-                                           "fused.planted_work:times=4"],
-                              "seq_lens": [1024], "heads": 8, "head_dims": [64], "passes": ["fwd"]},
-                       "timing": {"budget_s": 0.4, "min_reps": 5, "max_reps": 200, "threads": 1,
-                                  "repeats": 3, "memory": False}})
+    suite = from_dict(
+        {
+            "name": "t",
+            "device": "cpu",
+            "op": {
+                "variants": ["fused.planted_work:times=1", "fused.planted_work:times=4"],
+                "seq_lens": [1024],
+                "heads": 8,
+                "head_dims": [64],
+                "passes": ["fwd"],
+            },
+            "timing": {
+                "budget_s": 0.4,
+                "min_reps": 5,
+                "max_reps": 200,
+                "threads": 1,
+                "repeats": 3,
+                "memory": False,
+            },
+        }
+    )
     runner.run(suite, tmp_path / "run", plugins=[PLANTED], progress=False)
     rows = results.read_rows(tmp_path / "run")
     assert [r["status"] for r in rows] == ["ok"] * 6
@@ -64,8 +94,15 @@ def test_time_scales_with_planted_work(tmp_path):
 def test_memory_sees_a_planted_buffer(tmp_path):
     """A buffer written during the call, one allocated and never written, and 64 MiB of
     per-shape state built in ``prepare``: each counts in the variant's footprint."""
-    suite = _suite(["fused.planted_work", "fused.planted_buffer", "fused.planted_untouched",
-                    "fused.planted_setup"], seq_lens=[512])
+    suite = _suite(
+        [
+            "fused.planted_work",
+            "fused.planted_buffer",
+            "fused.planted_untouched",
+            "fused.planted_setup",
+        ],
+        seq_lens=[512],
+    )
     runner.run(suite, tmp_path / "run", plugins=[PLANTED], progress=False)
     rows = {r["variant"].split(":")[0]: r for r in results.read_rows(tmp_path / "run")}
     assert all(r["mem_method"] == "cpu_peak_rss" for r in rows.values())  # the memory worker
@@ -79,9 +116,18 @@ def test_memory_sees_a_planted_buffer(tmp_path):
 
 
 def test_failures_are_rows_and_the_sweep_goes_on(tmp_path):
-    suite = _suite(["fused.planted_oom", "fused.planted_abort", "fused.planted_hang",
-                    "fused.planted_wrong", "fused.sdpa", "fused.flash_attn"],
-                   seq_lens=[64, 128], timeout_s=8)
+    suite = _suite(
+        [
+            "fused.planted_oom",
+            "fused.planted_abort",
+            "fused.planted_hang",
+            "fused.planted_wrong",
+            "fused.sdpa",
+            "fused.flash_attn",
+        ],
+        seq_lens=[64, 128],
+        timeout_s=8,
+    )
     runner.run(suite, tmp_path / "run", plugins=[PLANTED], progress=False)
     rows = _rows(tmp_path / "run")
     status = {k: r["status"] for k, r in rows.items()}
@@ -103,19 +149,33 @@ def test_every_timed_pass_is_gated_and_planted_errors_are_incorrect(tmp_path):
     unplanted controls (the same SDPA) pass every gate."""
     # where the sample does not look
     assert NAN_ROW not in gate.sample_rows(256, 48, "cpu").tolist()
-    suite = _suite(["fused.sdpa", "fused.planted_wrong_dk", "fused.planted_nan_row",
-                    "fused.planted_drop_oldest"], passes=("fwd", "fwd_bwd", "bwd", "decode"),
-                   model={"preset": "tiny", "variants": ["fused.sdpa", "fused.planted_wrong"],
-                          "seq_lens": [32], "batch": 2})
+    suite = _suite(
+        [
+            "fused.sdpa",
+            "fused.planted_wrong_dk",
+            "fused.planted_nan_row",
+            "fused.planted_drop_oldest",
+        ],
+        passes=("fwd", "fwd_bwd", "bwd", "decode"),
+        model={
+            "preset": "tiny",
+            "variants": ["fused.sdpa", "fused.planted_wrong"],
+            "seq_lens": [32],
+            "batch": 2,
+        },
+    )
     runner.run(suite, tmp_path / "run", plugins=[PLANTED], progress=False)
     rows = {(r["level"], r["variant"], r["pass"]): r for r in results.read_rows(tmp_path / "run")}
     incorrect = {k for k, r in rows.items() if r["status"] == "incorrect"}
     assert incorrect == {
-        ("op", "fused.planted_wrong_dk", "fwd_bwd"), ("op", "fused.planted_wrong_dk", "bwd"),
-        ("op", "fused.planted_nan_row", "fwd"), ("op", "fused.planted_nan_row", "fwd_bwd"),
+        ("op", "fused.planted_wrong_dk", "fwd_bwd"),
+        ("op", "fused.planted_wrong_dk", "bwd"),
+        ("op", "fused.planted_nan_row", "fwd"),
+        ("op", "fused.planted_nan_row", "fwd_bwd"),
         ("op", "fused.planted_nan_row", "bwd"),
         ("op", "fused.planted_drop_oldest", "decode"),
-        ("model", "fused.planted_wrong", "train_step"), ("model", "fused.planted_wrong", "prefill"),
+        ("model", "fused.planted_wrong", "train_step"),
+        ("model", "fused.planted_wrong", "prefill"),
         ("model", "fused.planted_wrong", "decode"),
     }, {k: r["reason"] for k, r in rows.items() if r["status"] != "ok"}
     assert "dk" in rows[("op", "fused.planted_wrong_dk", "fwd_bwd")]["reason"]
@@ -153,10 +213,21 @@ def test_an_ungated_run_says_so_in_every_row_and_the_report(tmp_path):
 
 def test_killed_run_resumes_with_every_case_once(tmp_path):
     out = tmp_path / "runs"
-    cmd = [sys.executable, str(ROOT / "run_bench.py"), "run", "--suite", "smoke", "--out", str(out),
-           "--quiet", "--budget", "0.02"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_bench.py"),
+        "run",
+        "--suite",
+        "smoke",
+        "--out",
+        str(out),
+        "--quiet",
+        "--budget",
+        "0.02",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 120
     run_dir = None
     while time.time() < deadline:
@@ -173,8 +244,12 @@ def test_killed_run_resumes_with_every_case_once(tmp_path):
     with pytest.warns(UserWarning, match="torn last line"):
         before = results.read_rows(run_dir)
     assert 5 <= len(before) < len(runner.plan(load_suite("smoke")))
-    done = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "run", "--resume",
-                           str(run_dir), "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "run_bench.py"), "run", "--resume", str(run_dir), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert str(run_dir) in done.stdout
     rows = results.read_rows(run_dir)
@@ -187,35 +262,71 @@ def test_killed_run_resumes_with_every_case_once(tmp_path):
     assert info["resumed"] and info["ceilings"]["matmul_flops_per_s"]["float32"] > 0
     # the killed session measured its start ceilings; the resume its own, at start and end
     session = info["resumed"][-1]["ceilings"]
-    assert (session["end"]["matmul_flops_per_s"]["float32"] > 0
-            and "matmul_float32" in session["drift"])
+    assert (
+        session["end"]["matmul_flops_per_s"]["float32"] > 0 and "matmul_float32" in session["drift"]
+    )
     assert info["environment"]["packages"]["torch"].startswith("2.")
     assert {"git_commit", "git_dirty", "worker_threads", "device_name"} <= set(info["environment"])
     # every row carries the host and the ceiling it was divided by
     assert all(r["host"] and r["ceiling_flops_per_s"] > 0 for r in rows if r["level"] == "op")
     # resuming with another suite mixes settings: refused, unless forced (and then recorded)
-    other = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "run", "--resume",
-                            str(run_dir), "--suite", "smoke", "--budget", "0.03", "--quiet"],
-                           cwd=ROOT, capture_output=True, text=True)
-    assert (other.returncode == 2 and "the suite differs" in other.stderr
-            and "--force" in other.stderr)
-    forced = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "run", "--resume",
-                             str(run_dir), "--suite", "smoke", "--budget", "0.03", "--force",
-                             "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    other = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_bench.py"),
+            "run",
+            "--resume",
+            str(run_dir),
+            "--suite",
+            "smoke",
+            "--budget",
+            "0.03",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        other.returncode == 2 and "the suite differs" in other.stderr and "--force" in other.stderr
+    )
+    forced = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_bench.py"),
+            "run",
+            "--resume",
+            str(run_dir),
+            "--suite",
+            "smoke",
+            "--budget",
+            "0.03",
+            "--force",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert forced.returncode == 0, forced.stderr
     last = results.read_run_json(run_dir)["resumed"][-1]
     assert last["forced"] and "the suite differs from the run's" in last["changes"]
 
 
 def test_rows_carry_the_core_fields(tmp_path):
-    suite = _suite(["fused.sdpa"], passes=("fwd", "bwd", "fwd_bwd", "decode"),
-                   env={"THP_MEM_ALLOC_ENABLE": "1"})
+    suite = _suite(
+        ["fused.sdpa"],
+        passes=("fwd", "bwd", "fwd_bwd", "decode"),
+        env={"THP_MEM_ALLOC_ENABLE": "1"},
+    )
     runner.run(suite, tmp_path / "run", progress=False)
     for row in results.read_rows(tmp_path / "run"):
         assert set(results.CORE_FIELDS) <= set(row)
         assert row["status"] == "ok" and row["level"] == "op" and row["exact"] is True
-        assert row["flops"] == attention_flops(attnbench.get_variant("fused.sdpa"), attnbench.Case(
-            batch=1, seq_len=256, heads=2, head_dim=32, pass_=row["pass"]))
+        assert row["flops"] == attention_flops(
+            attnbench.get_variant("fused.sdpa"),
+            attnbench.Case(batch=1, seq_len=256, heads=2, head_dim=32, pass_=row["pass"]),
+        )
         assert 0 < row["frac_of_ceiling"] < 2
         assert row["timing_env"] == {"THP_MEM_ALLOC_ENABLE": "1"} and row["reps"] >= 5
         assert row["time_ms_p20"] <= row["time_ms"] <= row["time_ms_p80"]
@@ -229,18 +340,43 @@ def test_rows_carry_the_core_fields(tmp_path):
 def test_grouped_query_attention_through_every_family(tmp_path):
     """`op --kv-heads 2 --heads 8`: every family runs gated, and the decode cache is a quarter
     of the kv_heads = 8 cache."""
-    variants = ["naive.softmax", "fused.sdpa", "sliding_window.banded:window=64",
-                "sparse.bigbird.union:block=32", "linear.elu.chunked:chunk=32"]
-    cmd = [sys.executable, str(ROOT / "run_bench.py"), "op", "--variants", ",".join(variants),
-           "--heads", "8", "--kv-heads", "8,2", "--head-dims", "32", "--seq-lens", "256",
-           "--passes", "fwd,fwd_bwd,decode", "--budget", "0.02", "--out", str(tmp_path), "--quiet"]
+    variants = [
+        "naive.softmax",
+        "fused.sdpa",
+        "sliding_window.banded:window=64",
+        "sparse.bigbird.union:block=32",
+        "linear.elu.chunked:chunk=32",
+    ]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_bench.py"),
+        "op",
+        "--variants",
+        ",".join(variants),
+        "--heads",
+        "8",
+        "--kv-heads",
+        "8,2",
+        "--head-dims",
+        "32",
+        "--seq-lens",
+        "256",
+        "--passes",
+        "fwd,fwd_bwd,decode",
+        "--budget",
+        "0.02",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run,) = list(tmp_path.iterdir())
     rows = results.read_rows(run)
     assert len(rows) == len(variants) * 2 * 3
     assert all(r["status"] == "ok" and r["gated"] for r in rows), [
-        (r["variant"], r["pass"], r["kv_heads"], r["reason"]) for r in rows if r["status"] != "ok"]
+        (r["variant"], r["pass"], r["kv_heads"], r["reason"]) for r in rows if r["status"] != "ok"
+    ]
     cache = {(r["variant"], r["kv_heads"]): r["cache_bytes"] for r in rows if r["pass"] == "decode"}
     for v in variants:
         label = attnbench.get_variant(v).label
@@ -251,51 +387,85 @@ def test_grouped_query_attention_through_every_family(tmp_path):
 
 
 def test_noncausal_bwd_head_dim_256_and_the_total_token_sweep(tmp_path):
-    suite = from_dict({"name": "t", "device": "cpu",
-                       "op": {"variants": ["fused.sdpa", "naive.softmax", "linear.elu.chunked"],
-                              "seq_lens": [128, 256], "total_tokens": 512, "model_dim": 512,
-                              "head_dims": [256], "causal": [True, False],
-                              "passes": ["fwd", "bwd"]},
-                       "timing": {"budget_s": 0.02, "min_reps": 5, "max_reps": 5, "memory": False}})
+    suite = from_dict(
+        {
+            "name": "t",
+            "device": "cpu",
+            "op": {
+                "variants": ["fused.sdpa", "naive.softmax", "linear.elu.chunked"],
+                "seq_lens": [128, 256],
+                "total_tokens": 512,
+                "model_dim": 512,
+                "head_dims": [256],
+                "causal": [True, False],
+                "passes": ["fwd", "bwd"],
+            },
+            "timing": {"budget_s": 0.02, "min_reps": 5, "max_reps": 5, "memory": False},
+        }
+    )
     runner.run(suite, tmp_path / "run", progress=False)
     rows = results.read_rows(tmp_path / "run")
     assert len(rows) == 3 * 2 * 2 * 2
-    assert all(r["status"] == "ok" for r in rows), [(r["case_id"], r["reason"]) for r in rows
-                                                     if r["status"] != "ok"]
+    assert all(r["status"] == "ok" for r in rows), [
+        (r["case_id"], r["reason"]) for r in rows if r["status"] != "ok"
+    ]
     assert {(r["seq_len"], r["batch"], r["heads"]) for r in rows} == {(128, 4, 2), (256, 2, 2)}
     assert {r["causal"] for r in rows} == {True, False}
 
 
-@pytest.mark.parametrize("data, needle", [
-    ({"op": {"variants": ["fused.sdpa"], "seqlens": [1]}},
-     "op.seqlens: unknown key; valid keys: variants, seq_lens"),
-    ({"op": {"variants": ["fused.sdpa"], "passes": ["fwd", "back"]}},
-     "unknown pass 'back'; valid: fwd, bwd, fwd_bwd, decode"),
-    ({"op": {"variants": ["fused.sdpa"], "heads": 8, "kv_heads": [3]}},
-     "op.kv_heads: 3 does not divide heads=8"),
-    ({"op": {"variants": ["fused.sdpa"]}, "timing": {"min_reps": 3}}, "5 <= min_reps"),
-    ({"op": {"variants": ["fused.sdpa"]}, "timing": {"warmup": 0}}, "warmup >= 1"),
-    ({"op": {"variants": ["fused.sdpa"], "dtypes": ["fp8"]}}, "unknown dtype 'fp8'"),
-    ({"op": {"variants": ["fused.sdpx"]}}, "unknown variant 'fused.sdpx'"),
-    ({"op": {"variants": ["fused.sdpa"], "seq_lens": [0]}},
-     "op.seq_lens: items must be positive integers"),
-    ({"model": {"variants": ["fused.sdpa"], "preset": "huge"}}, "unknown preset 'huge'"),
-    ({"timing": {"budget_s": -1}, "op": {"variants": ["fused.sdpa"]}},
-     "timing.budget_s: must be a positive number"),
-    ({"name": "x"}, "needs an [op], [model], [quality] or [recall] section"),
-    ({"colour": "red"}, "colour: unknown key"),
-    ({"quality": {"variants": ["fused.sdpa"], "dataset": "enwik9"}},
-     "unknown dataset 'enwik9'; valid: pystdlib"),
-    ({"quality": {"variants": ["fused.sdpa"], "eval_method": "strided"}},
-     "valid: windows, sliding"),
-    ({"quality": {"variants": ["fused.sdpa"], "mode": "dropin"}},
-     "dropin mode needs a checkpoint file"),
-    ({"quality": {"variants": ["fused.sdpa"], "mode": "eval"}},
-     "unknown mode 'eval'; valid: train, dropin"),
-    ({"quality": {"variants": []}}, "quality.variants: must name at least one variant"),
-    ({"recall": {"variants": ["fused.sdpa"], "seq_lens": [16], "kv_pairs": [8]}},
-     "no (seq_len, kv_pairs) setting fits"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (
+            {"op": {"variants": ["fused.sdpa"], "seqlens": [1]}},
+            "op.seqlens: unknown key; valid keys: variants, seq_lens",
+        ),
+        (
+            {"op": {"variants": ["fused.sdpa"], "passes": ["fwd", "back"]}},
+            "unknown pass 'back'; valid: fwd, bwd, fwd_bwd, decode",
+        ),
+        (
+            {"op": {"variants": ["fused.sdpa"], "heads": 8, "kv_heads": [3]}},
+            "op.kv_heads: 3 does not divide heads=8",
+        ),
+        ({"op": {"variants": ["fused.sdpa"]}, "timing": {"min_reps": 3}}, "5 <= min_reps"),
+        ({"op": {"variants": ["fused.sdpa"]}, "timing": {"warmup": 0}}, "warmup >= 1"),
+        ({"op": {"variants": ["fused.sdpa"], "dtypes": ["fp8"]}}, "unknown dtype 'fp8'"),
+        ({"op": {"variants": ["fused.sdpx"]}}, "unknown variant 'fused.sdpx'"),
+        (
+            {"op": {"variants": ["fused.sdpa"], "seq_lens": [0]}},
+            "op.seq_lens: items must be positive integers",
+        ),
+        ({"model": {"variants": ["fused.sdpa"], "preset": "huge"}}, "unknown preset 'huge'"),
+        (
+            {"timing": {"budget_s": -1}, "op": {"variants": ["fused.sdpa"]}},
+            "timing.budget_s: must be a positive number",
+        ),
+        ({"name": "x"}, "needs an [op], [model], [quality] or [recall] section"),
+        ({"colour": "red"}, "colour: unknown key"),
+        (
+            {"quality": {"variants": ["fused.sdpa"], "dataset": "enwik9"}},
+            "unknown dataset 'enwik9'; valid: pystdlib",
+        ),
+        (
+            {"quality": {"variants": ["fused.sdpa"], "eval_method": "strided"}},
+            "valid: windows, sliding",
+        ),
+        (
+            {"quality": {"variants": ["fused.sdpa"], "mode": "dropin"}},
+            "dropin mode needs a checkpoint file",
+        ),
+        (
+            {"quality": {"variants": ["fused.sdpa"], "mode": "eval"}},
+            "unknown mode 'eval'; valid: train, dropin",
+        ),
+        ({"quality": {"variants": []}}, "quality.variants: must name at least one variant"),
+        (
+            {"recall": {"variants": ["fused.sdpa"], "seq_lens": [16], "kv_pairs": [8]}},
+            "no (seq_len, kv_pairs) setting fits",
+        ),
+    ],
+)
 def test_bad_suites_are_rejected_before_anything_runs(data, needle):
     with pytest.raises(ValueError) as info:
         from_dict(data)
@@ -312,21 +482,42 @@ def test_every_committed_suite_loads_and_overrides_apply():
     for c in (c for c in runner.plan(gpu) if c.level == "op"):  # constant tokens per batch
         assert c.batch == max(1, gpu.op.total_tokens // c.seq_len)
         assert c.heads == 2048 // c.head_dim  # flash-attention's heads = 2048 / D
-    with pytest.raises(ValueError,
-                       match="no suite 'nope'; known suites: gpu, perf, quick, smoke, standard"):
+    with pytest.raises(
+        ValueError, match="no suite 'nope'; known suites: gpu, perf, quick, smoke, standard"
+    ):
         load_suite("nope")
 
 
 def test_cli_op_command_and_errors(tmp_path):
     cmd = [sys.executable, str(ROOT / "run_bench.py")]
-    ok = subprocess.run(cmd + ["op", "--variants", "fused.sdpa,sliding_window.blocked:window=32",
-                               "--seq-lens", "64", "--passes", "fwd", "--budget", "0.02",
-                               "--out", str(tmp_path), "--quiet"],
-                        cwd=ROOT, capture_output=True, text=True)
+    ok = subprocess.run(
+        cmd
+        + [
+            "op",
+            "--variants",
+            "fused.sdpa,sliding_window.blocked:window=32",
+            "--seq-lens",
+            "64",
+            "--passes",
+            "fwd",
+            "--budget",
+            "0.02",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "run folder:" in ok.stdout and "sliding_window.blocked" in ok.stdout
-    bad = subprocess.run(cmd + ["op", "--variants", "fused.sdpx", "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(
+        cmd + ["op", "--variants", "fused.sdpx", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "unknown variant 'fused.sdpx'" in bad.stderr
 
 
@@ -350,9 +541,18 @@ def test_an_unavailable_corpus_fails_its_quality_cases_not_the_suite(tmp_path, m
     monkeypatch.setenv("ATTNBENCH_OFFLINE", "1")
     monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ATTNBENCH_DATA_DIR", raising=False)
-    quality = {"dataset": "enwik8", "variants": ["fused.sdpa"], "preset": "tiny",
-               "train_len": 32, "batch": 2, "train_tokens": 256, "eval_lens": [32],
-               "eval_tokens": 64, "ngram_order": 0, "dropin": False}
+    quality = {
+        "dataset": "enwik8",
+        "variants": ["fused.sdpa"],
+        "preset": "tiny",
+        "train_len": 32,
+        "batch": 2,
+        "train_tokens": 256,
+        "eval_lens": [32],
+        "eval_tokens": 64,
+        "ngram_order": 0,
+        "dropin": False,
+    }
     data = {**_suite(["fused.sdpa"], seq_lens=(64,), memory=False).to_dict(), "quality": quality}
     runner.run(from_dict(data), tmp_path / "run", progress=False)
     rows = results.read_rows(tmp_path / "run")

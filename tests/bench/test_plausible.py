@@ -44,9 +44,22 @@ def test_above_the_published_peak_or_the_copy_bandwidth_is_implausible():
 
 
 def _op(variant, t, p20, p80):
-    return {"level": "op", "status": "ok", "variant": variant, "seq_len": 1024, "time_ms": t,
-            "time_ms_p20": p20, "time_ms_p80": p80, "pass": "fwd", "dtype": "float32",
-            "head_dim": 64, "heads": 8, "kv_heads": 8, "batch": 1, "causal": True}
+    return {
+        "level": "op",
+        "status": "ok",
+        "variant": variant,
+        "seq_len": 1024,
+        "time_ms": t,
+        "time_ms_p20": p20,
+        "time_ms_p80": p80,
+        "pass": "fwd",
+        "dtype": "float32",
+        "head_dim": 64,
+        "heads": 8,
+        "kv_heads": 8,
+        "batch": 1,
+        "causal": True,
+    }
 
 
 def test_fastest_is_a_tie_within_the_spread_and_a_winner_beyond_it():

@@ -34,8 +34,19 @@ def _smoke_ids() -> set[str]:
 def test_two_local_workers_and_two_submitit_jobs_give_the_local_cases(tmp_path):
     run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "one"), *FAST)
     run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "two"), "--workers", "2", *FAST)
-    run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "slurm"), "--launcher", "submitit",
-           "--submitit-local", "--max-jobs", "2", *FAST)
+    run_cli(
+        "run",
+        "--suite",
+        "smoke",
+        "--out",
+        str(tmp_path / "slurm"),
+        "--launcher",
+        "submitit",
+        "--submitit-local",
+        "--max-jobs",
+        "2",
+        *FAST,
+    )
     one, two, slurm = (only_run(tmp_path / d) for d in ("one", "two", "slurm"))
     want = _smoke_ids()
     for run in (one, two, slurm):
@@ -44,8 +55,9 @@ def test_two_local_workers_and_two_submitit_jobs_give_the_local_cases(tmp_path):
         assert {r["status"] for r in results.read_rows(run)} == {"ok"}
     assert set(_ids(one)) == set(_ids(two)) == set(_ids(slurm))
     info = results.read_run_json(two)
-    assert (info["environment"]["worker_processes"] == 2
-            and info["environment"]["worker_threads"] == 1)
+    assert (
+        info["environment"]["worker_processes"] == 2 and info["environment"]["worker_threads"] == 1
+    )
     info = results.read_run_json(slurm)
     (sub,) = info["launcher"]["submissions"]
     assert len(sub["jobs"]) == 2 and sub["missing_cases"] == 0
@@ -78,10 +90,24 @@ def _descendants(pid: int) -> list[int]:
 
 def test_a_killed_job_leaves_its_cases_and_resume_submits_the_rest(tmp_path):
     out = tmp_path / "runs"
-    cmd = [sys.executable, str(ROOT / "run_bench.py"), "run", "--suite", "smoke", "--out", str(out),
-           "--launcher", "submitit", "--submitit-local", "--max-jobs", "2", *FAST]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_bench.py"),
+        "run",
+        "--suite",
+        "smoke",
+        "--out",
+        str(out),
+        "--launcher",
+        "submitit",
+        "--submitit-local",
+        "--max-jobs",
+        "2",
+        *FAST,
+    ]
+    launcher = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     victim = None
     while time.time() < deadline and victim is None:
@@ -113,8 +139,17 @@ def test_a_killed_job_leaves_its_cases_and_resume_submits_the_rest(tmp_path):
     assert killed.get("error") and killed["state"] != "COMPLETED"
     kept = set(_ids(run))
     assert len(kept) >= 3
-    run_cli("run", "--resume", str(run), "--launcher", "submitit", "--submitit-local",
-           "--max-jobs", "2", *FAST)
+    run_cli(
+        "run",
+        "--resume",
+        str(run),
+        "--launcher",
+        "submitit",
+        "--submitit-local",
+        "--max-jobs",
+        "2",
+        *FAST,
+    )
     ids = _ids(run)
     assert len(ids) == len(set(ids)) and set(ids) >= _smoke_ids() and kept <= set(ids)
     info = results.read_run_json(run)

@@ -18,7 +18,8 @@ BUFFER_MIB = 64
 
 def _sdpa(q, k, v):
     return F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+    ).transpose(1, 2)
 
 
 @attnbench.register_variant("fused.planted_work", family="fused")
@@ -215,8 +216,9 @@ def planted_no_max(q, k, v):
 @attnbench.register_variant("fused.planted_leaky", family="fused")
 def planted_leaky(q, k, v):
     """Registered as causal, attends to every key (it sees the future)."""
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                          v.transpose(1, 2)).transpose(1, 2)
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    ).transpose(1, 2)
 
 
 class RightOnceDecoder(attnbench.attention.decode.SdpaKVDecoder):
@@ -235,8 +237,7 @@ class RightOnceDecoder(attnbench.attention.decode.SdpaKVDecoder):
         return attnbench.attention.decode.sdpa_one(q, self.k[:, :last], self.v[:, :last])
 
 
-@attnbench.register_variant("fused.planted_decoder_once", family="fused",
-                            decoder=RightOnceDecoder)
+@attnbench.register_variant("fused.planted_decoder_once", family="fused", decoder=RightOnceDecoder)
 def planted_decoder_once(q, k, v):
     """Right in parallel; its decoder is right on its first step only."""
     return _sdpa(q, k, v)

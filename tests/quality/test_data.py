@@ -18,8 +18,9 @@ from attnbench.quality.data import CorpusError, DataStore, Source, load_corpus
 from attnbench.quality.ngram import ByteNGram
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "SOURCES.md").exists(),
-                                  reason=f"the shared corpus files are not at {SHARED}")
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "SOURCES.md").exists(), reason=f"the shared corpus files are not at {SHARED}"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -68,8 +69,11 @@ def test_wikitext2_eval_splits_load_and_a_missing_train_split_says_where_to_put_
     with pytest.raises(CorpusError) as e:
         load_corpus("wikitext2", data_dir=SHARED, offline=True)
     msg = str(e.value)
-    assert ("wikitext-2-v1.zip" in msg and str(tmp_path / "cache") in msg
-            and "ATTNBENCH_DATA_DIR" in msg)
+    assert (
+        "wikitext-2-v1.zip" in msg
+        and str(tmp_path / "cache") in msg
+        and "ATTNBENCH_DATA_DIR" in msg
+    )
 
 
 @pytest.mark.parametrize("name", ["enwik8", "text8", "wikitext103"])
@@ -153,6 +157,7 @@ def test_pystdlib_is_fixed_and_has_no_tests():
 
 # ---------------------------------------------------------------------------------------------
 # the n-gram floor
+
 
 def test_ngram_probabilities_sum_to_one():
     rng = np.random.default_rng(0)

@@ -28,32 +28,66 @@ def test_mqar_sequences_ask_for_the_values_of_earlier_keys():
 
 def test_recall_run_records_accuracy_per_setting(tmp_path):
     out = tmp_path / "runs"
-    run_cli("recall", "--variants", "fused.sdpa,linear.elu.chunked:chunk=16", "--seq-lens", "32,64",
-         "--kv-pairs", "2,4,16", "--train-steps", "20", "--eval-sequences", "32", "--out", str(out),
-         "--quiet")
+    run_cli(
+        "recall",
+        "--variants",
+        "fused.sdpa,linear.elu.chunked:chunk=16",
+        "--seq-lens",
+        "32,64",
+        "--kv-pairs",
+        "2,4,16",
+        "--train-steps",
+        "20",
+        "--eval-sequences",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     rows = results.read_rows(only_run(out))
     evals = [r for r in rows if r["pass"] == "eval"]
-    assert {(r["seq_len"], r["kv_pairs"]) for r in evals} == {(32, 2), (32, 4), (64, 2),
-                                                              (64, 4), (64, 16)}
+    assert {(r["seq_len"], r["kv_pairs"]) for r in evals} == {
+        (32, 2),
+        (32, 4),
+        (64, 2),
+        (64, 4),
+        (64, 16),
+    }
     assert len(evals) == 10 and all(0 <= r["accuracy"] <= 1 for r in evals)
     assert all(r["status"] == "ok" for r in rows)
 
 
 def test_recall_rows_carry_chance_and_the_state_size(tmp_path):
     out = tmp_path / "runs"
-    run_cli("recall", "--variants",
-         "fused.sdpa,sliding_window.blocked:window=8,linear.elu.chunked:chunk=16",
-         "--seq-lens", "32", "--kv-pairs", "2,4", "--train-steps", "5", "--eval-sequences", "16",
-         "--out", str(out), "--quiet")
-    evals = {(r["variant"], r["kv_pairs"]): r for r in results.read_rows(only_run(out))
-             if r["pass"] == "eval"}
+    run_cli(
+        "recall",
+        "--variants",
+        "fused.sdpa,sliding_window.blocked:window=8,linear.elu.chunked:chunk=16",
+        "--seq-lens",
+        "32",
+        "--kv-pairs",
+        "2,4",
+        "--train-steps",
+        "5",
+        "--eval-sequences",
+        "16",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    evals = {
+        (r["variant"], r["kv_pairs"]): r
+        for r in results.read_rows(only_run(out))
+        if r["pass"] == "eval"
+    }
     sdpa = evals[("fused.sdpa", 2)]
     assert sdpa["chance"] == 0.5 and sdpa["near_chance"] == (sdpa["accuracy"] < 0.75)
     # one layer's state at N = 32 (recall preset: 2 heads of 32, float32): the KV cache, the ring
     # buffer of 8 tokens, the linear state F x D (+ F) per head
     assert sdpa["state_bytes"] == 32 * 2 * 2 * 32 * 4
-    assert (evals[("sliding_window.blocked:window=8,block=64", 2)]["state_bytes"]
-            == 8 * 2 * 2 * 32 * 4)
+    assert (
+        evals[("sliding_window.blocked:window=8,block=64", 2)]["state_bytes"] == 8 * 2 * 2 * 32 * 4
+    )
     assert evals[("linear.elu.chunked:chunk=16", 2)]["state_bytes"] == 2 * (32 * 32 + 32) * 4
 
 

@@ -98,17 +98,40 @@ def test_sliding_with_a_full_stride_equals_windows_and_positions_add_up(corpus):
 def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
     """The whole loop through the CLI and the worker: n-gram floor, one variant per family trained
     on the same budget, checkpoints, and the drop-in table of the first variant's checkpoint."""
-    variants = ["fused.sdpa", "naive.softmax", "sliding_window.blocked:window=64",
-                "sliding_window.blocked:window=8", "sparse.bigbird.blocked:block=16",
-                "linear.elu.chunked:chunk=32"]
+    variants = [
+        "fused.sdpa",
+        "naive.softmax",
+        "sliding_window.blocked:window=64",
+        "sliding_window.blocked:window=8",
+        "sparse.bigbird.blocked:block=16",
+        "linear.elu.chunked:chunk=32",
+    ]
     out = tmp_path / "runs"
-    proc = run_cli("quality", "--dataset", "pystdlib", "--variants", ",".join(variants),
-                "--train-tokens", "240K", "--train-len", "64", "--batch", "16",
-                "--eval-lens", "32,64", "--eval-tokens", "8K", "--out", str(out), "--quiet")
+    proc = run_cli(
+        "quality",
+        "--dataset",
+        "pystdlib",
+        "--variants",
+        ",".join(variants),
+        "--train-tokens",
+        "240K",
+        "--train-len",
+        "64",
+        "--batch",
+        "16",
+        "--eval-lens",
+        "32,64",
+        "--eval-tokens",
+        "8K",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     run = only_run(out)
     rows = results.read_rows(run)
-    assert all(r["status"] == "ok" for r in rows), [(r["case_id"], r["reason"]) for r in rows
-                                                     if r["status"] != "ok"]
+    assert all(r["status"] == "ok" for r in rows), [
+        (r["case_id"], r["reason"]) for r in rows if r["status"] != "ok"
+    ]
     info = results.read_run_json(run)
     assert info["datasets"]["pystdlib"]["sha256"] == load_corpus("pystdlib").sha256
     evals = {(r["variant"], r["eval_len"]): r for r in rows if r["pass"] == "eval"}
@@ -124,8 +147,9 @@ def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
     assert all(r["tokens_trained"] == 240_000 // (64 * 16) * 64 * 16 for r in train_rows)
     assert all(len(r["loss_curve"]) >= 2 and r["tokens_per_s"] > 0 for r in train_rows)
     # drop-in: exact variants and a window as wide as the evaluation match the trained model
-    dropin = {(r["variant"], r["eval_len"]): r for r in rows
-              if r["pass"] == "dropin" and "eval_len" in r}
+    dropin = {
+        (r["variant"], r["eval_len"]): r for r in rows if r["pass"] == "dropin" and "eval_len" in r
+    }
     assert abs(dropin[("naive.softmax", 64)]["rel_diff"]) < 1e-4
     assert abs(dropin[("sliding_window.blocked:window=64,block=64", 64)]["rel_diff"]) < 1e-4
     assert dropin[("sliding_window.blocked:window=8,block=64", 32)]["rel_diff"] > 1e-3  # worse
@@ -137,21 +161,58 @@ def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
     assert payload["meta"]["dataset"] == "pystdlib"
     # drop-in mode from the command line, on that checkpoint
     out2 = tmp_path / "dropin"
-    run_cli("quality", "--mode", "dropin", "--checkpoint", str(ckpt), "--variants",
-         "naive.softmax,sliding_window.masked:window=32", "--eval-lens", "32",
-         "--eval-tokens", "8K", "--ngram-order", "0", "--out", str(out2), "--quiet")
+    run_cli(
+        "quality",
+        "--mode",
+        "dropin",
+        "--checkpoint",
+        str(ckpt),
+        "--variants",
+        "naive.softmax,sliding_window.masked:window=32",
+        "--eval-lens",
+        "32",
+        "--eval-tokens",
+        "8K",
+        "--ngram-order",
+        "0",
+        "--out",
+        str(out2),
+        "--quiet",
+    )
     rows2 = [r for r in results.read_rows(only_run(out2)) if "eval_len" in r]
     assert all(r["status"] == "ok" and abs(r["rel_diff"]) < 1e-4 for r in rows2)
-    assert rows2[0]["trained_bpb"] == pytest.approx(dropin[("naive.softmax", 32)]["trained_bpb"],
-                                                    rel=1e-6)
+    assert rows2[0]["trained_bpb"] == pytest.approx(
+        dropin[("naive.softmax", 32)]["trained_bpb"], rel=1e-6
+    )
 
 
 def test_divergence_is_a_status(tmp_path):
     out = tmp_path / "runs"
-    run_cli("quality", "--dataset", "pystdlib", "--variants", "fused.planted_nan,fused.sdpa",
-         "--train-tokens", "4K", "--train-len", "32", "--batch", "4", "--eval-lens", "32",
-         "--eval-tokens", "1K", "--ngram-order", "0", "--no-dropin", "--plugins", PLANTED,
-         "--out", str(out), "--quiet")
+    run_cli(
+        "quality",
+        "--dataset",
+        "pystdlib",
+        "--variants",
+        "fused.planted_nan,fused.sdpa",
+        "--train-tokens",
+        "4K",
+        "--train-len",
+        "32",
+        "--batch",
+        "4",
+        "--eval-lens",
+        "32",
+        "--eval-tokens",
+        "1K",
+        "--ngram-order",
+        "0",
+        "--no-dropin",
+        "--plugins",
+        PLANTED,
+        "--out",
+        str(out),
+        "--quiet",
+    )
     rows = {(r["variant"], r["pass"]): r for r in results.read_rows(only_run(out))}
     assert rows[("fused.planted_nan", "train")]["status"] == "diverged"
     assert "at step 1" in rows[("fused.planted_nan", "train")]["reason"]
@@ -161,10 +222,31 @@ def test_divergence_is_a_status(tmp_path):
 
 def test_a_variant_that_sees_the_future_gets_no_quality_number(tmp_path):
     out = tmp_path / "q"
-    run_cli("quality", "--dataset", "pystdlib", "--variants", "fused.planted_leaky,fused.sdpa",
-            "--train-tokens", "2K", "--train-len", "32", "--batch", "4", "--eval-lens", "32",
-            "--eval-tokens", "1K", "--ngram-order", "0", "--no-dropin", "--plugins", PLANTED,
-            "--out", str(out), "--quiet")
+    run_cli(
+        "quality",
+        "--dataset",
+        "pystdlib",
+        "--variants",
+        "fused.planted_leaky,fused.sdpa",
+        "--train-tokens",
+        "2K",
+        "--train-len",
+        "32",
+        "--batch",
+        "4",
+        "--eval-lens",
+        "32",
+        "--eval-tokens",
+        "1K",
+        "--ngram-order",
+        "0",
+        "--no-dropin",
+        "--plugins",
+        PLANTED,
+        "--out",
+        str(out),
+        "--quiet",
+    )
     rows = results.read_rows(only_run(out))
     leaky = [r for r in rows if r["variant"] == "fused.planted_leaky"]
     assert leaky and all(r["status"] == "incorrect" for r in leaky)
@@ -177,33 +259,73 @@ def test_the_precheck_passes_every_trained_variant_and_rejects_leaks():
     from attnbench.quality.precheck import check_in_model
 
     attnbench.load_plugin(PLANTED)
-    for spec in ("fused.sdpa", "linear.elu.chunked:chunk=16", "sliding_window.banded:window=16",
-                 "sparse.bigbird.blocked:block=16"):
+    for spec in (
+        "fused.sdpa",
+        "linear.elu.chunked:chunk=16",
+        "sliding_window.banded:window=16",
+        "sparse.bigbird.blocked:block=16",
+    ):
         assert check_in_model("tiny", spec, 64) is None, spec
     assert "sees the future" in check_in_model("tiny", "fused.planted_leaky", 64)
     assert "differ from the reference" in check_in_model("tiny", "fused.planted_scaled", 64)
 
 
 def test_torchrun_two_processes_train_like_one(tmp_path):
-    args = ["quality", "--dataset", "pystdlib", "--variants", "fused.sdpa",
-            "--train-tokens", "16K", "--train-len", "64", "--batch", "8", "--eval-lens", "64",
-            "--eval-tokens", "4K", "--ngram-order", "0", "--no-dropin", "--quiet"]
+    args = [
+        "quality",
+        "--dataset",
+        "pystdlib",
+        "--variants",
+        "fused.sdpa",
+        "--train-tokens",
+        "16K",
+        "--train-len",
+        "64",
+        "--batch",
+        "8",
+        "--eval-lens",
+        "64",
+        "--eval-tokens",
+        "4K",
+        "--ngram-order",
+        "0",
+        "--no-dropin",
+        "--quiet",
+    ]
     run_cli(*args, "--out", str(tmp_path / "one"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", str(ROOT / "run_bench.py"), *args, "--out",
-                           str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "run_bench.py"),
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = {r["pass"]: r for r in results.read_rows(only_run(tmp_path / "one"))}
     two_dir = only_run(tmp_path / "two")
     two = {r["pass"]: r for r in results.read_rows(two_dir)}
     assert one["train"]["status"] == two["train"]["status"] == "ok", one["train"]["reason"]
     assert two["train"]["world_size"] == 2
-    assert results.read_run_json(two_dir)["distributed"] == {"world_size": 2, "backend": "gloo",
-                                                              "launcher": "torchrun"}
+    assert results.read_run_json(two_dir)["distributed"] == {
+        "world_size": 2,
+        "backend": "gloo",
+        "launcher": "torchrun",
+    }
     assert one["train"]["train_steps"] == two["train"]["train_steps"] == 31
-    for (a, b) in zip(one["train"]["loss_curve"], two["train"]["loss_curve"]):
+    for a, b in zip(one["train"]["loss_curve"], two["train"]["loss_curve"]):
         assert a[3] == pytest.approx(b[3], rel=1e-4)
     assert one["eval"]["bits_per_byte"] == pytest.approx(two["eval"]["bits_per_byte"], rel=1e-4)
     assert two["train"]["data_parallel"] == "ddp, gloo, world 2" and two["train"]["threads"] >= 1
@@ -218,13 +340,43 @@ def test_torchrun_with_one_process_still_trains_through_its_process_group(tmp_pa
 
     assert not launched_by_torchrun({"WORLD_SIZE": "1"})
     assert launched_by_torchrun({"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "1"})
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "1", str(ROOT / "run_bench.py"), "quality",
-                           "--dataset", "pystdlib", "--variants", "fused.sdpa", "--train-tokens",
-                           "2K", "--train-len", "32", "--batch", "4", "--eval-lens", "32",
-                           "--eval-tokens", "1K", "--ngram-order", "0", "--no-dropin", "--quiet",
-                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "1",
+            str(ROOT / "run_bench.py"),
+            "quality",
+            "--dataset",
+            "pystdlib",
+            "--variants",
+            "fused.sdpa",
+            "--train-tokens",
+            "2K",
+            "--train-len",
+            "32",
+            "--batch",
+            "4",
+            "--eval-lens",
+            "32",
+            "--eval-tokens",
+            "1K",
+            "--ngram-order",
+            "0",
+            "--no-dropin",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run(tmp_path)
     assert results.read_run_json(run)["distributed"]["backend"] == "gloo"
@@ -242,8 +394,8 @@ class _Copier(torch.nn.Module):
 
     def forward(self, idx):
         logits = torch.zeros(*idx.shape, 256)
-        nxt = idx[:, 1 - self.lag:] if self.lag > 1 else idx
-        logits[:, self.lag - 1:].scatter_(-1, nxt[:, : idx.shape[1] - self.lag + 1, None], 50.0)
+        nxt = idx[:, 1 - self.lag :] if self.lag > 1 else idx
+        logits[:, self.lag - 1 :].scatter_(-1, nxt[:, : idx.shape[1] - self.lag + 1, None], 50.0)
         return logits
 
 

@@ -16,9 +16,17 @@ from attnbench.bench import runner
 from attnbench.bench.suite import from_dict
 from attnbench.report.document import write_report
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 def _chromium() -> str:
@@ -27,10 +35,17 @@ def _chromium() -> str:
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("no Chromium here, and no root apt-get to install Debian's package")
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+    ):
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         if proc.returncode != 0:
             pytest.skip(f"could not install Chromium ({' '.join(cmd)}): {proc.stderr[-300:]}")
     found = shutil.which("chromium")
@@ -42,19 +57,36 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("html") / "run"
-    suite = from_dict({"name": "t", "device": "cpu",
-                       "op": {"variants": ["fused.sdpa", "sliding_window.blocked:window=32",
-                                           "linear.elu.chunked:chunk=32", "fused.flash_attn"],
-                              "seq_lens": [64, 128], "heads": 2, "head_dims": [16],
-                              "passes": ["fwd", "decode"]},
-                       "timing": {"budget_s": 0.02, "min_reps": 5, "max_reps": 5}})
+    suite = from_dict(
+        {
+            "name": "t",
+            "device": "cpu",
+            "op": {
+                "variants": [
+                    "fused.sdpa",
+                    "sliding_window.blocked:window=32",
+                    "linear.elu.chunked:chunk=32",
+                    "fused.flash_attn",
+                ],
+                "seq_lens": [64, 128],
+                "heads": 2,
+                "head_dims": [16],
+                "passes": ["fwd", "decode"],
+            },
+            "timing": {"budget_s": 0.02, "min_reps": 5, "max_reps": 5},
+        }
+    )
     runner.run(suite, run_dir, progress=False)
     return write_report(run_dir)["html"]
 
 
 def _browser(page: Path, *args: str, tmp: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([_chromium(), *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args,
-                           page.as_uri()], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [_chromium(), *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args, page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_report_renders_in_a_browser_with_summary_and_plots(page, tmp_path):
@@ -62,8 +94,14 @@ def test_report_renders_in_a_browser_with_summary_and_plots(page, tmp_path):
     assert not re.search(r'(src|href)="https?:|url\(https?:|@import', html)  # nothing fetched
     svgs = html.count('<figure class="plot"')
     assert svgs >= 3 and html.count("<title>") > 10  # plots inline, points with hover titles
-    dom = _browser(page, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-                   "--dump-dom", tmp=tmp_path)
+    dom = _browser(
+        page,
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        tmp=tmp_path,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not errors, errors

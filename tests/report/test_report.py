@@ -19,26 +19,52 @@ from attnbench.report.plots import pareto_front
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-PLOTS = {"time", "memory", "flops", "quality", "pareto", "decode", "patterns", "recall", "state",
-         "model", "dropin"}
+PLOTS = {
+    "time",
+    "memory",
+    "flops",
+    "quality",
+    "pareto",
+    "decode",
+    "patterns",
+    "recall",
+    "state",
+    "model",
+    "dropin",
+}
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     sets = [
-        "op.variants=[\"naive.softmax\",\"fused.sdpa\",\"fused.flash_attn\",\"sliding_window.blocked:window=64\","
-        "\"linear.elu.chunked:chunk=32\"]",
-        "quality.dataset=\"pystdlib\"",
-        "quality.variants=[\"fused.sdpa\",\"sliding_window.blocked:window=16\",\"linear.elu.chunked:chunk=16\"]",
-        "quality.train_tokens=30000", "quality.train_len=64", "quality.batch=8",
-        "quality.eval_lens=[32,64,128]", "quality.eval_tokens=4096",
-        "recall.variants=[\"fused.sdpa\",\"linear.elu.chunked:chunk=16\"]",
+        'op.variants=["naive.softmax","fused.sdpa","fused.flash_attn","sliding_window.blocked:window=64",'
+        '"linear.elu.chunked:chunk=32"]',
+        'quality.dataset="pystdlib"',
+        'quality.variants=["fused.sdpa","sliding_window.blocked:window=16","linear.elu.chunked:chunk=16"]',
+        "quality.train_tokens=30000",
+        "quality.train_len=64",
+        "quality.batch=8",
+        "quality.eval_lens=[32,64,128]",
+        "quality.eval_tokens=4096",
+        'recall.variants=["fused.sdpa","linear.elu.chunked:chunk=16"]',
         "recall.seq_lens=[32,64]",
-        "recall.kv_pairs=[2,4]", "recall.train_steps=10", "recall.eval_sequences=16",
+        "recall.kv_pairs=[2,4]",
+        "recall.train_steps=10",
+        "recall.eval_sequences=16",
     ]
-    cmd = [sys.executable, str(ROOT / "run_bench.py"), "run", "--suite", "smoke", "--out", str(out),
-           "--quiet", "--budget", "0.02"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_bench.py"),
+        "run",
+        "--suite",
+        "smoke",
+        "--out",
+        str(out),
+        "--quiet",
+        "--budget",
+        "0.02",
+    ]
     for s in sets:
         cmd += ["--set", s]
     env = dict(os.environ)
@@ -70,8 +96,11 @@ def test_every_file_is_written_and_every_png_is_valid(run_dir):
 
 def _table_rows(md: str) -> list[list[str]]:
     """The cells of every Markdown table row of a report."""
-    return [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in md.splitlines() if line.startswith("|")]
+    return [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in md.splitlines()
+        if line.startswith("|")
+    ]
 
 
 def test_markdown_tables_contain_every_case(run_dir):
@@ -118,8 +147,14 @@ def _perturbed(run_dir: Path, dest: Path, factor_all: float, slow: dict[str, flo
 
 def test_compare_flags_a_planted_slowdown_and_ignores_noise(run_dir, tmp_path):
     rows = results.read_rows(run_dir)
-    target = next(r for r in rows if r["variant"] == "fused.sdpa" and r["pass"] == "fwd_bwd"
-                  and r["level"] == "op" and r["seq_len"] == 256)
+    target = next(
+        r
+        for r in rows
+        if r["variant"] == "fused.sdpa"
+        and r["pass"] == "fwd_bwd"
+        and r["level"] == "op"
+        and r["seq_len"] == 256
+    )
     noisy = _perturbed(run_dir, tmp_path / "noisy", 1.02, {})
     code, text = compare(run_dir, noisy)
     assert code == 0 and "0 regressions" in text, text
@@ -130,8 +165,12 @@ def test_compare_flags_a_planted_slowdown_and_ignores_noise(run_dir, tmp_path):
     assert len(flagged) == 1 and target["case_id"].rsplit("|r", 1)[0] in flagged[0]
     assert "1.500x" in flagged[0]
     # the command line: the same verdict as an exit status
-    proc = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "compare", str(run_dir),
-                           str(slow)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_bench.py"), "compare", str(run_dir), str(slow)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "REGRESSION" in proc.stdout
     # a higher threshold lets the slowdown pass
     assert compare(run_dir, slow, threshold=0.6)[0] == 0
