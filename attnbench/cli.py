@@ -118,6 +118,18 @@ def _bool(text: str) -> bool:
     return text.lower() == "true"
 
 
+def _add_plugins(p: argparse.ArgumentParser, help: str) -> None:
+    """``--plugins FILE.py``, repeatable (one file each, so a positional argument after it is
+    never taken for a plugin)."""
+    p.add_argument(
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help=help + " (repeat the flag for several files)",
+    )
+
+
 def _csv(kind):
     def parse(text: str):
         items = [x.strip() for x in text.split(",") if x.strip()]
@@ -439,13 +451,7 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --resume: accept another suite or commit (recorded in run.json)",
     )
-    p.add_argument(
-        "--plugins",
-        nargs="*",
-        default=[],
-        metavar="FILE.py",
-        help="Python files that register more variants",
-    )
+    _add_plugins(p, "Python files that register more variants")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--budget", type=float, help="seconds of repetitions per case")
     p.add_argument("--timeout", type=float, help="seconds before a case is killed")
@@ -522,13 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=_default_device())
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument(
-        "--plugins",
-        nargs="*",
-        default=[],
-        metavar="FILE.py",
-        help="Python files that register more variants",
-    )
+    _add_plugins(p, "Python files that register more variants")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
@@ -647,13 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(re)write report.md, report.html and plots of a run folder")
     p.add_argument("run_dir")
-    p.add_argument(
-        "--plugins",
-        nargs="*",
-        default=[],
-        metavar="FILE.py",
-        help="files that registered the run's own variants (for the pattern plot)",
-    )
+    _add_plugins(p, "files that registered the run's own variants (for the pattern plot)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="compare run B against run A; exit 1 on a regression")
@@ -710,7 +704,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --resume: accept another suite or commit (recorded in run.json)",
     )
-    p.add_argument("--plugins", nargs="*", default=[], metavar="FILE.py")
+    _add_plugins(p, "Python files that register more variants")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

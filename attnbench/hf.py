@@ -41,7 +41,8 @@ from typing import Any
 
 import torch
 
-from attnbench.registry import Variant, get_variant
+from attnbench.registry import get_variant
+from attnbench.variant import Variant
 
 PREFIX = "attnbench-"
 

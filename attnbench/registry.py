@@ -20,21 +20,34 @@ which the harness calls in its measuring worker, never in the launcher.
 from __future__ import annotations
 
 import difflib
-import functools
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
+from attnbench.attention.feature_maps import FeatureMap
+from attnbench.attention.reference import MATHS, LinearMath, MathSpec
+from attnbench.case import FAMILIES, Capabilities, Case
+from attnbench.spec import convert_param, parse_spec, positive
+from attnbench.variant import ReasonsFn, Variant, VariantInfo
 
-from attnbench.attention.backends import missing_reason
-from attnbench.attention.reference import MATHS, LinearMath, Math, SoftmaxMath, expand_heads
-from attnbench.case import FAMILIES, Capabilities, Case, dtype_name, parse_dtype
+__all__ = [
+    "Variant",
+    "VariantInfo",
+    "get_variant",
+    "list_variants",
+    "load_plugin",
+    "parse_spec",
+    "positive",
+    "register_math",
+    "register_variant",
+    "resolve_name",
+    "unregister_variant",
+    "variant_names",
+]
 
 _FAMILY_MATH = {
     "naive": "causal_softmax",
@@ -43,62 +56,38 @@ _FAMILY_MATH = {
 }
 
 
-ReasonsFn = Callable[["Case", dict], list[str]]
-
-
-@dataclass
-class VariantInfo:
-    """A registered implementation (unbound: parameters not yet chosen)."""
-
-    name: str
-    family: str
-    math: str
-    impl: str
-    fn: Callable[..., torch.Tensor]
-    defaults: dict[str, Any]
-    supports: Capabilities
-    exact: bool
-    description: str
-    reasons: ReasonsFn | None = None
-    probe: ReasonsFn | None = None
-    decoder: Callable[..., Any] | None = None
-    validate: Callable[[dict], None] | None = None
-    prepare: Callable[[Variant, Case], None] | None = None
-    kernel: Callable[..., str | None] | None = None
-    takes_causal: bool = False
-
-    def metadata(self) -> dict[str, Any]:
-        caps = self.supports
-        return {
-            "name": self.name,
-            "family": self.family,
-            "math": self.math,
-            "impl": self.impl,
-            "params": dict(self.defaults),
-            "exact": self.exact,
-            "description": self.description,
-            "devices": list(caps.devices),
-            "dtypes": [dtype_name(d) for d in caps.dtypes],
-            "backward": caps.backward,
-            "decode": caps.decode,
-            "decoder": self.decoder_name(),
-            "noncausal": caps.noncausal or self.takes_causal,
-            "gqa": "native" if caps.gqa else "expanded",
-            "requires": list(caps.requires),
-            "cpu_overrides": {k: v for k, v in caps.cpu.items()},
-        }
-
-    def decoder_name(self) -> str:
-        """The name of the decoder this variant decodes with (rows record it)."""
-        if self.decoder is not None:
-            return getattr(self.decoder, "name", getattr(self.decoder, "__name__", "custom"))
-        from attnbench.attention import decode
-
-        return decode.default_decoder_class(MATHS[self.math].build(dict(self.defaults))).name
-
-
 _REGISTRY: dict[str, VariantInfo] = {}
 _LOADED = False
+
+
+def register_math(
+    name: str,
+    factory: Callable[..., Any],
+    *,
+    exact: bool = False,
+    description: str = "",
+    replace_existing: bool = False,
+) -> MathSpec:
+    """Register a new math (a pattern, or a feature map) so that variants can name it with
+    ``register_variant(..., math=name)``: a plugin brings its own pattern in its own file.
+
+    ``factory`` takes keyword arguments named after the variants' parameters and returns a
+    :class:`~attnbench.attention.patterns.Pattern` subclass instance (softmax over that pattern:
+    it defines ``mask_fn`` and ``label``; the float64 reference, FLOPs, decoders and plots derive
+    from it) or a ``FeatureMap`` (linear attention). Bad parameter values raise ``ValueError``
+    in the factory (``get_variant`` reports them with the variant's name).
+
+    ``exact``: True only if the math is full causal softmax attention.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"math name {name!r} must be an identifier, like 'dilated_window'")
+    if name in MATHS and not replace_existing:
+        raise ValueError(f"math {name!r} is already registered (valid new names: any other)")
+    if not callable(factory):
+        raise ValueError(f"math {name!r}: factory must be callable, got {type(factory).__name__}")
+    spec = MathSpec(name, factory, exact, description or (factory.__doc__ or "").strip())
+    MATHS[name] = spec
+    return spec
 
 
 def register_variant(
@@ -310,46 +299,6 @@ def resolve_name(name: str) -> str:
     raise ValueError(f"unknown variant {name!r}{hint}. Valid names: {', '.join(sorted(_REGISTRY))}")
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """Split ``name:key=value,...`` into the name and the raw parameter strings."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"variant spec must be a non-empty string, got {spec!r}")
-    name, _, rest = spec.strip().partition(":")
-    raw: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"bad parameter {item!r} in spec {spec!r}; expected key=value")
-        if key.strip() in raw:
-            raise ValueError(f"parameter {key.strip()!r} given twice in spec {spec!r}")
-        raw[key.strip()] = value.strip()
-    return name.strip(), raw
-
-
-def _convert(name: str, key: str, value: Any, default: Any) -> Any:
-    kind = type(default)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    text = str(value)
-    try:
-        if kind is bool:
-            lowered = text.lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return lowered in ("true", "1", "yes")
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if default is None:
-            return text
-        return kind(text)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"variant {name}: parameter {key}={text!r} is not a valid {kind.__name__}"
-        ) from None
-
-
 def get_variant(spec: str, **params: Any) -> Variant:
     """Bind a registered implementation to parameters:
     ``get_variant("sliding_window.blocked:window=256")``.
@@ -368,213 +317,18 @@ def get_variant(spec: str, **params: Any) -> Variant:
             f"variant {info.name}: unknown parameter {unknown[0]!r}{hint}; valid: {valid}"
         )
     values = {
-        k: _convert(info.name, k, given[k], d) if k in given else d
+        k: convert_param(info.name, k, given[k], d) if k in given else d
         for k, d in info.defaults.items()
     }
     try:
         math = MATHS[info.math].build(values)
+        if isinstance(math, LinearMath) and not isinstance(math.feature_map, FeatureMap):
+            raise ValueError(
+                f"math {info.math!r} built a {type(math.feature_map).__name__}; a math's factory "
+                "must return a Pattern or a FeatureMap"
+            )
         if info.validate is not None:
             info.validate(values)
     except ValueError as e:
         raise ValueError(f"variant {info.name}: {e}") from None
     return Variant(info, values, math)
-
-
-def positive(*names: str) -> Callable[[dict], None]:
-    """A ``validate`` hook: the named integer parameters must be >= 1."""
-
-    def check(params: dict) -> None:
-        for n in names:
-            v = params[n]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{n} must be a positive integer, got {v!r}")
-
-    return check
-
-
-class Variant:
-    """A registered implementation bound to its parameters. Call it as ``attn(q, k, v)``."""
-
-    def __init__(self, info: VariantInfo, params: dict[str, Any], math: Math):
-        self.info = info
-        self.params = params
-        self.math = math
-
-    # --- identity -------------------------------------------------------------------------
-    name = property(lambda self: self.info.name)
-    family = property(lambda self: self.info.family)
-    impl = property(lambda self: self.info.impl)
-    exact = property(lambda self: self.info.exact)
-    supports = property(lambda self: self.info.supports)
-
-    @property
-    def label(self) -> str:
-        """The spec string with every parameter spelled out (for legends and table rows)."""
-        if not self.params:
-            return self.name
-        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.params.items())
-
-    @property
-    def pattern(self):
-        """The attention pattern (softmax maths) or None (linear attention)."""
-        return self.math.pattern if isinstance(self.math, SoftmaxMath) else None
-
-    @property
-    def feature_map(self):
-        return self.math.feature_map if isinstance(self.math, LinearMath) else None
-
-    def __repr__(self) -> str:
-        return f"Variant({self.label!r})"
-
-    # --- running --------------------------------------------------------------------------
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True):
-        """q: (B, N, H, D); k, v: (B, N, H_kv, D) with H_kv dividing H -> (B, N, H, D).
-
-        Grouped-query attention (H_kv < H) goes to the implementation as it is where it declares
-        ``Capabilities(gqa=True)``; otherwise each key/value head is repeated for its group of
-        query heads first (that copy is part of what a benchmark times)."""
-        _check_qkv(q, k, v)
-        if not causal and not self.info.takes_causal:
-            raise ValueError(
-                f"variant {self.label} computes causal attention only (causal=False given)"
-            )
-        static = self._static_reasons(str(q.device.type), q.dtype, q.shape[-1], causal)
-        if static:
-            raise ValueError(f"variant {self.label} cannot run here: " + "; ".join(static))
-        if k.shape[2] != q.shape[2] and not self.supports.on(q.device.type).gqa:
-            k, v = expand_heads(k, q.shape[2]), expand_heads(v, q.shape[2])
-        if self.info.takes_causal:
-            return self.info.fn(q, k, v, causal=causal, **self.params)
-        return self.info.fn(q, k, v, **self.params)
-
-    def prepare(self, case: Case) -> None:
-        """Build the per-shape caches (masks, block plans) of ``case`` ahead of timing."""
-        if self.info.prepare is not None:
-            self.info.prepare(self, case)
-
-    def kernel_used(self, q, k, v, *, causal: bool = True) -> str | None:
-        """The kernel a dispatching implementation runs for these inputs (None: it names none)."""
-        return None if self.info.kernel is None else self.info.kernel(q, k, v, causal=causal)
-
-    def reference(self, q, k, v, *, causal: bool = True, dtype: torch.dtype = torch.float64):
-        """This variant's math, materialised, in ``dtype`` (float64: the reference)."""
-        return self.math.reference(q, k, v, causal=causal, dtype=dtype)
-
-    def decoder(
-        self,
-        batch: int,
-        heads: int,
-        head_dim: int,
-        *,
-        max_len: int,
-        kv_heads: int | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-    ):
-        """This implementation's decoder: ``prefill(q, k, v)`` then ``step(q, k, v)`` one token
-        at a time; its cache holds ``kv_heads`` key/value heads (default: ``heads``)."""
-        from attnbench.attention import decode
-
-        factory = self.info.decoder or decode.default_decoder_class(self.math)
-        return factory(
-            self,
-            batch,
-            heads,
-            head_dim,
-            kv_heads=kv_heads or heads,
-            max_len=max_len,
-            dtype=dtype,
-            device=device,
-        )
-
-    @property
-    def decoder_name(self) -> str:
-        return self.info.decoder_name()
-
-    # --- capabilities ---------------------------------------------------------------------
-    @functools.lru_cache(maxsize=256)
-    def _static_reasons(
-        self, device: str, dtype: torch.dtype, head_dim: int, causal: bool
-    ) -> tuple:
-        caps = self.supports.on(device)
-        out = [why for why in map(missing_reason, caps.requires) if why]
-        if device not in caps.devices:
-            out.append(f"device {device!r} not supported (supported: {', '.join(caps.devices)})")
-        if dtype not in caps.dtypes:
-            out.append(
-                f"dtype {dtype_name(dtype)} not supported on {device} "
-                f"(supported: {', '.join(dtype_name(d) for d in caps.dtypes)})"
-            )
-        if caps.max_head_dim is not None and head_dim > caps.max_head_dim:
-            out.append(f"head_dim {head_dim} > {caps.max_head_dim}, the largest supported")
-        if caps.head_dim_multiple and head_dim % caps.head_dim_multiple:
-            out.append(f"head_dim {head_dim} is not a multiple of {caps.head_dim_multiple}")
-        if caps.head_dims is not None and head_dim not in caps.head_dims:
-            out.append(
-                f"head_dim {head_dim} not supported (supported: "
-                f"{', '.join(map(str, caps.head_dims))})"
-            )
-        if not causal and not (caps.noncausal or self.info.takes_causal):
-            out.append("non-causal attention not supported")
-        return tuple(out)
-
-    def not_supported_reasons(
-        self, case: Case | None = None, *, probe: bool = True, **kwargs: Any
-    ) -> list[str]:
-        """Why this variant cannot run ``case`` here; an empty list means it runs.
-
-        Pass a :class:`Case` or its fields as keywords (``device="cuda", dtype=torch.bfloat16,
-        head_dim=128, pass_="fwd_bwd"``); unspecified fields take ``Case``'s defaults. With
-        ``probe=False`` the variant's kernel probes (which run kernels on the device) are left
-        out: the launcher asks that way, the measuring worker with the probes.
-        """
-        if case is None:
-            if "dtype" in kwargs:
-                kwargs["dtype"] = parse_dtype(kwargs["dtype"])
-            case = Case(**kwargs)
-        elif kwargs:
-            case = replace(case, **kwargs)
-        device = torch.device(case.device).type
-        caps = self.supports.on(device)
-        out = list(self._static_reasons(device, case.dtype, case.head_dim, case.causal))
-        if device == "cuda":
-            if not torch.cuda.is_available():
-                out.append("CUDA is not available on this machine")
-            elif caps.min_cuda_capability is not None:
-                cap = torch.cuda.get_device_capability(case.device)
-                if cap < caps.min_cuda_capability:
-                    need = ".".join(map(str, caps.min_cuda_capability))
-                    out.append(
-                        f"needs CUDA compute capability >= {need}, device has {cap[0]}.{cap[1]}"
-                    )
-        wanted = case.attention_pass
-        if wanted == "fwd_bwd" and not caps.backward:
-            out.append(f"backward not supported on {device}")
-        if wanted == "decode" and not caps.decode:
-            out.append("decoding not supported")
-        if caps.max_seq_len is not None and case.seq_len > caps.max_seq_len:
-            out.append(
-                f"seq_len {case.seq_len} > {caps.max_seq_len}, the largest this implementation "
-                "is meant for"
-            )
-        if not out and self.info.reasons is not None:
-            out.extend(self.info.reasons(case, self.params))
-        if not out and probe and self.info.probe is not None:
-            out.extend(self.info.probe(case, self.params))
-        return out
-
-
-def _check_qkv(q, k, v) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a (B, N, H, D) tensor, got {shape}")
-    (b, n, h, d), shapes = q.shape, (tuple(q.shape), tuple(k.shape), tuple(v.shape))
-    hk = k.shape[2]
-    if k.shape != (b, n, hk, d) or v.shape[:3] != (b, n, hk) or hk < 1 or h % hk:
-        raise ValueError(
-            "q, k, v must share (B, N), q and k the head dim D, and k, v a number of heads that "
-            "divides q's (grouped-query attention); got q {}, k {}, v {}".format(*shapes)
-        )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")

@@ -13,6 +13,8 @@ RANKS = {
     "attnbench.case": 0,
     "attnbench.settings": 0,
     "attnbench.attention": 1,
+    "attnbench.spec": 2,
+    "attnbench.variant": 2,
     "attnbench.registry": 2,
     "attnbench.variants": 3,
     "attnbench.model": 4,

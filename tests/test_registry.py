@@ -7,6 +7,7 @@ import torch
 
 import attnbench
 from attnbench.case import FAMILIES, Case, QualityCase
+from helpers import ROOT
 
 
 def test_every_family_has_its_named_implementations():
@@ -298,3 +299,150 @@ def test_plugin_file_registers_variants(tmp_path):
         attnbench.unregister_variant("naive.plugin_copy")
     with pytest.raises(ValueError, match="does not exist"):
         attnbench.load_plugin(str(tmp_path / "missing.py"))
+
+
+def test_static_reasons_are_cached_per_implementation_and_hit():
+    info = attnbench.registry._REGISTRY["fused.sdpa"]
+    info.static_reasons.clear()
+    a, b = attnbench.get_variant("fused.sdpa"), attnbench.get_variant("fused.sdpa")
+    assert a is not b and a.info is b.info
+    a.not_supported_reasons(device="cpu", dtype=torch.float16)
+    assert len(info.static_reasons) == 1
+    b.not_supported_reasons(device="cpu", dtype=torch.float16)  # a hit: no new entry
+    assert len(info.static_reasons) == 1
+    b.not_supported_reasons(device="cpu", dtype=torch.float32)
+    assert len(info.static_reasons) == 2
+
+
+PATTERN_PLUGIN = '''
+"""A new pattern in a plugin's own file: every other key within a window."""
+from dataclasses import dataclass
+
+import attnbench
+from attnbench.attention.masked import masked_sdpa
+from attnbench.attention.patterns import Pattern
+
+
+@dataclass(frozen=True)
+class Dilated(Pattern):
+    window: int
+    causal = True
+
+    def __post_init__(self):
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+
+    @property
+    def label(self):
+        return f"dilated(window={self.window})"
+
+    def mask_fn(self, n, device="cpu"):
+        w = self.window
+        return lambda q, k: (k <= q) & (q - k < w) & ((q - k) % 2 == 0)
+
+
+attnbench.register_math("dilated", lambda window: Dilated(window), description="every other key")
+
+
+@attnbench.register_variant("sparse.dilated.masked", family="sparse", math="dilated")
+def dilated_masked(q, k, v, *, window: int = 8):
+    """Dense-masked SDPA over the dilated pattern."""
+    return masked_sdpa(q, k, v, Dilated(window))
+'''
+
+
+def test_a_plugin_brings_its_own_pattern(tmp_path):
+    from attnbench.attention.reference import MATHS
+    from helpers import assert_close_to_reference, random_qkv
+
+    plugin = tmp_path / "dilated.py"
+    plugin.write_text(PATTERN_PLUGIN)
+    try:
+        attnbench.load_plugin(str(plugin))
+        v = attnbench.get_variant("dilated.masked:window=6")
+        assert v.pattern.label == "dilated(window=6)" and not v.exact
+        assert v.pattern.attended_pairs(12) == sum(
+            sum(1 for j in range(i + 1) if i - j < 6 and (i - j) % 2 == 0) for i in range(12)
+        )
+        q, k, vv = random_qkv((2, 20, 2, 8), torch.float32)
+        plain = v.reference(q, k, vv, dtype=torch.float32)
+        assert_close_to_reference(v.label, v(q, k, vv), plain, v.reference(q, k, vv), torch.float32)
+        with pytest.raises(ValueError, match="window must be >= 1, got 0"):
+            attnbench.get_variant("dilated.masked:window=0")
+        with pytest.raises(ValueError, match="already registered"):
+            attnbench.register_math("dilated", lambda window: None)
+    finally:
+        attnbench.unregister_variant("sparse.dilated.masked")
+        MATHS.pop("dilated", None)
+
+
+def test_a_math_must_build_a_pattern_or_a_feature_map():
+    from attnbench.attention.reference import MATHS
+
+    attnbench.register_math("not_a_pattern", lambda: object())
+    try:
+        attnbench.register_variant("sparse.not_a_pattern.x", family="sparse")(lambda q, k, v: q)
+        with pytest.raises(ValueError, match="must return a Pattern or a FeatureMap"):
+            attnbench.get_variant("sparse.not_a_pattern.x")
+    finally:
+        attnbench.unregister_variant("sparse.not_a_pattern.x")
+        MATHS.pop("not_a_pattern", None)
+    with pytest.raises(ValueError, match="must be an identifier"):
+        attnbench.register_math("two words", lambda: None)
+
+
+def test_plugins_flag_repeats_and_leaves_positionals_alone():
+    from attnbench.cli import build_parser
+
+    args = build_parser().parse_args(["report", "--plugins", "a.py", "runs/x"])
+    assert args.plugins == ["a.py"] and args.run_dir == "runs/x"
+    args = build_parser().parse_args(["list", "--plugins", "a.py", "--plugins", "b.py"])
+    assert args.plugins == ["a.py", "b.py"]
+
+
+def _readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n# my_variants.py\n") + len("```python\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_readme_example_verbatim(tmp_path):
+    """The README's one-file variant, as printed: it passes ruff, registers, runs close to its
+    reference, rejects block=0 by name, and its prepare= builds the plan the call then uses."""
+    import subprocess
+    import sys
+
+    from attnbench.attention.blocksparse import block_plan
+    from helpers import assert_close_to_reference, random_qkv
+
+    plugin = tmp_path / "my_variants.py"
+    plugin.write_text(_readme_example())
+    lint = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--config",
+            str(ROOT / "pyproject.toml"),
+            str(plugin),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    try:
+        attnbench.load_plugin(str(plugin))
+        v = attnbench.get_variant("my_idea:window=24,block=8")
+        with pytest.raises(ValueError, match="block must be a positive integer, got 0"):
+            attnbench.get_variant("my_idea:block=0")
+        block_plan.cache_clear()
+        v.prepare(Case(seq_len=40, heads=2, head_dim=8))
+        q, k, vv = random_qkv((2, 40, 2, 8), torch.float32)
+        out = v(q, k, vv)
+        assert block_plan.cache_info().hits == 1 and block_plan.cache_info().misses == 1
+        plain = v.reference(q, k, vv, dtype=torch.float32)
+        assert_close_to_reference(v.label, out, plain, v.reference(q, k, vv), torch.float32)
+    finally:
+        attnbench.unregister_variant("sliding_window.my_idea")
+        attnbench.registry._PLUGINS.discard(str(plugin.resolve()))
