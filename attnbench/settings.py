@@ -178,7 +178,10 @@ class TimingConfig:
     gate_rows: int = 48  # query rows compared per gate (first, last and spread rows)
     memory: bool = True  # measure peak memory (on the CPU in a separate worker process)
     noisy: float = 0.10  # a row whose p20-p80 spread exceeds this share of its median is noisy
-    ceiling_s: float = 2.0  # seconds of matmul repetitions per ceiling (at the start and the end)
+    ceiling_s: float = 2.0  # seconds of matmul repetitions per ceiling measurement
+    # re-measure the ceilings once they are this old (0: only at the start and the end), so
+    # each row's fraction divides by the measurement nearest in time to it
+    ceiling_every_s: float = field(default=120.0, metadata={"minimum": 0})
     # environment of the timing worker, the same for every variant and the ceiling, recorded in
     # every row (e.g. THP_MEM_ALLOC_ENABLE = "1": PyTorch's CPU allocator on 2 MiB pages)
     env: dict[str, str] = field(default_factory=dict, hash=False)

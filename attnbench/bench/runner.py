@@ -18,6 +18,7 @@ timing), and one that trains (quality and recall cases).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -415,12 +416,36 @@ class Slot:
         self.memory = Worker(init, env={**measure.MEMORY_ENV, **self.timing_env})
         self.train = Worker(train_init or init, env=self.timing_env)
         self.ceilings: dict[str, Any] = {}
+        self.ceilings_at = 0.0  # time.time() of the ceilings in use
+        self.samples: list[dict[str, Any]] = []  # every measurement of this slot's ceilings
 
     def worker_for(self, case: Case) -> Worker:
         return self.train if case.level in ("quality", "recall") else self.time
 
     def measure_ceilings(self, dtypes: list[str], device: str) -> dict[str, Any]:
-        return self.time.ask("ceilings", {"dtypes": dtypes, "device": device}, timeout=600)
+        out = self.time.ask("ceilings", {"dtypes": dtypes, "device": device}, timeout=600)
+        self.ceilings, self.ceilings_at = out, time.time()
+        self.samples.append(
+            {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.ceilings_at)),
+                "matmul_flops_per_s": out.get("matmul_flops_per_s"),
+                "copy_bytes_per_s": out.get("copy_bytes_per_s"),
+            }
+        )
+        return out
+
+    def refresh_ceilings(
+        self, dtypes: list[str], device: str, every_s: float, deadline: float | None
+    ) -> None:
+        """Re-measure the ceilings once they are ``every_s`` old (0: never), so that each row is
+        divided by a ceiling measured at most that long before it: the measurement nearest in
+        time when the row is written (a machine's rate drifts over a run: other tenants,
+        clocks). Not past the run's deadline."""
+        if not dtypes or every_s <= 0 or not self.ceilings:
+            return
+        now = time.time()
+        if now - self.ceilings_at >= every_s and (deadline is None or now < deadline):
+            self.measure_ceilings(dtypes, device)
 
     def stop(self) -> None:
         for w in (self.time, self.memory, self.train):
@@ -478,7 +503,7 @@ def execute(
     try:
         if dtypes:
             for slot in slots:
-                slot.ceilings = slot.measure_ceilings(dtypes, device)
+                slot.measure_ceilings(dtypes, device)
             session["ceilings"] = {**slots[0].ceilings, "by_slot": [s.ceilings for s in slots]}
         env = results.environment(device)
         env.update(
@@ -509,14 +534,26 @@ def execute(
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(deadline)),
                 "skipped_cases": late,
             }
+        sweep = functools.partial(
+            _sweep,
+            writer=writer,
+            info=info,
+            suite=suite,
+            env=env,
+            done=done,
+            deadline=deadline,
+            late=late,
+            dtypes=dtypes,
+            device=device,
+        )
         if k == 1:
-            _sweep(todo, slots[0], writer, info, suite, env, done, deadline, late)
+            sweep(todo, slots[0])
         else:
             errors: list[BaseException] = []
 
             def work(slot, cases):
                 try:
-                    _sweep(cases, slot, writer, info, suite, env, done, deadline, late)
+                    sweep(cases, slot)
                 except BaseException as e:  # surfaced after the other slots finish
                     errors.append(e)
 
@@ -531,9 +568,13 @@ def execute(
         if dtypes and deadline is not None and time.time() >= deadline:
             session["ceilings"]["end"] = "not measured: past the run's deadline"
         elif dtypes:
+            start = [slot.samples[0] for slot in slots]
             end = [slot.measure_ceilings(dtypes, device) for slot in slots]
             session["ceilings"]["end"] = end[0]
-            session["ceilings"]["drift"] = _drift(slots[0].ceilings, end[0])
+            session["ceilings"]["drift"] = _drift(start[0], end[0])
+        if dtypes:
+            session["ceilings"]["samples"] = [s.samples for s in slots]
+            session["ceilings"]["every_s"] = suite.timing.ceiling_every_s
         results.write_run_json(run_dir, info)
     finally:
         for slot in slots:
@@ -568,8 +609,9 @@ def _sweep(
     done,
     deadline: float | None = None,
     late: list[str] | None = None,
+    dtypes: list[str] = (),
+    device: str = "cpu",
 ) -> None:
-    ceilings = slot.ceilings.get("matmul_flops_per_s", {})
     oom_at: dict[tuple, int] = {}
     host = platform.node()
     for case in todo:
@@ -585,6 +627,8 @@ def _sweep(
             case.kv_heads,
             case.causal,
         )
+        if case.level in ("op", "model"):
+            slot.refresh_ceilings(dtypes, device, suite.timing.ceiling_every_s, deadline)
         t0 = time.time()
         reasons = unsupported_reasons(case)
         if reasons:
@@ -612,8 +656,12 @@ def _sweep(
             row.setdefault("gated", suite.timing.gate)
             row["timing_env"] = dict(suite.timing.env)
             _efficiency(
-                row, ceilings, slot.ceilings.get("copy_bytes_per_s"), env.get("device_name", "")
+                row,
+                slot.ceilings.get("matmul_flops_per_s", {}),
+                slot.ceilings.get("copy_bytes_per_s"),
+                env.get("device_name", ""),
             )
+            row["ceiling_age_s"] = round(time.time() - slot.ceilings_at, 1)
         if row.get("status") not in ("ok", "implausible"):  # no number of a failed or
             # incorrect case is a result (an implausible row keeps its numbers to inspect)
             for f in (

@@ -159,9 +159,13 @@ def _coerce(full: str, value: Any, kind: Any, default: Any, minimum: int = 1) ->
             not isinstance(value, (int, float))
             or isinstance(value, bool)
             or value < 0
-            or (value == 0 and default != 0)
+            or (value == 0 and default != 0 and minimum != 0)
         ):
-            _fail(full, f"must be a positive number, got {value!r}")
+            _fail(
+                full,
+                f"must be a {'non-negative' if minimum == 0 else 'positive'} number, "
+                f"got {value!r}",
+            )
         return float(value)
     if not isinstance(value, str):
         _fail(full, f"must be a string, got {value!r}")

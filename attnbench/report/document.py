@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from attnbench.bench import results
-from attnbench.report import plots
+from attnbench.report import plots, targets
 from attnbench.report.summary import anchor, best_per_n, problems, quality_cost, recall_verdict
 from attnbench.report.tables import NOISY_MARK, STATUS_TEXT, pivot, render
 
@@ -111,11 +111,21 @@ def _ceiling_note(sub: pd.DataFrame) -> str:
     parts = []
     for (dt, cd), g in sub.groupby(["dtype", "ceiling_dtype"]):
         rate = g["ceiling_flops_per_s"].dropna()
-        parts.append(
-            f"{dt} rows by the {cd} matmul"
-            + (f" ({rate.iloc[0] / 1e9:.0f} GFLOP/s)" if len(rate) else "")
+        span = (
+            f"{rate.min() / 1e9:.0f}-{rate.max() / 1e9:.0f}"
+            if len(rate) and rate.max() > rate.min() * 1.005
+            else f"{rate.iloc[0] / 1e9:.0f}"
+            if len(rate)
+            else ""
         )
-    return " (" + "; ".join(parts) + ")"
+        parts.append(f"{dt} rows by the {cd} matmul" + (f" ({span} GFLOP/s)" if span else ""))
+    age = sub["ceiling_age_s"].dropna() if "ceiling_age_s" in sub else []
+    nearest = (
+        f"; each row by the measurement nearest before it, at most {age.max():.0f} s old"
+        if len(age)
+        else ""
+    )
+    return " (" + "; ".join(parts) + nearest + ")"
 
 
 def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -233,6 +243,7 @@ def build(
             )
         )
     blocks += _summary_blocks(frame)
+    blocks += _target_blocks(frame, info)
     blocks += _op_blocks(frame)
     blocks += _model_blocks(frame)
     blocks += _quality_blocks(frame, info)
@@ -315,6 +326,19 @@ def _summary_blocks(frame: pd.DataFrame) -> list[Block]:
         )
         blocks.append(Block("table", frame=cost))
     return blocks if len(blocks) > 1 else []
+
+
+def _target_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
+    """The suite's performance targets (``attnbench/report/perf_targets.toml``), judged from the
+    rows; nothing for a suite without targets."""
+    verdicts = targets.for_run(frame, info) if not frame.empty else []
+    if not verdicts:
+        return []
+    return [
+        Block("h2", "Performance targets"),
+        Block("p", targets.headline(verdicts)),
+        Block("table", frame=targets.table(verdicts)),
+    ]
 
 
 def _op_blocks(frame: pd.DataFrame) -> list[Block]:

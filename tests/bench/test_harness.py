@@ -563,3 +563,24 @@ def test_an_unavailable_corpus_fails_its_quality_cases_not_the_suite(tmp_path, m
     only_quality = from_dict({"name": "q", "device": "cpu", "quality": quality})
     with pytest.raises(CorpusError):  # alone, it still fails at once
         runner.run(only_quality, tmp_path / "run2", progress=False)
+
+
+def test_each_row_divides_by_a_ceiling_measured_near_it(tmp_path):
+    suite = _suite(["fused.sdpa"], seq_lens=(64, 128, 256), memory=False, ceiling_every_s=1e-3)
+    runner.run(suite, tmp_path / "run", progress=False)
+    info = results.read_run_json(tmp_path / "run")
+    (samples,) = info["ceilings"]["samples"]  # one slot: start, one per case, end
+    assert len(samples) == 1 + 3 + 1 and info["ceilings"]["every_s"] == 1e-3
+    rates = [s["matmul_flops_per_s"]["float32"] for s in samples]
+    for row in results.read_rows(tmp_path / "run"):
+        assert row["ceiling_age_s"] < 5  # measured just before this case
+        assert row["ceiling_flops_per_s"] in rates[1:4]
+        assert row["frac_of_ceiling"] == pytest.approx(
+            row["flops_per_s"] / row["ceiling_flops_per_s"]
+        )
+    never = _suite(["fused.sdpa"], seq_lens=(64, 128), memory=False, ceiling_every_s=0)
+    runner.run(never, tmp_path / "never", progress=False)
+    (samples,) = results.read_run_json(tmp_path / "never")["ceilings"]["samples"]
+    assert len(samples) == 2  # the start and the end only
+    with pytest.raises(ValueError, match="ceiling_every_s: must be a non-negative number"):
+        _suite(["fused.sdpa"], ceiling_every_s=-1)
