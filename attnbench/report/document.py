@@ -30,7 +30,14 @@ import pandas as pd
 
 from attnbench.bench import results
 from attnbench.report import plots, targets
-from attnbench.report.summary import anchor, best_per_n, problems, quality_cost, recall_verdict
+from attnbench.report.summary import (
+    anchor,
+    best_per_n,
+    crossover,
+    problems,
+    quality_cost,
+    recall_verdict,
+)
 from attnbench.report.tables import NOISY_MARK, STATUS_TEXT, pivot, render
 
 PLOT_CAPTIONS = {
@@ -86,23 +93,6 @@ def _reasons(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-# what must be equal for two rows to be compared (the crossover and "best" tables)
-LIKE = ["pass", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal"]
-
-
-def is_exact(frame: pd.DataFrame) -> pd.Series:
-    """Whether each row's variant computes full softmax attention: the row's own ``exact`` field
-    (older rows without it: their math is causal softmax)."""
-    math_exact = (
-        frame["math"] == "causal_softmax"
-        if "math" in frame
-        else pd.Series(False, index=frame.index)
-    )
-    if "exact" not in frame:
-        return math_exact
-    return frame["exact"].astype(object).where(frame["exact"].notna(), math_exact).astype(bool)
-
-
 def _ceiling_note(sub: pd.DataFrame) -> str:
     """Which ceiling the fractions divide by: the row dtype's own matmul, or float32's where that
     is faster (a half dtype computed in float32)."""
@@ -126,74 +116,6 @@ def _ceiling_note(sub: pd.DataFrame) -> str:
         else ""
     )
     return " (" + "; ".join(parts) + nearest + ")"
-
-
-def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """For each non-exact variant and setting: the smallest N from which it beats the fastest
-    (or leanest) exact variant *of the same setting* (pass, dtype, head dim, heads, kv heads,
-    batch, causal) at every measured N up to the largest (``–`` if it never does). ``metric`` is
-    ``time`` or ``memory`` (peak memory; for decode, the cache or state bytes)."""
-    rows = []
-    op = frame[(frame["level"] == "op") & (frame["status"] == "ok")] if not frame.empty else frame
-    if op.empty:
-        return pd.DataFrame(rows)
-    op = op.assign(_exact=is_exact(op))
-    for col in LIKE:
-        if col not in op:
-            op[col] = op["heads"] if col == "kv_heads" else None
-    op["kv_heads"] = op["kv_heads"].fillna(op["heads"])
-    for key, sub in op.groupby(LIKE, sort=False, dropna=False):
-        setting = dict(zip(LIKE, key))
-        p = setting["pass"]
-        value = (
-            "time_ms"
-            if metric == "time"
-            else ("cache_bytes" if p == "decode" else "peak_mem_bytes")
-        )
-        if value not in sub:
-            continue
-        sub = sub[sub[value].notna()]
-        exact = sub[sub["_exact"]]
-        if exact.empty:
-            continue
-        # the same statistic on both sides: each variant's median over repeats, and the best
-        # exact variant is the one with the lowest of those medians at each N
-        per = exact.groupby(["seq_len", "variant"])[value].median()
-        best = per.groupby("seq_len").min()
-        best_var = per.groupby("seq_len").idxmin().map(lambda t: t[1])
-        timed = metric == "time" and {"time_ms_p20", "time_ms_p80"} <= set(sub.columns)
-        for v in dict.fromkeys(sub.loc[~sub["_exact"], "variant"]):
-            mine_rows = sub[sub["variant"] == v]
-            mine = mine_rows.groupby("seq_len")[value].median()  # over repeats only
-            ns = [n for n in mine.index if n in best.index]
-            if timed:  # a win only beyond both rows' spread: the challenger's p80 below the
-                # exact variant's p20 (a tie is a tie)
-                hi = mine_rows.groupby("seq_len")["time_ms_p80"].median()
-                lo = (
-                    exact[exact["variant"].isin(best_var.values)]
-                    .groupby(["seq_len", "variant"])["time_ms_p20"]
-                    .median()
-                )
-                wins = [hi[n] < lo.get((n, best_var[n]), best[n]) for n in ns]
-            else:
-                wins = [mine[n] < best[n] for n in ns]
-            start = next((ns[i] for i in range(len(ns)) if all(wins[i:])), None)
-            rows.append(
-                {
-                    "pass": p,
-                    "dtype": setting["dtype"],
-                    "D": setting["head_dim"],
-                    "H/KV": f"{setting['heads']}/{int(setting['kv_heads'])}",
-                    "B": setting["batch"],
-                    "variant": v,
-                    "measure": value,
-                    "from N": "–" if start is None else str(int(start)),
-                    "ratio at largest N": (
-                        f"{best[ns[-1]] / mine[ns[-1]]:.2f}×" if ns and mine[ns[-1]] > 0 else "–"
-                    ),
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------

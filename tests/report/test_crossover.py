@@ -1,0 +1,63 @@
+"""The crossover table names a winner only beyond both rows' spread, comparing the same
+statistic (each variant's median over repeats) on both sides."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from attnbench.report.summary import crossover
+
+
+def _row(variant, n, ms, spread=0.02, exact=False):
+    return {
+        "level": "op",
+        "status": "ok",
+        "variant": variant,
+        "exact": exact,
+        "seq_len": n,
+        "pass": "fwd",
+        "dtype": "float32",
+        "head_dim": 64,
+        "heads": 8,
+        "kv_heads": 8,
+        "batch": 1,
+        "causal": True,
+        "time_ms": ms,
+        "time_ms_p20": ms * (1 - spread),
+        "time_ms_p80": ms * (1 + spread),
+        "peak_mem_bytes": 1,
+    }
+
+
+def _from_n(rows, challenger="sparse.x"):
+    table = crossover(pd.DataFrame(rows), "time")
+    return table.set_index("variant").loc[challenger, "from N"]
+
+
+def test_a_win_within_the_spread_is_a_tie():
+    rows = [_row("fused.sdpa", n, 10.0, exact=True) for n in (1024, 2048)]
+    # 3 % faster at both N, but each row spreads 4 % either side: no winner
+    ties = rows + [_row("sparse.x", n, 9.7, spread=0.04) for n in (1024, 2048)]
+    assert _from_n(ties) == "–"
+    # 30 % faster with a 2 % spread: a win from the first N
+    wins = rows + [_row("sparse.x", n, 7.0) for n in (1024, 2048)]
+    assert _from_n(wins) == "1024"
+    # a tie at 1024, a clear win at 2048: from 2048
+    mixed = rows + [_row("sparse.x", 1024, 9.9), _row("sparse.x", 2048, 7.0)]
+    assert _from_n(mixed) == "2048"
+
+
+def test_both_sides_use_the_median_over_repeats():
+    # the exact variant measured twice at 10 and 14 ms (median 12); the challenger at 11 ms
+    # beats its median but not its minimum: with the median on both sides it wins
+    rows = [
+        _row("fused.sdpa", 1024, 10.0, spread=0.01, exact=True),
+        _row("fused.sdpa", 1024, 14.0, spread=0.01, exact=True),
+        _row("sparse.x", 1024, 11.0, spread=0.01),
+    ]
+    table = crossover(pd.DataFrame(rows), "time").set_index("variant")
+    assert table.loc["sparse.x", "ratio at largest N"] == f"{12.0 / 11.0:.2f}×"
+    # the best exact variant is the one with the lowest median, not the lowest single row
+    rows.append(_row("naive.softmax", 1024, 11.5, spread=0.01, exact=True))
+    table = crossover(pd.DataFrame(rows), "time").set_index("variant")
+    assert table.loc["sparse.x", "ratio at largest N"] == f"{11.5 / 11.0:.2f}×"
