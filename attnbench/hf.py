@@ -6,31 +6,16 @@
     model(input_ids).logits; model.generate(input_ids, max_new_tokens=16)
 
 ``use_variant`` registers the variant with transformers' ``AttentionInterface`` (and the matching
-mask function with ``AttentionMaskInterface``) under the name ``attnbench-<label>`` and sets it on
-the model's config, so every attention layer that uses the interface runs the variant:
-
-- grouped-query attention: the key/value heads go to the variant as they are (variants that do
-  not compute grouped-query attention natively repeat them, see ``Variant.__call__``);
-- the causal mask: transformers passes None for a plain causal mask; any mask it does pass is
-  checked against the variant's own pattern, and a variant that would attend to a key the
-  model's mask hides is refused (a padding mask; a layer's sliding window narrower than what the
-  variant attends: Mistral's window against full attention). A variant that attends to *fewer*
-  keys than the model (a window inside a full-attention model) runs: that is the approximation
-  being measured;
-- the scaling: queries are rescaled so the variant's 1/sqrt(D) becomes the layer's ``scaling``;
-- what a variant cannot do is refused with an error naming the variant and the reason: attention
-  dropout during training, soft-capping, attention sinks, position biases, non-causal layers for
-  a causal-only variant.
-
-With transformers' KV cache (generation), a layer gets one or a few new queries against every
-cached key: the variant then runs its parallel forward over the cached sequence with its queries
-placed at the end (the positions before them padded), which is exactly the variant's math at
-those positions; it is a correctness path for generation, not a fast decoder (the variant's own
-decoders are ``attnbench.attention.decode``).
-
-Models are built without a download: from a named tiny config (``PRESETS``: Llama, Mistral with
-its sliding window, Qwen2 with grouped-query attention) or from a local folder written by
-``save_pretrained``.
+mask function with ``AttentionMaskInterface``) as ``attnbench-<label>`` and sets it on the
+model's config, so every attention layer that uses the interface runs it. The contract: each
+layer computes exactly the variant's math (queries rescaled to the layer's ``scaling``,
+grouped-query heads passed as they are), or the call raises ``VariantRefused`` naming the
+variant and the reason: a mask that hides a key the variant would attend to (padding, a narrower
+sliding window), attention dropout while training, soft-capping, sinks, position biases, a
+bidirectional layer for a causal-only variant. With transformers' KV cache the new queries go
+through the variant's parallel forward over the cached sequence (a correctness path, not a fast
+decoder). Models come from ``PRESETS`` or a local ``save_pretrained`` folder; nothing is
+downloaded. The rules in full: ``docs/hf.md``.
 """
 
 from __future__ import annotations

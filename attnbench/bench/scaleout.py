@@ -1,18 +1,14 @@
-"""The Slurm launcher, through submitit: ``run --launcher submitit``.
+"""The Slurm launcher, through submitit: ``run --launcher submitit`` (``docs/scale-out.md``).
 
-    python run_bench.py run --suite gpu --launcher submitit --slurm-partition gpu --gpus-per-job 1 \
---max-jobs 32
-    python run_bench.py run --suite smoke --launcher submitit --submitit-local --max-jobs 2   \
-# same code path, local processes
+    python run_bench.py run --suite gpu --launcher submitit --slurm-partition gpu --max-jobs 32
+    python run_bench.py run --suite smoke --launcher submitit --submitit-local --max-jobs 2
 
-Cases are grouped into jobs by (variant, device), whole groups per job (so compilation and
-warm-up are paid once per job), at most ``--max-jobs`` jobs. Each job runs ``run_shard``: the
-local sweep of its cases, appending to its own shard ``shards/<job>/results.jsonl`` on the shared
-filesystem and measuring the matmul ceilings of its own node. The launcher records every job's id,
-shard and log paths in ``run.json`` as soon as they are submitted, waits with a progress bar over
-jobs, then merges the shards into ``results.jsonl`` and records where each job ran and how it
-ended. A job that fails or is pre-empted leaves its finished cases in its shard; ``--resume``
-merges them and submits only the cases still missing.
+``launch`` groups the cases into at most ``max_jobs`` jobs of whole (variant, device) groups,
+records every job in ``run.json`` as soon as it is submitted, waits, and merges the shards into
+``results.jsonl``. Each job runs ``run_shard``: the local sweep of its cases into its own shard
+(``shards/<job>/results.jsonl``) with its own node's ceilings. A failed or pre-empted job's
+finished cases stay in its shard; ``--resume`` merges them and submits only the missing cases.
+``--submitit-local`` takes the same code path in local job processes.
 """
 
 from __future__ import annotations

@@ -5,17 +5,12 @@ any text file, and the running Python's standard library (always present offline
     corpus.splits["train"], corpus.splits["val"]     # numpy uint8 arrays (tokens are bytes)
     corpus.sha256                                    # hash of the content of every split
 
-Where files come from, in order:
-1. ``data_dir`` (``--data-dir`` or ``ATTNBENCH_DATA_DIR``): a folder that already holds the files
-   under the names below (this is how tests and CI run the real loaders offline).
-2. The cache folder (``ATTNBENCH_CACHE_DIR``, default ``~/.cache/attnbench/data``).
-3. A download into the cache: streamed into ``NAME.part``, hashed, and renamed into place only
-   when its SHA-256 (or its pinned size and unpacked SHA-256) matches; a partial or wrong
-   download is deleted. Without a network this fails at once with a message that says where to
-   put the file. There is never a silent fallback to another corpus.
-
-A file found locally must match its pinned hash too: a truncated or altered copy is an error
-that names the file, the hash expected and the hash found.
+Files are looked up in ``data_dir`` (``--data-dir`` or ``ATTNBENCH_DATA_DIR``, under the names
+below), then the cache (``ATTNBENCH_CACHE_DIR``, default ``~/.cache/attnbench/data``), then
+downloaded into the cache (streamed into ``NAME.part``, kept only when its pinned hash matches).
+Every file, local or downloaded, must match its pinned hash, or it is an error naming the file and
+both hashes; a missing corpus without a network fails at once, saying where to put the file. There
+is never a silent fallback to another corpus (``docs/quality-and-recall.md``).
 """
 
 from __future__ import annotations

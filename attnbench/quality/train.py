@@ -4,20 +4,14 @@
     result = train(corpus.split("train"), "sliding_window.blocked:window=64", settings)
     evaluate(result.model, corpus.split("val"), eval_len=512)      # bits per byte, by position
 
-Everything but the attention variant is fixed: the model config (a preset), the initial weights
-(``seed``), the data order (batch ``i`` is drawn from ``seed`` and ``i`` alone, whatever the
-number of processes), AdamW with linear warm-up and cosine decay, gradient clipping, and the
-budget: ``train_tokens`` or, with ``train_seconds``, the same wall-clock time (which shows what
-a faster kernel buys; the schedule then follows elapsed time). Mixed precision (bfloat16
-autocast) on CUDA; float32 on the CPU. Under ``torchrun`` the global batch is split over the
-processes and the gradients averaged (gloo on the CPU, NCCL on GPUs): the same optimisation as
-one process, up to float rounding.
-
-Evaluation computes float32 negative log-likelihoods on the held-out split, either on
-non-overlapping windows of ``eval_len`` bytes (``windows``: every byte scored with the context
-since its window began) or with a sliding window (``sliding``: windows of ``eval_len`` every
-``stride`` bytes, each byte scored once with at least ``eval_len - stride`` bytes of context).
-Loss is also reported by position bucket within the window.
+Everything but the attention variant is fixed by the settings and the seed: the model config,
+the initial weights, the data order (batch ``i`` from ``seed`` and ``i`` alone, whatever the
+number of processes), the optimizer and its schedule, and the budget (``train_tokens``, or with
+``train_seconds`` the same wall-clock time, the schedule then following elapsed time). Under
+``torchrun`` it is the one-process optimisation up to float rounding. ``evaluate`` scores float32
+negative log-likelihoods on ``windows`` (non-overlapping) or ``sliding`` windows (every
+``stride`` bytes, each byte scored once), overall and by position bucket. The recipe in full:
+``docs/quality-and-recall.md``.
 """
 
 from __future__ import annotations

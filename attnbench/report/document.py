@@ -1,19 +1,12 @@
 """Reports of a run folder, from the stored rows alone: ``report.md`` (renders on GitHub),
-``report.html`` (the same, self-contained: plots inline as SVG whose points show their numbers on
-hover, tables sortable by column, readable offline) and ``plots/*.png`` / ``*.svg``.
+``report.html`` (the same, self-contained) and ``plots/*.png`` / ``*.svg``.
 
-It reads top-down: what was run, then a summary of findings computed from the rows (the
-fastest and leanest variant at each N, where efficient variants overtake the best exact one,
-the quality cost with its seed spread, whether recall was learned, and the noisy, incorrect and
-failed rows, each linked to its table), then the tables and plots, the environment, and the
-command that reproduces it.
-
-    python run_bench.py report results/<run_id>
+    python run_bench.py report runs/<run_id>        # write_report(run_dir)
 
 The report is built once as a list of blocks (headings, paragraphs, tables, images) and rendered
-twice, so the Markdown and the HTML always say the same thing. Tables are pandas pivots; a case
-that did not produce a number shows its status (``OOM``, ``unsupported``, ...) in its cell, and
-the reasons are listed under the table, never left blank or zero.
+twice, so the Markdown and the HTML always say the same thing. A case that did not produce a
+number shows its status (``OOM``, ``unsupported``, ...) in its cell, with the reasons under the
+table, never blank or zero. What it contains, top-down: ``docs/reports.md``.
 """
 
 from __future__ import annotations
