@@ -4,10 +4,13 @@
     S_i = sum_{j<=i} phi(k_j) v_j^T,
     z_i = sum_{j<=i} phi(k_j)
 
-Feature maps (``attnbench.feature_maps``): ``elu`` (phi(x) = elu(x) + 1) and ``performer``
-(FAVOR+ positive orthogonal random features; parameters ``features``, ``seed``).
+Feature maps (``attnbench.feature_maps``): ``elu`` (phi(x) = elu(x) + 1), ``performer``
+(FAVOR+ positive orthogonal random features; parameters ``features``, ``seed``) and ``taylor``
+(Based: phi(x) = [x', vec(x' x'^T) / sqrt(2), 1] of x' = P x / f^(1/4), P a seeded (f, D)
+projection, so phi(q) . phi(k) = 1 + s + s^2 / 2; parameters ``feature_dim`` = f, ``seed``;
+1 + f + f^2 features, a state of (1 + f + f^2) x D per head).
 
-Implementations of the same math, each for both feature maps:
+Implementations of the same math, each for every feature map:
 
 - ``quadratic``: (phi(Q) phi(K)^T masked) V, materialised: the reference form, O(N^2 F).
 - ``cumsum``: prefix sums of phi(k_j) v_j^T over all tokens at once: O(N F D) time and memory.
@@ -22,8 +25,10 @@ whatever the implementation); the chunked form executes 4 N F D + 2 N C (F + D)
 float32 whatever the inputs, and turns autocast off inside (under CUDA or CPU autocast its matmuls
 would otherwise come out in bfloat16 and meet float32 accumulators in place).
 
-``linear.*.fla`` run flash-linear-attention's chunked Triton kernel (``chunk_linear_attn``, CUDA)
-on the same feature maps. Every implementation decodes with the recurrent state (``recurrent``).
+``linear.elu.fla`` and ``linear.performer.fla`` run flash-linear-attention's chunked Triton kernel
+(``chunk_linear_attn``, CUDA) on the same feature maps; ``linear.taylor.fla`` runs its Based kernel
+(``fla.ops.based``: the fused chunked form, feature_dim <= 16) on the projected queries and keys.
+Every implementation decodes with the recurrent state (``recurrent``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.attention.decode import RecurrentDecoder
-from attnbench.attention.feature_maps import Elu, Performer
+from attnbench.attention.feature_maps import Elu, Performer, Taylor
 from attnbench.attention.reference import linear_attention
 from attnbench.case import Capabilities
 from attnbench.registry import positive, register_variant
@@ -46,6 +51,12 @@ ELU = Elu()
 def _performer(features: int, seed: int) -> Performer:
     """One FAVOR+ map per (features, seed): its projection is drawn and cached once."""
     return Performer(features, seed)
+
+
+@functools.lru_cache(maxsize=64)
+def _taylor(feature_dim: int, seed: int) -> Taylor:
+    """One Based Taylor map per (feature_dim, seed): its projection is drawn and cached once."""
+    return Taylor(feature_dim, seed)
 
 
 def _features(q, k, phi):
@@ -213,6 +224,31 @@ def fla_chunked(q, k, v, phi):
     return out.to(q.dtype)
 
 
+FLA_BASED_MAX_FEATURE_DIM = 16  # fused_chunk_based asserts q.shape[-1] <= 16
+
+
+def fla_based(q, k, v, phi: Taylor):
+    """flash-linear-attention's fused chunked Based kernel (``fused_chunk_based``) on the
+    projected queries and keys P q, P k (B, N, H, f) in the input dtype, with its score scale
+    f^(-1/2): its weights are 1 + s + s^2 / 2, exactly phi(q) . phi(k). It divides by the
+    normaliser plus 1e-6, at most 2e-6 of an output (a row's weights sum to 1/2 or more), inside
+    the float32 floor that Taylor's score conditioning gives. (B, N, H, D) in and out."""
+    from fla.ops.based import fused_chunk_based
+
+    qp, kp = phi.project(q), phi.project(k)  # (B, N, H, f)
+    out = fused_chunk_based(qp, kp, v, scale=phi.feature_dim**-0.5, use_norm=True)
+    return out.to(q.dtype)
+
+
+def _fla_based_reasons(case, params) -> list[str]:
+    if params["feature_dim"] > FLA_BASED_MAX_FEATURE_DIM:
+        return [
+            f"feature_dim={params['feature_dim']}: flash-linear-attention's fused_chunk_based "
+            f"takes feature dims up to {FLA_BASED_MAX_FEATURE_DIM}"
+        ]
+    return []
+
+
 RECURRENT_CAPS = Capabilities(max_seq_len=4096)  # a Python loop per token: small N only
 FLA_CAPS = Capabilities(
     devices=("cuda",),
@@ -289,3 +325,38 @@ def performer_recurrent(q, k, v, *, causal: bool = True, features: int = 128, se
 def performer_fla(q, k, v, *, features: int = 128, seed: int = 0):
     """flash-linear-attention's chunked Triton kernel (chunk_linear_attn); phi = FAVOR+."""
     return fla_chunked(q, k, v, _performer(features, seed))
+
+
+# --- Taylor (Based) ---------------------------------------------------------------------------
+
+
+@register_variant("linear.taylor.quadratic", **LINEAR)
+def taylor_quadratic(q, k, v, *, causal: bool = True, feature_dim: int = 16, seed: int = 0):
+    """Materialised phi(Q) phi(K)^T (the reference form, O(N^2)); phi = Based's Taylor."""
+    return quadratic(q, k, v, _taylor(feature_dim, seed), causal=causal)
+
+
+@register_variant("linear.taylor.cumsum", **LINEAR)
+def taylor_cumsum(q, k, v, *, causal: bool = True, feature_dim: int = 16, seed: int = 0):
+    """Parallel prefix sums of phi(k) v^T (O(N F D) memory); phi = Based's Taylor."""
+    return cumsum(q, k, v, _taylor(feature_dim, seed), causal=causal)
+
+
+@register_variant("linear.taylor.chunked", validate=positive("chunk"), **LINEAR)
+def taylor_chunked(
+    q, k, v, *, causal: bool = True, feature_dim: int = 16, seed: int = 0, chunk: int = 64
+):
+    """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = Based's Taylor."""
+    return chunked(q, k, v, _taylor(feature_dim, seed), causal=causal, chunk=chunk)
+
+
+@register_variant("linear.taylor.recurrent", supports=RECURRENT_CAPS, **LINEAR)
+def taylor_recurrent(q, k, v, *, causal: bool = True, feature_dim: int = 16, seed: int = 0):
+    """Token-by-token recurrence (a Python loop); phi = Based's Taylor."""
+    return recurrent(q, k, v, _taylor(feature_dim, seed), causal=causal)
+
+
+@register_variant("linear.taylor.fla", supports=FLA_CAPS, reasons=_fla_based_reasons, **LINEAR)
+def taylor_fla(q, k, v, *, feature_dim: int = 16, seed: int = 0):
+    """flash-linear-attention's Based Triton kernel (fused_chunk_based); phi = Based's Taylor."""
+    return fla_based(q, k, v, _taylor(feature_dim, seed))

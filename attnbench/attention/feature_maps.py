@@ -5,6 +5,13 @@
   phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(F), x' = x / D^(1/4), the rows of W orthogonal in blocks
   of D and scaled by chi(D)-distributed norms; W is drawn from a generator seeded by ``seed``, so
   the same spec always means the same features.
+- ``Taylor``: Based's second-order Taylor expansion of exp (Arora et al. 2024, "Simple linear
+  attention language models balance the recall-throughput tradeoff"; flash-linear-attention's
+  ``fla.ops.based``): x is first projected to ``feature_dim`` = f dimensions by a fixed seeded
+  random matrix P (f, D) (Based learns this projection; here it is drawn once from ``seed``), then
+  phi(x) = [x', vec(x' x'^T) / sqrt(2), 1], x' = P x / f^(1/4), so that
+  phi(q) . phi(k) = 1 + s + s^2 / 2 with s = (P q) . (P k) / sqrt(f); F = 1 + f + f^2 features
+  (Based writes the constant first; the order changes no value, only float32 rounding).
 
 Queries may be rescaled by a per-query constant (``stabilize=True``): it cancels exactly between
 numerator and denominator of linear attention and keeps exp() in range. Keys are never rescaled,
@@ -28,7 +35,8 @@ class FeatureMap:
 
     def projection_flops(self, head_dim: int) -> int:
         """FLOPs to map one row (a query or key of ``head_dim``) to its features, beyond
-        element-wise work: none for an element-wise map."""
+        element-wise work: none for an element-wise map; a projection's matmul, and an outer
+        product's multiplies (Taylor)."""
         return 0
 
     def num_features(self, head_dim: int) -> int:
@@ -75,15 +83,13 @@ class Performer(FeatureMap):
 
     def projection(self, head_dim: int, dtype: torch.dtype, device) -> torch.Tensor:
         """(F, D) random projection, built in float64 on the CPU from the seed, then cast."""
-        key = (head_dim, dtype, device_key(device))
-        if key not in self._cache:
-            w64 = self._cache.get((head_dim, "f64"))
-            if w64 is None:
-                w64 = self._cache[(head_dim, "f64")] = _orthogonal_gaussian(
-                    self.features, head_dim, self.seed
-                )
-            self._cache[key] = w64.to(device=device, dtype=dtype)
-        return self._cache[key]
+        return _cached_projection(
+            self._cache,
+            head_dim,
+            dtype,
+            device,
+            lambda: _orthogonal_gaussian(self.features, head_dim, self.seed),
+        )
 
     def __call__(self, x, *, is_query, stabilize=True):
         # exp(W x' - |x'|^2 / 2) / sqrt(F) with x' = x / D^(1/4), written so that the full-size
@@ -96,6 +102,87 @@ class Performer(FeatureMap):
         if is_query and stabilize:
             logits = logits.sub_(logits.amax(-1, keepdim=True).detach())
         return logits.exp_()
+
+
+@dataclass(frozen=True)
+class Taylor(FeatureMap):
+    feature_dim: int = 16
+    seed: int = 0
+    _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # ``exponential`` (a class attribute, not a field): the gate's score conditioning applies,
+    # though no exp is taken. The weight itself is well conditioned (d log w / d log s =
+    # s (1 + s) / (1 + s + s^2 / 2) stays below 1 + sqrt(2)), but every fast form sums it over the
+    # signed features: sum_f phi_f(q) phi_f(k) = 1 + s + s^2 / 2 out of terms whose magnitudes add
+    # up to 1 + t + t^2 / 2, t = sum_i |q'_i k'_i| >= |s|. Those grow as |q'|^2 |k'|^2 while the
+    # weight can stay near 1, so a float32 state form (cumsum, recurrent, the decoder, chunked
+    # past its first chunk, fla's kernel) rounds a weight by up to eps (1 + t + t^2 / 2) / w,
+    # 2 to 40 eps for single pairs of standard-normal inputs, more as the scores grow. Plain
+    # PyTorch (the materialised form) rounds each weight once and divides it out again, exactly
+    # on a row with one key: without the term, cumsum's first rows came out 1.75 times over the
+    # float32 bound on normal inputs, 3.8 on outliers, 14 on large scores; with it they sit at
+    # 0.15 or less, the float32 floor is about 8 eps (1 + |q| |k| / sqrt(D)) (1e-5 of a row on
+    # normal inputs), and second-order features 2 % off are still 190 to 3400 times over it.
+    exponential = True
+
+    def __post_init__(self):
+        if not isinstance(self.feature_dim, int) or self.feature_dim < 1:
+            raise ValueError(f"feature_dim must be a positive integer, got {self.feature_dim!r}")
+
+    @property
+    def label(self) -> str:
+        return f"taylor(feature_dim={self.feature_dim},seed={self.seed})"
+
+    def num_features(self, head_dim: int) -> int:
+        f = self.feature_dim
+        return 1 + f + f * f
+
+    def projection_flops(self, head_dim: int) -> int:
+        f = self.feature_dim
+        return 2 * head_dim * f + f * f  # P x, (D) x (D, f); then the f^2 products of x' x'^T
+
+    def projection(self, head_dim: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """(f, D) projection P, built in float64 on the CPU from the seed, then cast: rows
+        orthogonal in blocks of D (as FAVOR+'s) scaled by 1 / sqrt(D), so that a row's norm is
+        about 1 and, for inputs of unit-variance channels, s = (P q) . (P k) / sqrt(f) spreads
+        like the softmax score q . k / sqrt(D) it stands for (standard deviation about 1)."""
+        return _cached_projection(
+            self._cache,
+            head_dim,
+            dtype,
+            device,
+            lambda: _orthogonal_gaussian(self.feature_dim, head_dim, self.seed) / head_dim**0.5,
+        )
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., D) -> P x: (..., f) in x's dtype (flash-linear-attention's based kernels take
+        this, and apply the score scale f^(-1/2) themselves)."""
+        return x @ self.projection(x.shape[-1], x.dtype, x.device).t()
+
+    def __call__(self, x, *, is_query, stabilize=True):
+        # No stabilisation is needed (no exp to overflow), so queries and keys map alike. The
+        # constant feature goes last: it is the largest term of every sum over the features (N
+        # in a normaliser), and a sum that starts with it rounds every later term at that size
+        # (first, the float32 cumsum form was 3 times further off on 33 keys).
+        f = self.feature_dim
+        d = x.shape[-1]
+        xp = x @ (self.projection(d, x.dtype, x.device) * f**-0.25).t()  # x' (..., f)
+        second = (xp * 0.5**0.5)[..., :, None] * xp[..., None, :]  # x' x'^T / sqrt(2)
+        ones = torch.ones_like(xp[..., :1])
+        return torch.cat([xp, second.flatten(-2), ones], dim=-1)  # (..., f + f^2 + 1)
+
+
+def _cached_projection(
+    cache: dict, head_dim: int, dtype: torch.dtype, device, build
+) -> torch.Tensor:
+    """A seeded projection for ``head_dim``, cast to ``dtype`` on ``device`` once: ``build()``
+    makes its float64 CPU master (kept under (head_dim, "f64")), every cast is cached."""
+    key = (head_dim, dtype, device_key(device))
+    if key not in cache:
+        w64 = cache.get((head_dim, "f64"))
+        if w64 is None:
+            w64 = cache[(head_dim, "f64")] = build()
+        cache[key] = w64.to(device=device, dtype=dtype)
+    return cache[key]
 
 
 def _orthogonal_gaussian(rows: int, dim: int, seed: int) -> torch.Tensor:

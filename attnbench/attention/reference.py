@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnbench.attention.feature_maps import Elu, FeatureMap, Performer
+from attnbench.attention.feature_maps import Elu, FeatureMap, Performer, Taylor
 from attnbench.attention.patterns import BigBird, Full, Longformer, Pattern, SlidingWindow, Strided
 
 
@@ -397,6 +397,12 @@ MATHS: dict[str, MathSpec] = {
             lambda features, seed: Performer(features, seed),
             False,
             "linear attention, FAVOR+ positive orthogonal random features",
+        ),
+        MathSpec(
+            "taylor",
+            lambda feature_dim, seed: Taylor(feature_dim, seed),
+            False,
+            "linear attention, Based's 2nd-order Taylor features of a seeded projection",
         ),
     )
 }

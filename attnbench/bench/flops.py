@@ -10,7 +10,9 @@ phi(k) v^T and the read-out phi(q)^T S cost 2*F*D each, so a forward pass costs
 ``4 * B * H * N * F * D`` (F = number of features), independent of how an implementation arranges
 the work, plus the feature map's own projection where it has one (FAVOR+: each query and key
 row multiplied by a D x F random matrix, 2 D F per row, as much again as the state work at equal
-head counts). Backward and forward+backward use the same 2.5 x and 3.5 x factors.
+head counts; Taylor (Based): the D x f projection, 2 D f per row, and the f^2 products of its
+second-order features, with F = 1 + f + f^2 in the state work). Backward and forward+backward use
+the same 2.5 x and 3.5 x factors.
 
 The chunked form of linear attention executes more than that: inside each chunk of C tokens it also
 forms the full C x C block phi(Q_c) phi(K_c)^T (masked afterwards) and multiplies it with V,
@@ -36,7 +38,7 @@ def attention_flops(variant, case) -> int:
     same work per query head, so ``heads`` counts, not ``kv_heads``)."""
     b, n, h, d = case.batch, case.seq_len, case.heads, case.head_dim
     math = variant.math
-    if isinstance(math, LinearMath):  # the projection of every query and key row (FAVOR+)
+    if isinstance(math, LinearMath):  # the projection of every query and key row (FAVOR+, Taylor)
         rows = (1 if case.pass_ == "decode" else n) * b * (h + (case.kv_heads or h))
         projection = rows * math.feature_map.projection_flops(d)
     if case.pass_ == "decode":
