@@ -21,6 +21,7 @@ SMALL_PARAMS = {
     "longformer": {"window": 20, "globals": 5, "block": 16},
     "elu": {"chunk": 16},
     "performer": {"chunk": 16, "features": 48, "seed": 1},
+    "taylor": {"chunk": 16, "feature_dim": 8, "seed": 1},
 }
 
 # (B, N, H, D, H_kv): N = 1, N not a multiple of any block, batch > 1, head dim 80, and

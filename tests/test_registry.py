@@ -34,7 +34,7 @@ def test_every_family_has_its_named_implementations():
         ),
         *(
             f"linear.{m}.{i}"
-            for m in ("elu", "performer")
+            for m in ("elu", "performer", "taylor")
             for i in ("quadratic", "cumsum", "chunked", "recurrent", "fla")
         ),
     }

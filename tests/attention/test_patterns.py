@@ -92,6 +92,9 @@ def test_flops_follow_the_documented_convention():
     assert attention_flops(lin, case) == 4 * 2 * 3 * 100 * 32 * 16 + projection
     elu = attnbench.get_variant("linear.elu.chunked")  # element-wise features: no projection
     assert attention_flops(elu, case) == 4 * 2 * 3 * 100 * 16 * 16
+    taylor = attnbench.get_variant("linear.taylor.chunked:feature_dim=4")  # F = 1 + 4 + 16
+    expansion = 2 * 100 * (3 + 3) * (2 * 16 * 4 + 4 * 4)  # rows * (2 D f projection + f^2)
+    assert attention_flops(taylor, case) == 4 * 2 * 3 * 100 * 21 * 16 + expansion
 
 
 def test_mask_caches_have_one_key_per_device():

@@ -82,6 +82,7 @@ PLANTS = [
     ("fused.planted_leaky", "fwd", ("float32", "bfloat16"), (), 256, "exceed"),
     ("fused.planted_decoder_once", "decode", ("float32", "bfloat16"), (), 256, "step 2 of"),
     ("fused.planted_decoder_once", "fwd", (), ("float32",), 256, ""),
+    ("linear.taylor.planted_off", "fwd", ("float32", "bfloat16"), (), 256, "exceed"),
 ]
 
 
@@ -110,6 +111,7 @@ CONTROLS = [
     "fused.sdpa",
     "naive.softmax",
     "linear.elu.chunked:chunk=16",
+    "linear.taylor.chunked:chunk=16",
     "sliding_window.banded:window=48,block=16",
 ]
 

@@ -1,7 +1,8 @@
 """Planted variants that test the harness itself (loaded with --plugins / load_plugin).
 
-Each computes exact causal attention with SDPA, plus one planted behaviour: k times the work,
-an extra buffer, a simulated out-of-memory, an abort, a hang, or a wrong answer.
+Each computes exact causal attention with SDPA (the last, Taylor linear attention), plus one
+planted behaviour: k times the work, an extra buffer, a simulated out-of-memory, an abort, a hang,
+or a wrong answer.
 """
 
 import os
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 
 import attnbench
 import attnbench.attention.decode
+from attnbench.attention.feature_maps import Taylor
+from attnbench.variants.linear import chunked
 
 BUFFER_MIB = 64
 
@@ -285,3 +288,18 @@ def _prepare_big_mask(variant, case):
 def planted_setup(q, k, v):
     """SDPA that builds 64 MiB of per-shape state in prepare (a dense mask)."""
     return _sdpa(q, k, v)
+
+
+class _OffTaylor(Taylor):
+    """Based's Taylor features with the second-order block 2 % too large."""
+
+    def __call__(self, x, *, is_query, stabilize=True):
+        out = super().__call__(x, is_query=is_query)
+        f = self.feature_dim
+        return torch.cat([out[..., :f], out[..., f:-1] * 1.02, out[..., -1:]], dim=-1)
+
+
+@attnbench.register_variant("linear.taylor.planted_off", family="linear")
+def planted_taylor_off(q, k, v, *, feature_dim: int = 16, seed: int = 0, chunk: int = 16):
+    """Taylor linear attention (chunked) whose second-order features are 2 % off."""
+    return chunked(q, k, v, _OffTaylor(feature_dim, seed), causal=True, chunk=chunk)
