@@ -4,6 +4,8 @@ a variant cannot honour is refused with its reason."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -116,3 +118,60 @@ def test_a_saved_checkpoint_loads_without_network(tmp_path, llama):
     assert hf.tokenizer_of(tmp_path / "ckpt") is None  # no tokenizer files: scored as bytes
     with pytest.raises(ValueError, match="not a preset"):
         hf.config(str(tmp_path / "nothing"))
+
+
+def test_transformers_own_attention_and_variants_pass_the_future_leak_test(llama, planted_variants):
+    """The quality gate's future-leak test on a transformers model: its own implementations
+    (eager, sdpa) and honest variants are causal; a variant that sees the next tokens is not."""
+    from attnbench.quality.precheck import future_leak
+
+    def logits_of(ids):
+        return llama(ids, use_cache=False).logits
+
+    vocab = llama.config.vocab_size
+    for spec in ("eager", "sdpa", "fused.sdpa", "sliding_window.blocked:window=8"):
+        hf.use_variant(llama, spec)
+        assert future_leak(logits_of, vocab, 40) is None, spec
+    hf.use_variant(llama, "fused.planted_leaky")
+    why = future_leak(logits_of, vocab, 40)
+    assert why and why.startswith("sees the future: changing the tokens after position 20")
+    hf.use_variant(llama, "sdpa")
+
+
+def test_a_transformers_dropin_gates_each_variant_with_the_leak_test(tmp_path, llama):
+    """Drop-in evaluation of a saved transformers model through the CLI: an honest variant is
+    scored; one that sees the next tokens gets an ``incorrect`` row and no number."""
+    from attnbench.bench import results
+    from helpers import only_run, run_cli
+
+    planted = str(Path(__file__).parent / "plugins" / "planted.py")
+
+    hf.use_variant(llama, "sdpa")
+    llama.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "runs"
+    run_cli(
+        "quality",
+        "--hf-model",
+        str(tmp_path / "ckpt"),
+        "--dataset",
+        "pystdlib",
+        "--variants",
+        "fused.sdpa,fused.planted_leaky",
+        "--eval-lens",
+        "32",
+        "--eval-tokens",
+        "2K",
+        "--ngram-order",
+        "0",
+        "--plugins",
+        planted,
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    rows = [r for r in results.read_rows(only_run(out)) if "eval_len" in r]
+    by = {r["variant"]: r for r in rows}
+    assert by["fused.sdpa"]["status"] == "ok" and abs(by["fused.sdpa"]["rel_diff"]) < 1e-4
+    leaky = by["fused.planted_leaky"]
+    assert leaky["status"] == "incorrect" and "sees the future" in leaky["reason"]
+    assert leaky.get("bits_per_byte") is None

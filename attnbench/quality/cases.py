@@ -25,7 +25,7 @@ import torch
 from attnbench.case import Case, QualityCase, RecallCase
 from attnbench.model import ModelConfig, model_shape
 from attnbench.quality import data as data_mod
-from attnbench.quality.precheck import check_in_model
+from attnbench.quality.precheck import check_in_model, future_leak
 from attnbench.quality.recall import accuracy, train_recall
 from attnbench.quality.train import (
     LN2,
@@ -304,23 +304,7 @@ def run_quality_case(
     if not case.preset.startswith("hf:"):  # the gate before any number: causal, and right
         why = check_in_model(case.preset or cfg.preset, case.variant, cfg.train_len, device)
         if why:
-            return {
-                "status": "incorrect",
-                "reason": why,
-                "order0_bpb": order0,
-                "rows": [
-                    _part(
-                        case,
-                        f"eval{n}",
-                        **{"pass": "eval"},
-                        seq_len=n,
-                        eval_len=n,
-                        status="incorrect",
-                        reason=why,
-                    )
-                    for n in cfg.eval_lens
-                ],
-            }
+            return _incorrect(case, cfg, why, order0)
     if case.pass_ == "train":
         settings = replace(_settings(TrainSettings, cfg), seed=case.seed)
         result = train(train_split, case.variant, settings, device, rank=rank, world=world)
@@ -373,6 +357,12 @@ def run_quality_case(
     # drop-in: the trained checkpoint, evaluated with its own attention and with this variant
     if case.preset.startswith("hf:"):
         model, data, per_byte, meta = _hf_dropin_model(case, cfg, held_out, device)
+        why = _hf_leak(model, cfg, device)
+        if why:
+            own_attention = model.model.config._attn_implementation
+            return _incorrect(
+                case, cfg, f"the model's own attention ({own_attention}) {why}", order0
+            )
     else:
         path = Path(case.checkpoint)
         if not path.is_absolute():
@@ -393,6 +383,11 @@ def run_quality_case(
         for n in cfg.eval_lens
     }
     model.set_attention(case.variant)
+    if case.preset.startswith("hf:"):  # the gate of a transformers model: causal with the
+        # variant, and with its own attention (the reference the drop-in is compared with)
+        why = _hf_leak(model, cfg, device)
+        if why:
+            return _incorrect(case, cfg, why, order0)
     rows = _eval_rows(model, data, cfg, case, order0)
     for row in rows:
         ref = own[row["eval_len"]]
@@ -433,6 +428,34 @@ class _HFLogits(torch.nn.Module):
         from attnbench import hf
 
         hf.use_variant(self.model, spec)
+
+
+def _incorrect(case: QualityCase, cfg: QualityConfig, why: str, order0) -> dict:
+    return {
+        "status": "incorrect",
+        "reason": why,
+        "order0_bpb": order0,
+        "rows": [
+            _part(
+                case,
+                f"eval{n}",
+                **{"pass": "eval"},
+                seq_len=n,
+                eval_len=n,
+                status="incorrect",
+                reason=why,
+            )
+            for n in cfg.eval_lens
+        ],
+    }
+
+
+def _hf_leak(model: _HFLogits, cfg: QualityConfig, device) -> str | None:
+    """The future-leak test of a transformers model with the attention it now runs, at the
+    longest evaluation length (capped at the model's positions)."""
+    conf = model.model.config
+    n = min(max(cfg.eval_lens), getattr(conf, "max_position_embeddings", 1 << 30))
+    return future_leak(model, conf.vocab_size, n, device)
 
 
 def _hf_dropin_model(case: QualityCase, cfg: QualityConfig, held_out: np.ndarray, device):

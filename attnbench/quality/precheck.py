@@ -21,6 +21,32 @@ from attnbench.attention.reference import ReferenceAttention, reference_error
 LEAK_TOL = 1e-5  # of the logits' largest magnitude: what float rounding can move
 
 
+def future_leak(
+    logits_of, vocab_size: int, seq_len: int, device="cpu", seed: int = 0, batch: int = 2
+) -> str | None:
+    """None when ``logits_of(ids) -> (B, N, V)`` is causal: changing the tokens after the middle
+    position t leaves the logits at positions <= t where they were (within ``LEAK_TOL`` of their
+    largest magnitude); else why. Any causal language model: ours with a variant, or a
+    transformers model with its own attention implementation or with a variant."""
+    g = torch.Generator().manual_seed(seed + 11)
+    x = torch.randint(0, vocab_size, (batch, seq_len), generator=g).to(device)
+    t = seq_len // 2
+    changed = x.clone()
+    changed[:, t + 1 :] = torch.randint(0, vocab_size, (batch, seq_len - t - 1), generator=g).to(
+        device
+    )
+    with torch.no_grad():
+        a, b = logits_of(x), logits_of(changed)
+    moved = float((a[:, : t + 1] - b[:, : t + 1]).abs().max())
+    if moved > LEAK_TOL * float(a.abs().max()):
+        return (
+            f"sees the future: changing the tokens after position {t} moved the logits "
+            f"at positions <= {t} by up to {moved:.3g} (the logits reach "
+            f"{float(a.abs().max()):.3g})"
+        )
+    return None
+
+
 def check_in_model(
     preset: str, variant: str, seq_len: int, device="cpu", seed: int = 0, batch: int = 2
 ) -> str | None:
@@ -29,22 +55,13 @@ def check_in_model(
     from attnbench.quality.train import build_model
 
     model = build_model(preset, variant, seed, device).eval()
+    why = future_leak(model, model.cfg.vocab_size, seq_len, device, seed, batch)
+    if why:
+        return why
     g = torch.Generator().manual_seed(seed + 11)
     x = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=g).to(device)
-    t = seq_len // 2
-    changed = x.clone()
-    changed[:, t + 1 :] = torch.randint(
-        0, model.cfg.vocab_size, (batch, seq_len - t - 1), generator=g
-    ).to(device)
     with torch.no_grad():
-        a, b = model(x), model(changed)
-        moved = float((a[:, : t + 1] - b[:, : t + 1]).abs().max())
-        if moved > LEAK_TOL * float(a.abs().max()):
-            return (
-                f"sees the future: changing the tokens after position {t} moved the logits "
-                f"at positions <= {t} by up to {moved:.3g} (the logits reach "
-                f"{float(a.abs().max()):.3g})"
-            )
+        a = model(x)
         outs = []
         for dtype in (torch.float32, torch.float64):
             ref_model = copy.deepcopy(model).to(dtype)
