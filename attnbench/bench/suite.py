@@ -163,8 +163,7 @@ def _coerce(full: str, value: Any, kind: Any, default: Any, minimum: int = 1) ->
         ):
             _fail(
                 full,
-                f"must be a {'non-negative' if minimum == 0 else 'positive'} number, "
-                f"got {value!r}",
+                f"must be a {'non-negative' if minimum == 0 else 'positive'} number, got {value!r}",
             )
         return float(value)
     if not isinstance(value, str):
