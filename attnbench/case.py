@@ -54,6 +54,39 @@ ATTENTION_PASS = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@dataclass(frozen=True)
+class Status:
+    """A row's status: its name in results.jsonl, its text in a table cell, whether it counts
+    as a failure (the report lists it under problems), and its mark on a plot (None: the row is
+    not drawn)."""
+
+    name: str
+    text: str
+    failed: bool
+    mark: str | None
+    meaning: str
+
+
+# every status a row can have, defined once (tables, plots, summaries and results derive theirs)
+STATUSES: dict[str, Status] = {
+    s.name: s
+    for s in (
+        Status("ok", "ok", False, None, "measured and gated"),
+        Status("unsupported", "unsupported", False, None, "the variant cannot run the case here"),
+        Status("incorrect", "INCORRECT", True, "incorrect", "failed the reference gate"),
+        Status("implausible", "IMPLAUSIBLE", True, "implausible", "faster than the machine can go"),
+        Status("oom", "OOM", True, "OOM", "out of memory"),
+        Status("error", "error", True, "error", "raised an exception"),
+        Status("timeout", "timeout", True, "timeout", "killed after the case's time limit"),
+        Status("crash", "crash", True, "crash", "its worker process died"),
+        Status("skipped_after_oom", "OOM (skipped)", False, "OOM", "larger N after an OOM"),
+        Status("diverged", "diverged", True, "diverged", "training diverged (non-finite loss)"),
+    )
+}
+# what must be equal for two rows to be compared (crossover, fastest and leanest, targets)
+SETTING = ("pass", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal")
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

@@ -3,8 +3,8 @@
 Commands:
     list      every registered variant: family, math, parameters, exact?, and whether it runs
               here (forward / backward / decode), or why not.
-    run       measure a suite (``--suite quick`` or a TOML path) into results/<run_id>/;
-              ``--resume results/<run_id>`` measures only what an interrupted run lacks.
+    run       measure a suite (``--suite quick`` or a TOML path) into runs/<run_id>/;
+              ``--resume runs/<run_id>`` measures only what an interrupted run lacks.
     op        attention alone: ``--variants a,b --seq-lens 1024,4096 --passes fwd,fwd_bwd,decode``.
     model     the identical LM: ``--variants a,b --seq-lens 256,1024 --preset tiny``.
     quality   train the identical LM per variant on a corpus and evaluate bits per byte at several
@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 import textwrap
-import time
+import typing
 from pathlib import Path
 
 import torch
@@ -130,6 +130,48 @@ def _add_plugins(p: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+SETTING_DEST = "setting__"  # argparse dest prefix of a derived settings flag
+
+
+def _flag_type(kind):
+    """The argparse type of a settings field's type hint (None: no flag, e.g. a table)."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        item = typing.get_args(kind)[0]
+        return _csv(_bool if item is bool else item)
+    if kind is bool:
+        return _bool
+    return kind if kind in (int, float, str) else None
+
+
+def _setting_flags(p: argparse.ArgumentParser, *sections: str) -> None:
+    """A flag for every field of these suite sections that has none yet: ``--field-name``,
+    checked like the suite file's key, so a new setting is one field in ``attnbench.settings``
+    (hand-written flags above, such as ``--budget`` for ``timing.budget_s``, keep their
+    names)."""
+    import dataclasses
+
+    from attnbench.bench.suite import SECTIONS
+
+    for section in sections:
+        cls = SECTIONS[section]
+        hints = typing.get_type_hints(cls)
+        g = p.add_argument_group(f"[{section}] settings (any of them also --set {section}.KEY=V)")
+        for f in dataclasses.fields(cls):
+            opt = "--" + f.name.replace("_", "-")
+            kind = _flag_type(hints[f.name])
+            if opt in p._option_string_actions or kind is None:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else "[]"
+            g.add_argument(
+                opt,
+                dest=f"{SETTING_DEST}{section}__{f.name}",
+                type=kind,
+                metavar=f.name.upper(),
+                help=f"{section}.{f.name} (default {default})",
+            )
+
+
 def _csv(kind):
     def parse(text: str):
         items = [x.strip() for x in text.split(",") if x.strip()]
@@ -185,83 +227,74 @@ def _overrides(args: argparse.Namespace, section: str | None) -> dict:
         out["timing.gate"] = False
     if getattr(args, "device", None):
         out["device"] = args.device
+    for attr, value in vars(args).items():
+        if attr.startswith(SETTING_DEST) and value is not None:
+            section, _, key = attr[len(SETTING_DEST) :].partition("__")
+            out[f"{section}.{key}"] = value
     for text in args.set or []:
         key, value = parse_override(text)
         out[key] = value
     return out
 
 
-def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
-    from attnbench.bench import results, runner
-    from attnbench.report.tables import summary
+def _launcher(args: argparse.Namespace):
+    """The launcher the flags ask for (``attnbench.launch.Launcher`` validates them)."""
+    from attnbench.launch import Launcher
 
-    if getattr(args, "workers", 1) < 1 or getattr(args, "max_jobs", 1) < 1:
-        raise ValueError(
-            f"--workers and --max-jobs must be >= 1 (got {args.workers}, {args.max_jobs})"
-        )
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not run_dir.is_dir():
-            raise ValueError(f"--resume {args.resume}: no such run folder")
-    else:
-        run_dir = Path(args.out) / results.new_run_id(suite.name)
-        if run_dir.exists():
-            raise ValueError(f"{run_dir} already exists; use --resume to continue it")
-    start = time.time()
-    print(
-        f"attnbench: {len(runner.plan(suite))} cases of suite {suite.name!r} -> {run_dir}",
-        file=sys.stderr,
-    )
-    launcher = getattr(args, "launcher", "local")
-    if launcher == "submitit":
-        from attnbench.bench.scaleout import launch
-
-        launch(
-            suite,
-            run_dir,
-            plugins=args.plugins,
-            command=command,
-            resume=bool(args.resume),
-            force=args.force,
+    kind = getattr(args, "launcher", "local")
+    submitit = {}
+    if kind == "submitit":
+        submitit = dict(
             local=args.submitit_local,
             max_jobs=args.max_jobs,
             partition=args.slurm_partition,
             gpus_per_job=args.gpus_per_job,
             cpus_per_job=args.cpus_per_job,
             timeout_min=args.job_timeout_min,
-            progress=not args.quiet,
         )
-    else:
-        limit = getattr(args, "time_limit_s", None)
-        runner.run(
-            suite,
-            run_dir,
-            plugins=args.plugins,
-            command=command,
-            resume=bool(args.resume),
-            force=args.force,
-            progress=not args.quiet,
-            workers=getattr(args, "workers", 1),
-            deadline=None if limit is None else start + limit,
-        )
-    rows = results.read_rows(run_dir)
-    print(summary(rows))
-    if rows:
-        from attnbench.report.document import write_report
+    return Launcher(
+        kind,
+        workers=getattr(args, "workers", 1),
+        time_limit_s=getattr(args, "time_limit_s", None),
+        submitit=submitit,
+    )
 
-        written = write_report(run_dir)
+
+def _run_suite(args: argparse.Namespace, suite, command: list[str]) -> int:
+    """Launch (``attnbench.launch``: folder, plan, launcher, report), then print the summary."""
+    from attnbench.launch import launch
+    from attnbench.report.tables import summary
+
+    done = launch(
+        suite,
+        out=args.out,
+        resume=args.resume,
+        force=args.force,
+        plugins=args.plugins,
+        command=command,
+        progress=not args.quiet,
+        launcher=_launcher(args),
+    )
+    if done.run_dir is None:  # a torchrun process other than 0
+        return 0
+    print(summary(done.rows))
+    if done.report:
+        written = done.report
         print(
             f"\nreport: {written['markdown']} and {written['html'].name}, "
-            f"{sum(k.startswith('plot:') for k in written)} plots in {run_dir / 'plots'}"
+            f"{sum(k.startswith('plot:') for k in written)} plots in {done.run_dir / 'plots'}"
         )
     bad = {}
-    for r in rows:
+    for r in done.rows:
         bad[r["status"]] = bad.get(r["status"], 0) + 1
     print(
-        f"\n{len(rows)} cases ({', '.join(f'{k} {v}' for k, v in sorted(bad.items()))}) in "
-        f"{time.time() - start:.0f} s"
+        f"\n{len(done.rows)} cases ({', '.join(f'{k} {v}' for k, v in sorted(bad.items()))}) in "
+        f"{done.seconds:.0f} s"
     )
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {done.run_dir}")
+    if done.report_error:
+        print(f"attnbench: {done.report_error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -379,20 +412,8 @@ def cmd_training(args: argparse.Namespace) -> int:
     suite = with_overrides(base, overrides)
     from attnbench.bench import torchrun
 
-    if torchrun.launched_by_torchrun():
-        if section != "quality":
-            raise ValueError("only `quality` trains data-parallel under torchrun")
-        run_dir = torchrun.run_quality(suite, args)
-        if run_dir is not None:  # process 0: the same summary and report as every launcher
-            from attnbench.bench import results
-            from attnbench.report.document import write_report
-            from attnbench.report.tables import summary
-
-            print(summary(results.read_rows(run_dir)))
-            written = write_report(run_dir)
-            print(f"\nreport: {written['markdown']}")
-            print(f"run folder: {run_dir}")
-        return 0
+    if torchrun.launched_by_torchrun() and section != "quality":
+        raise ValueError("only `quality` trains data-parallel under torchrun")
     return _run_suite(args, suite, sys.argv)
 
 
@@ -537,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_args(p)
     p.add_argument("--level", choices=["op", "model"], help="section that --variants etc. override")
     _level_args(p)
+    _setting_flags(p, "timing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("op", help="measure attention alone over sequence lengths")
@@ -563,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="heads = model dim // head dim (flash-attention: 2048)",
     )
     p.add_argument("--causal", type=_csv(_bool), help="true, false or both: true,false")
+    _setting_flags(p, "op", "timing")
     p.set_defaults(func=cmd_level, level="op")
 
     p = sub.add_parser("model", help="measure a language model: train step, prefill, decode")
@@ -576,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a transformers model instead: a preset of attnbench.hf (llama-tiny, "
         "mistral-tiny, qwen2-tiny, llama-small) or a save_pretrained folder",
     )
+    _setting_flags(p, "model", "timing")
     p.set_defaults(func=cmd_level, level="model")
 
     p = sub.add_parser(
@@ -635,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train mode: skip the drop-in evaluation of the first variant's checkpoint",
     )
+    _setting_flags(p, "quality")
 
     p = sub.add_parser("recall", help="multi-query associative recall (MQAR) per variant")
     _training_args(p)
@@ -643,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", dest="train_steps", type=int)
     p.add_argument("--key-vocab", dest="key_vocab", type=int)
     p.add_argument("--eval-sequences", dest="eval_sequences", type=int)
+    _setting_flags(p, "recall")
     p.set_defaults(no_dropin=False)
 
     p = sub.add_parser("report", help="(re)write report.md, report.html and plots of a run folder")

@@ -629,23 +629,19 @@ def suite_verdict(check: Check, run_dir: Path) -> None:
 
 
 def _run_suite(check: Check, spec: dict, run_dir: Path) -> None:
-    from attnbench.bench import runner
     from attnbench.bench.suite import from_dict
+    from attnbench.launch import launch
 
     # no case starts in the box's last 25 + MARGIN_S seconds: the end ceilings and the report
-    runner.run(
+    done = launch(
         from_dict(spec),
-        run_dir,
+        run_dir=run_dir,
         command=["run_bench.py", "gpu-check"],
         progress=False,
         deadline=check.deadline - 25,
     )
-    try:
-        from attnbench.report.document import write_report
-
-        write_report(run_dir)
-    except Exception as e:  # noqa: BLE001 - the rows are complete; the report is a view of them
-        check.add({"status": "failed", "detail": f"report: {type(e).__name__}: {e}"[:500]})
+    if done.report_error:
+        check.add({"status": "failed", "detail": f"report: {done.report_error}"[:500]})
     suite_verdict(check, run_dir)
 
 

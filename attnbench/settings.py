@@ -4,18 +4,39 @@
     [quality] -> QualityConfig (a TrainSettings)
     [recall] -> RecallConfig (a RecallSettings)
 
-They are plain data: ``attnbench.bench.suite`` reads them from TOML and validates them, the
-training code (``attnbench.quality``) and the harness (``attnbench.bench``) read them. One comment
-per field says what it is. Nothing here imports the rest of the package.
+Each field is a setting: ``attnbench.bench.suite`` reads it from TOML (a key of its section),
+checks its type, its ``minimum`` and ``choices`` (field metadata) and the section's own
+``validate()`` (rules across fields), and the CLI derives a flag from it (``--field-name``), so a
+new setting is one field here. The training code (``attnbench.quality``) and the harness
+(``attnbench.bench``) read them. One comment per field says what it is. Nothing here imports the
+rest of the package but its vocabulary (``attnbench.case``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
+
+from attnbench.case import DTYPES, MODEL_PASSES, OP_PASSES
 
 EVAL_METHODS = ("windows", "sliding")
 QUALITY_MODES = ("train", "dropin")
+EVAL_SPLITS = ("val", "test", "train")
+
+
+class SettingError(ValueError):
+    """A bad value of one setting: ``key`` names it within its section."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def choice(default, choices: tuple, noun: str, **metadata):
+    """A field whose value (or each item of a list) must be one of ``choices``; a bad one is
+    "unknown {noun} {value!r}; valid: ..."."""
+    return field(default=default, metadata={"choices": tuple(choices), "noun": noun, **metadata})
 
 
 @dataclass(frozen=True)
@@ -30,9 +51,21 @@ class OpConfig:
     model_dim: int = 0  # > 0: H = model_dim // D for each head dim (flash-attention: 2048)
     kv_heads: tuple[int, ...] = ()  # key/value heads to sweep (grouped-query); empty: H
     head_dims: tuple[int, ...] = (64,)  # D
-    dtypes: tuple[str, ...] = ("float32",)
-    passes: tuple[str, ...] = ("fwd", "fwd_bwd", "decode")  # fwd | bwd | fwd_bwd | decode
+    dtypes: tuple[str, ...] = choice(("float32",), tuple(DTYPES), "dtype")
+    passes: tuple[str, ...] = choice(("fwd", "fwd_bwd", "decode"), OP_PASSES, "pass")
     causal: tuple[bool, ...] = (True,)
+
+    def validate(self) -> None:
+        for d in self.head_dims:
+            h = self.heads_for(d)
+            bad = [kv for kv in self.kv_heads if h % kv]
+            if bad:
+                divisors = ", ".join(str(x) for x in range(1, h + 1) if h % x == 0)
+                raise SettingError(
+                    "kv_heads",
+                    f"{bad[0]} does not divide heads={h} (head dim {d}); valid: "
+                    f"divisors of {h}: {divisors}",
+                )
 
     def batch_for(self, n: int) -> int:
         return max(1, self.total_tokens // n) if self.total_tokens > 0 else self.batch
@@ -49,8 +82,8 @@ class ModelLevelConfig:
     preset: str = "tiny"  # attnbench.model.PRESETS
     seq_lens: tuple[int, ...] = (256,)
     batch: int = 4
-    dtypes: tuple[str, ...] = ("float32",)
-    passes: tuple[str, ...] = ("train_step", "prefill", "decode")
+    dtypes: tuple[str, ...] = choice(("float32",), tuple(DTYPES), "dtype")
+    passes: tuple[str, ...] = choice(("train_step", "prefill", "decode"), MODEL_PASSES, "pass")
 
 
 @dataclass(frozen=True)
@@ -58,6 +91,9 @@ class TrainSettings:
     """How the identical model is trained: the same for every variant."""
 
     preset: str = "tiny"
+    # the model's own fields on top of the preset (attnbench.model.ModelConfig: dim, n_layers,
+    # n_heads, n_kv_heads, mlp_ratio, conv_width, rope_base, ...), e.g. {dim = 128, n_layers = 4}
+    model: dict[str, Any] = field(default_factory=dict, hash=False)
     train_len: int = 256  # training sequence length
     batch: int = 16  # global batch (sequences per optimizer step)
     train_tokens: int = 1_000_000  # token budget (ignored when train_seconds > 0)
@@ -66,6 +102,7 @@ class TrainSettings:
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
     warmup_frac: float = 0.05  # linear warm-up, fraction of the budget
     weight_decay: float = 0.1  # AdamW, on matrices only
+    beta2: float = 0.95  # AdamW's second-moment decay (nanoGPT's character recipe: 0.99)
     grad_clip: float = 1.0  # global gradient norm
     seed: int = 0  # initial weights and data order
     log_every: int = 25  # steps between loss-curve points
@@ -94,16 +131,17 @@ class QualityConfig(TrainSettings):
     dataset: str = "pystdlib"  # attnbench.quality.data.CORPORA or file:PATH
     data_dir: str = ""  # folder that already holds the corpus files ("" : ATTNBENCH_DATA_DIR)
     val_fraction: float = 0.1  # held-out share of a file:PATH corpus
-    mode: str = "train"  # train: train each variant; dropin: evaluate `checkpoint` with each
+    # train: train each variant; dropin: evaluate `checkpoint` with each
+    mode: str = choice("train", QUALITY_MODES, "mode")
     checkpoint: str = ""  # dropin mode: a checkpoint file
     hf_model: str = ""  # dropin mode: a transformers model folder (save_pretrained) instead
     # train mode: then evaluate the first variant's checkpoint with each variant
     dropin: bool = True
     dropin_variants: tuple[str, ...] = ()  # swapped in for the drop-in table (default: variants)
     eval_lens: tuple[int, ...] = (128, 256, 512)
-    eval_split: str = "val"
+    eval_split: str = choice("val", EVAL_SPLITS, "split")
     eval_tokens: int = 65536  # bytes of the held-out split scored per length (0: all of it)
-    eval_method: str = "windows"  # windows | sliding
+    eval_method: str = choice("windows", EVAL_METHODS, "method")
     stride: int = 0  # sliding: bytes between windows (0: eval_len // 2)
     position_buckets: int = 8
     ngram_order: int = 4  # the n-gram floor (0: none)
@@ -113,6 +151,24 @@ class QualityConfig(TrainSettings):
 
     def seed_list(self) -> tuple[int, ...]:
         return self.seeds or (self.seed,)
+
+    def validate(self) -> None:
+        if self.mode == "dropin" and not (self.checkpoint or self.hf_model):
+            raise SettingError(
+                "checkpoint",
+                "dropin mode needs a checkpoint file (or hf_model: a transformers model folder)",
+            )
+        if self.hf_model and self.mode != "dropin":
+            raise SettingError("hf_model", "a transformers model is evaluated in dropin mode only")
+        if self.train_len < 2 or self.batch < 1:
+            raise SettingError(
+                "train_len",
+                f"needs train_len >= 2 and batch >= 1 (got {self.train_len}, {self.batch})",
+            )
+        if not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
+            raise SettingError(
+                "warmup_frac", "needs 0 <= warmup_frac < 1 and 0 <= min_lr_frac <= 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -124,6 +180,7 @@ class RecallSettings:
     sequences: softmax attention then recalls every pair."""
 
     preset: str = "recall"
+    model: dict[str, Any] = field(default_factory=dict, hash=False)  # as TrainSettings.model
     seq_lens: tuple[int, ...] = (64,)
     kv_pairs: tuple[int, ...] = (4, 8, 16)
     key_vocab: int = 64  # distinct keys (and values) to draw from; >= the largest kv; <= 127
@@ -133,6 +190,7 @@ class RecallSettings:
     min_lr_frac: float = 0.1
     warmup_frac: float = 0.1
     weight_decay: float = 0.0
+    beta2: float = 0.95
     grad_clip: float = 1.0
     seed: int = 0
     eval_sequences: int = 256
@@ -140,6 +198,21 @@ class RecallSettings:
     def grid(self) -> list[tuple[int, int]]:
         """The (seq_len, kv_pairs) settings that fit: the pairs and their queries need 4 * kv."""
         return [(n, kv) for n in self.seq_lens for kv in self.kv_pairs if fits(n, kv)]
+
+    def validate(self) -> None:
+        if not self.key_vocab >= max(self.kv_pairs):
+            raise SettingError(
+                "key_vocab",
+                f"{self.key_vocab} is smaller than the largest kv_pairs "
+                f"({max(self.kv_pairs)}): the keys of a sequence must be distinct",
+            )
+        if not self.grid():
+            raise SettingError(
+                "seq_lens",
+                "no (seq_len, kv_pairs) setting fits: "
+                f"seq_lens {list(self.seq_lens)}, "
+                f"kv_pairs {list(self.kv_pairs)} (needs seq_len >= 4 * kv_pairs)",
+            )
 
 
 def fits(seq_len: int, kv_pairs: int) -> bool:
@@ -190,3 +263,17 @@ class TimingConfig:
     l2_flush: bool = True
     cuda_graphs: bool = False
     cooldown_s: float = 0.0
+
+    def validate(self) -> None:
+        if (
+            self.min_reps < 5
+            or self.max_reps < self.min_reps
+            or self.repeats < 1
+            or self.warmup < 1
+        ):
+            raise SettingError(
+                "min_reps",
+                f"needs warmup >= 1 untimed call of the timed pass, 5 <= min_reps <= "
+                f"max_reps and repeats >= 1 (got warmup={self.warmup}, min_reps={self.min_reps}, "
+                f"max_reps={self.max_reps}, repeats={self.repeats})",
+            )

@@ -22,6 +22,7 @@ RANKS = {
     "attnbench.quality": 5,
     "attnbench.bench": 6,
     "attnbench.report": 7,
+    "attnbench.launch": 8,
     "attnbench.gpucheck": 8,
     "attnbench.cli": 8,
     "attnbench": 8,

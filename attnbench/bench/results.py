@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from attnbench.case import STATUSES as STATUS_TABLE
+
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
 # Core row fields, in the order tables show them (issue #3 fixes these names).
@@ -49,18 +51,7 @@ CORE_FIELDS = [
     "frac_of_ceiling",
     "tokens_per_s",
 ]
-STATUSES = (
-    "ok",
-    "unsupported",
-    "incorrect",
-    "implausible",
-    "oom",
-    "error",
-    "timeout",
-    "crash",
-    "skipped_after_oom",
-    "diverged",
-)
+STATUSES = tuple(STATUS_TABLE)
 PACKAGES = (
     "torch",
     "triton",
@@ -93,7 +84,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(upgrade(json.loads(line)))
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 warnings.warn(
@@ -104,6 +95,18 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                     f"{path}:{i + 1} is not valid JSON (a corrupted results file)"
                 ) from None
     return rows
+
+
+def upgrade(row: dict[str, Any]) -> dict[str, Any]:
+    """A row written by an older attnbench in today's form, done once as rows are loaded: no
+    ``kv_heads`` (before grouped-query attention) means one per query head; no ``exact`` means
+    its math said so (full causal softmax)."""
+    if row.get("level") in ("op", "model"):
+        if row.get("kv_heads") is None and row.get("heads") is not None:
+            row["kv_heads"] = row["heads"]
+        if row.get("exact") is None:
+            row["exact"] = row.get("math") == "causal_softmax"
+    return row
 
 
 def load(run_dir: str | Path):

@@ -1,6 +1,6 @@
-"""The local launcher: plans a suite's cases and measures them in isolated worker processes.
+"""The local launcher's sweep: measures planned cases (``plan.py``) in isolated worker
+processes (``process.py``), finishing each row the way every launcher does (``rows.py``).
 
-    plan(suite) -> [Case]       every (variant, shape, dtype, pass, repeat), smallest N first
     run(suite, run_dir)         writes run.json, then one results.jsonl row per case
 
 Failures are results: an unsupported case is recorded with its reasons; an exception in the worker
@@ -19,216 +19,25 @@ timing), and one that trains (quality and recall cases).
 from __future__ import annotations
 
 import functools
-import json
 import os
-import platform
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from attnbench.bench import measure, results
+from attnbench.bench import measure, results, rows
+from attnbench.bench.plan import balance, case_timeout, groups_of, plan, unsupported_reasons
+from attnbench.bench.process import Worker
+from attnbench.bench.provenance import start_info
 from attnbench.bench.suite import Suite
 from attnbench.case import Case
-from attnbench.model import model_shape
-from attnbench.quality.cases import corpus_for, plan_quality, plan_recall
-from attnbench.registry import get_variant, load_plugin
+from attnbench.registry import load_plugin
 
-
-def plan(suite: Suite) -> list[Case]:
-    """Every case of ``suite``, grouped by variant with N ascending (so OOM skipping works); with
-    ``timing.repeats`` > 1 the whole op and model sweep is repeated, so the measurements of one
-    case are interleaved with the other variants' rather than taken back to back (a slow spell
-    of the machine then spreads over every variant instead of landing on one)."""
-    device = suite.resolved_device()
-    cases: list[Case] = []
-    reps = range(1)
-    if suite.op is not None:
-        op = suite.op
-        for spec in op.variants:
-            v = get_variant(spec)
-            ident = dict(
-                variant=v.label,
-                family=v.family,
-                math=v.info.math,
-                impl=v.impl,
-                exact=v.exact,
-                device=device,
-            )
-            for dtype in op.dtypes:
-                for d in op.head_dims:
-                    heads = op.heads_for(d)
-                    for kv in op.kv_heads or (heads,):
-                        for causal in op.causal:
-                            for pass_ in op.passes:
-                                for n in sorted(op.seq_lens):
-                                    cases += [
-                                        Case(
-                                            level="op",
-                                            **ident,
-                                            pass_=pass_,
-                                            batch=op.batch_for(n),
-                                            seq_len=n,
-                                            heads=heads,
-                                            kv_heads=kv,
-                                            head_dim=d,
-                                            dtype=dtype,
-                                            causal=causal,
-                                            repeat=r,
-                                        )
-                                        for r in reps
-                                    ]
-    if suite.model is not None:
-        m = suite.model
-        heads, kv_heads, head_dim = model_shape(m.preset)
-        for spec in m.variants:
-            v = get_variant(spec)
-            for dtype in m.dtypes:
-                for pass_ in m.passes:
-                    for n in sorted(m.seq_lens):
-                        cases += [
-                            Case(
-                                level="model",
-                                variant=v.label,
-                                family=v.family,
-                                math=v.info.math,
-                                impl=v.impl,
-                                exact=v.exact,
-                                pass_=pass_,
-                                batch=m.batch,
-                                seq_len=n,
-                                heads=heads,
-                                kv_heads=kv_heads,
-                                head_dim=head_dim,
-                                dtype=dtype,
-                                device=device,
-                                preset=m.preset,
-                                repeat=r,
-                            )
-                            for r in reps
-                        ]
-    cases = [c.replace(repeat=r) for r in range(suite.timing.repeats) for c in cases]
-    if suite.quality is not None:
-        cases += plan_quality(suite.quality, device)
-    if suite.recall is not None:
-        cases += plan_recall(suite.recall, device)
-    return cases
-
-
-def unsupported_reasons(case: Case) -> list[str]:
-    """What the launcher can tell without running a kernel (probes run in the worker)."""
-    if case.family == "baseline":  # the n-gram floor: no attention
-        return []
-    return get_variant(case.variant).not_supported_reasons(case, probe=False)
-
-
-def _timeout(case: Case, suite: Suite) -> float:
-    if case.level in ("quality", "recall"):
-        return getattr(suite, case.level).timeout_s
-    return suite.timing.timeout_s
-
-
-class Worker:
-    """A worker process and its pipes; restarted after a crash or a timeout."""
-
-    def __init__(self, init: dict[str, Any], env: dict[str, str]):
-        self.init = init
-        self.env = env
-        self.proc = None
-        self.conn = None
-        self.send_conn = None
-        self.threads = None
-
-    def start(self) -> None:
-        """Start ``python -m attnbench.bench.worker`` with two pipes (never re-imports the
-        caller's ``__main__``, unlike multiprocessing's spawn)."""
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        env = {**os.environ, **self.env}
-        root = str(Path(__file__).resolve().parents[2])  # a source checkout that is not installed
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "attnbench.bench.worker", str(to_child_r), str(from_child_w)],
-            pass_fds=(to_child_r, from_child_w),
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.send_conn = Connection(to_child_w, readable=False)
-        self.conn = Connection(from_child_r, writable=False)
-        self.send_conn.send(self.init)
-        if not self.conn.poll(300):
-            self.kill()
-            raise RuntimeError("the benchmark worker did not start within 300 s")
-        try:
-            hello = self.conn.recv()
-        except EOFError:
-            code = self.proc.wait()
-            raise RuntimeError(f"the benchmark worker failed to start (exit code {code})") from None
-        self.threads = hello["threads"]
-
-    def ask(self, kind: str, payload: Any, timeout: float) -> dict[str, Any]:
-        """Send one request; a row-like dict back, or a timeout/crash status."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()
-        try:
-            self.send_conn.send((kind, payload))
-            if self.conn.poll(timeout):
-                return self.conn.recv()
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            return self._crashed()
-        if self.proc.poll() is not None:
-            return self._crashed()
-        self.kill()
-        return {"status": "timeout", "reason": f"still running after {timeout:g} s; worker killed"}
-
-    def _crashed(self) -> dict[str, Any]:
-        try:
-            code = self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._close()
-        if code is not None and code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = str(-code)
-            why = f"worker process killed by signal {name}"
-        else:
-            why = f"worker process exited with code {code}"
-        return {"status": "crash", "reason": why}
-
-    def _close(self) -> None:
-        for c in (self.conn, self.send_conn):
-            if c is not None:
-                c.close()
-        self.conn = self.send_conn = None
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc is not None:
-            self._close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.send_conn.send(("stop", None))
-                self.proc.wait(10)
-            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
+__all__ = ["execute", "plan", "run"]
 
 
 class _Lines:
@@ -275,15 +84,17 @@ def run(
     workers: int = 1,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     deadline: float | None = None,
+    cases: list[Case] | None = None,
 ) -> Path:
     """Measure every case of ``suite`` not yet in ``run_dir``; returns the run folder.
     ``workers`` > 1: that many worker slots share the cases (see ``execute``). ``deadline``
     (``time.time()`` seconds): no case starts after it; the cases left are listed in run.json
-    (``deadline``) and get no row, so ``--resume`` measures them later."""
+    (``deadline``) and get no row, so ``--resume`` measures them later. ``cases``: the plan,
+    when the caller has built it (``launch`` plans once)."""
     run_dir = Path(run_dir)
     for path in plugins:
         load_plugin(path)
-    cases = plan(suite)
+    cases = plan(suite) if cases is None else cases
     writer = results.ResultWriter(run_dir)
     todo = [c for c in cases if c.case_id not in writer.done]
     info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)
@@ -303,102 +114,6 @@ def run(
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     results.write_run_json(run_dir, info)
     return run_dir
-
-
-def _suite_json(suite: Suite) -> str:
-    return json.dumps(suite.to_dict(), sort_keys=True, default=str)
-
-
-def start_info(
-    suite: Suite, run_dir: Path, cases, todo, plugins, command, resume, force: bool = False
-) -> dict[str, Any]:
-    """run.json's content at the start (or on resume, with the resume recorded); the corpus is
-    loaded here, so a missing one fails at once. A resume with another suite or another commit
-    is refused unless ``force``, and then recorded."""
-    if resume and (run_dir / results.RUN_FILE).exists():
-        info = results.read_run_json(run_dir)
-        changes = []
-        if json.loads(_suite_json(suite)) != json.loads(
-            json.dumps(info.get("suite"), sort_keys=True, default=str)
-        ):
-            changes.append("the suite differs from the run's")
-        env = info.get("environment") or {}
-        was, was_dirty = env.get("git_commit"), env.get("git_dirty")
-        now = results.git_state()
-        if (
-            was
-            and now["git_commit"]
-            and (was != now["git_commit"] or (now["git_dirty"] and not was_dirty))
-        ):
-            changes.append(
-                f"the code differs: the run was measured at commit {was[:12]}"
-                + (" with uncommitted changes" if was_dirty else "")
-                + f", this is "
-                f"{now['git_commit'][:12]}"
-                + (" with uncommitted changes" if now["git_dirty"] else "")
-            )
-        if changes and not force:
-            raise ValueError(
-                f"--resume {run_dir}: "
-                + "; ".join(changes)
-                + ". Its rows would mix settings; resume with the same suite and "
-                "commit, or pass --force (recorded in run.json)"
-            )
-        info.setdefault("resumed", []).append(
-            {
-                "command": command or sys.argv,
-                "time": time.time(),
-                "cases_left": len(todo),
-                "forced": bool(changes),
-                "changes": changes,
-                **now,
-            }
-        )
-    else:
-        info = {
-            "run_id": run_dir.name,
-            "command": command or sys.argv,
-            "suite": suite.to_dict(),
-            "plugins": list(plugins),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "cases_planned": len(cases),
-        }
-    if suite.quality is not None:
-        info.setdefault("datasets", {})[suite.quality.dataset] = _corpus_info(suite)
-    return info
-
-
-def _corpus_info(suite: Suite) -> dict[str, Any]:
-    """The quality corpus's provenance. A corpus that cannot be had (offline, no data folder)
-    stops a quality-only suite at once; in a suite with other sections it is recorded as
-    unavailable, the quality cases become ``error`` rows with the reason, and the rest runs (the
-    ``gpu`` suite on a machine without the network still measures its kernels)."""
-    from attnbench.quality.data import CorpusError
-
-    try:
-        return corpus_for(suite.quality).info()
-    except CorpusError as e:
-        if all(getattr(suite, s) is None for s in ("op", "model", "recall")):
-            raise
-        print(f"attnbench: warning: {e}; its quality cases will be error rows", file=sys.stderr)
-        return {"unavailable": str(e)}
-
-
-def groups_of(cases: list[Case]) -> list[list[Case]]:
-    """Cases split by (variant, device), in plan order: compilation and warm-up are paid once per
-    group, and a group's N stay ascending (so skipping after an OOM works)."""
-    out: dict[tuple, list] = {}
-    for c in cases:
-        out.setdefault((c.variant, c.device), []).append(c)
-    return list(out.values())
-
-
-def balance(groups: list[list[Case]], k: int) -> list[list[Case]]:
-    """At most ``k`` bins of whole groups, largest first into the emptiest bin."""
-    bins: list[list[Case]] = [[] for _ in range(min(k, len(groups)))]
-    for g in sorted(groups, key=len, reverse=True):
-        min(bins, key=len).extend(g)
-    return [b for b in bins if b]
 
 
 class Slot:
@@ -613,7 +328,6 @@ def _sweep(
     device: str = "cpu",
 ) -> None:
     oom_at: dict[tuple, int] = {}
-    host = platform.node()
     for case in todo:
         if deadline is not None and time.time() >= deadline:
             late.append(case.case_id)  # not started: no row, so a resume measures it
@@ -639,7 +353,7 @@ def _sweep(
                 "reason": f"out of memory at N={oom_at[group]} for this variant and pass",
             }
         else:
-            out = slot.worker_for(case).ask("case", case, timeout=_timeout(case, suite))
+            out = slot.worker_for(case).ask("case", case, timeout=case_timeout(case, suite))
             if out["status"] == "oom":
                 oom_at[group] = min(oom_at.get(group, case.seq_len), case.seq_len)
             if (
@@ -651,32 +365,19 @@ def _sweep(
                 out.update(_memory(slot, case, suite))
         parts = out.pop("rows", [])
         row = {**case.row(), **out}
-        row.setdefault("reason", "")
         if case.level in ("op", "model"):
             row.setdefault("gated", suite.timing.gate)
             row["timing_env"] = dict(suite.timing.env)
-            _efficiency(
-                row,
-                slot.ceilings.get("matmul_flops_per_s", {}),
-                slot.ceilings.get("copy_bytes_per_s"),
-                env.get("device_name", ""),
-            )
             row["ceiling_age_s"] = round(time.time() - slot.ceilings_at, 1)
-        if row.get("status") not in ("ok", "implausible"):  # no number of a failed or
-            # incorrect case is a result (an implausible row keeps its numbers to inspect)
-            for f in (
-                "time_ms",
-                "time_ms_p20",
-                "time_ms_p80",
-                "flops_per_s",
-                "tokens_per_s",
-                "frac_of_ceiling",
-                "peak_mem_bytes",
-                "bytes_per_s",
-            ):
-                row[f] = None
-        stamp = dict(run_id=info["run_id"], host=host, threads=slot.time.threads)
-        row.update(stamp, wall_s=round(time.time() - t0, 3))
+        rows.finish(
+            row,
+            run_id=info["run_id"],
+            threads=slot.time.threads,
+            ceilings=slot.ceilings,
+            device_name=env.get("device_name", ""),
+        )
+        row["wall_s"] = round(time.time() - t0, 3)
+        stamp = rows.stamp(info["run_id"], slot.time.threads)
         writer.write_case(row, [dict(part, **stamp) for part in parts])
         done(row)
 
@@ -694,60 +395,3 @@ def _memory(slot: Slot, case: Case, suite: Suite) -> dict[str, Any]:
 
 
 TIMING_THREADS_CPU = 1  # torch threads of a CPU timing worker when the suite sets none
-PLAUSIBLE_MARGIN = 0.10  # a row may exceed its ceiling by this much (the ceiling's own noise)
-BANDWIDTH_MIN_BYTES = 64 << 20  # below this a decode step may read from cache, beyond DRAM's
-# copy bandwidth: its bandwidth is not judged
-
-
-def compute_ceiling(ceilings: dict[str, float], dtype: str) -> tuple[float | None, str | None]:
-    """(FLOP/s, the dtype it was measured in) that a row in ``dtype`` is judged against: the
-    fastest way this machine does the work. A kernel may compute bfloat16 or float16 in float32
-    (SDPA on a CPU without native bfloat16 matmul), so a half dtype's ceiling is the faster of its
-    own matmul and float32's."""
-    own = ceilings.get(dtype)
-    candidates = [(own, dtype)]
-    if dtype in ("bfloat16", "float16"):
-        candidates.append((ceilings.get("float32"), "float32"))
-    best = max((c for c in candidates if c[0]), default=(None, None), key=lambda c: c[0])
-    return best
-
-
-def _efficiency(
-    row: dict[str, Any], ceilings: dict[str, float], copy_bw: float | None, device_name: str
-) -> None:
-    """Fractions of the ceilings of the process and host that measured the row, and of the
-    device's published peak; a row above its ceiling (beyond ``PLAUSIBLE_MARGIN``) or above the
-    published peak is ``implausible``: it keeps its time for inspection, and no report ranks,
-    summarises or plots it."""
-    ceiling, ceiling_dtype = compute_ceiling(ceilings, row["dtype"])
-    row["ceiling_flops_per_s"] = ceiling
-    row["ceiling_dtype"] = ceiling_dtype
-    if row.get("status") != "ok":
-        return
-    why = []
-    if row.get("flops_per_s") and ceiling:
-        row["frac_of_ceiling"] = row["flops_per_s"] / ceiling
-        if row["frac_of_ceiling"] > 1 + PLAUSIBLE_MARGIN:
-            why.append(
-                f"{row['frac_of_ceiling']:.2f}x the measured {ceiling_dtype} matmul "
-                f"ceiling ({ceiling / 1e9:.1f} GFLOP/s)"
-            )
-    peak = measure.published_peak(device_name, row["dtype"])
-    if peak and row.get("flops_per_s"):
-        row["frac_of_peak"] = row["flops_per_s"] / peak
-        if row["frac_of_peak"] > 1:
-            why.append(f"{row['frac_of_peak']:.2f}x the device's published peak")
-    if row.get("bytes_per_s") and copy_bw:
-        row["frac_of_bandwidth"] = row["bytes_per_s"] / copy_bw
-        if (
-            row["frac_of_bandwidth"] > 1 + PLAUSIBLE_MARGIN
-            and (row.get("read_bytes") or 0) >= BANDWIDTH_MIN_BYTES
-        ):
-            why.append(f"{row['frac_of_bandwidth']:.2f}x the measured copy bandwidth")
-    if why:
-        row["status"] = "implausible"
-        row["reason"] = (
-            "faster than this machine can do the work: "
-            + "; ".join(why)
-            + " (a kernel that skips work, or a mismeasured ceiling)"
-        )

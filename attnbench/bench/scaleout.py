@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.bench import results
-from attnbench.bench.runner import balance, execute, groups_of, plan, start_info
+from attnbench.bench.plan import balance, groups_of, plan
+from attnbench.bench.provenance import start_info
+from attnbench.bench.runner import execute
 from attnbench.bench.suite import Suite, from_dict
 
 SHARDS = "shards"
@@ -83,6 +85,7 @@ def launch(
     timeout_min: int = 240,
     progress: bool = True,
     slurm_args: dict[str, Any] | None = None,
+    cases: list | None = None,
 ) -> Path:
     """Submit the missing cases of ``suite`` as jobs, wait for them, merge their shards."""
     import submitit
@@ -91,7 +94,7 @@ def launch(
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / SHARDS).exists():  # what an earlier, interrupted submission finished
         merge_shards(run_dir)
-    cases = plan(suite)
+    cases = plan(suite) if cases is None else cases
     done = results.ResultWriter(run_dir).done
     todo = [c for c in cases if c.case_id not in done]
     info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)

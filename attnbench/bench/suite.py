@@ -65,15 +65,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from attnbench.case import DTYPES, MODEL_PASSES, OP_PASSES
 from attnbench.registry import get_variant
 from attnbench.settings import (
-    EVAL_METHODS,
-    QUALITY_MODES,
     ModelLevelConfig,
     OpConfig,
     QualityConfig,
     RecallConfig,
+    SettingError,
     TimingConfig,
 )
 
@@ -103,7 +101,7 @@ class Suite:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
-_SECTIONS = {
+SECTIONS = {
     "op": OpConfig,
     "model": ModelLevelConfig,
     "quality": QualityConfig,
@@ -145,6 +143,8 @@ def _coerce(full: str, value: Any, kind: Any, default: Any, minimum: int = 1) ->
             isinstance(v, (str, int, float)) for v in value.values()
         ):
             _fail(full, f"must be a table of names to values, got {value!r}")
+        if typing.get_args(kind)[1] is Any:  # typed values, checked by their consumer
+            return dict(value)
         return {str(k): str(v) for k, v in value.items()}
     if kind is bool:
         if not isinstance(value, bool):
@@ -172,6 +172,8 @@ def _coerce(full: str, value: Any, kind: Any, default: Any, minimum: int = 1) ->
 
 
 def _build(cls, where: str, data: dict[str, Any]):
+    """The section ``cls`` from a TOML table: each key's type, ``minimum`` and ``choices``
+    (field metadata), then the section's own ``validate()``; every error names the key."""
     hints = typing.get_type_hints(cls)
     meta = {f.name: f.metadata for f in fields(cls)}
     defaults = cls()
@@ -182,7 +184,22 @@ def _build(cls, where: str, data: dict[str, Any]):
         out[key] = _coerce(
             where + key, value, hints[key], getattr(defaults, key), meta[key].get("minimum", 1)
         )
-    return cls(**out)
+        choices = meta[key].get("choices")
+        if choices:
+            for x in out[key] if isinstance(out[key], tuple) else (out[key],):
+                if x not in choices:
+                    _fail(
+                        where + key,
+                        f"unknown {meta[key].get('noun', 'value')} {x!r}; "
+                        f"valid: {', '.join(map(str, choices))}",
+                    )
+    section = cls(**out)
+    if hasattr(section, "validate"):
+        try:
+            section.validate()
+        except SettingError as e:
+            _fail(where + e.key, str(e))
+    return section
 
 
 def _check_variants(where: str, specs) -> None:
@@ -194,31 +211,13 @@ def _check_variants(where: str, specs) -> None:
 
 
 def _check_values(suite: Suite) -> None:
-    for sec, allowed_passes in (("op", OP_PASSES), ("model", MODEL_PASSES)):
+    for sec in ("op", "model"):
         cfg = getattr(suite, sec)
         if cfg is None:
             continue
-        for p in cfg.passes:
-            if p not in allowed_passes:
-                _fail(f"{sec}.passes", f"unknown pass {p!r}; valid: {', '.join(allowed_passes)}")
-        for d in cfg.dtypes:
-            if d not in DTYPES:
-                _fail(f"{sec}.dtypes", f"unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
         if not cfg.variants:
             _fail(f"{sec}.variants", "must name at least one variant")
         _check_variants(f"{sec}.variants", cfg.variants)
-    if suite.op is not None:
-        op = suite.op
-        for d in op.head_dims:
-            h = op.heads_for(d)
-            bad = [kv for kv in op.kv_heads if h % kv]
-            if bad:
-                _fail(
-                    "op.kv_heads",
-                    f"{bad[0]} does not divide heads={h} (head dim {d}); valid: "
-                    f"divisors of {h}: "
-                    f"{', '.join(str(x) for x in range(1, h + 1) if h % x == 0)}",
-                )
     from attnbench.model import PRESETS
 
     for sec in ("model", "quality", "recall"):
@@ -246,73 +245,63 @@ def _check_values(suite: Suite) -> None:
             _check_variants(f"{sec}.variants", cfg.variants + getattr(cfg, "dropin_variants", ()))
     if suite.quality is not None:
         _check_quality(suite.quality)
-    if suite.recall is not None and not suite.recall.key_vocab >= max(suite.recall.kv_pairs):
-        _fail(
-            "recall.key_vocab",
-            f"{suite.recall.key_vocab} is smaller than the largest kv_pairs "
-            f"({max(suite.recall.kv_pairs)}): the keys of a sequence must be distinct",
-        )
-    if suite.recall is not None and not suite.recall.grid():
-        _fail(
-            "recall",
-            "no (seq_len, kv_pairs) setting fits: "
-            f"seq_lens {list(suite.recall.seq_lens)}, "
-            f"kv_pairs {list(suite.recall.kv_pairs)} (needs seq_len >= 4 * kv_pairs)",
-        )
+    for sec in ("quality", "recall"):
+        cfg = getattr(suite, sec)
+        if cfg is not None and cfg.model:
+            _check_model_shape(f"{sec}.model", cfg.preset, cfg.model)
     if all(getattr(suite, sec) is None for sec in ("op", "model", "quality", "recall")):
         _fail("", "needs an [op], [model], [quality] or [recall] section")
-    t = suite.timing
-    if t.min_reps < 5 or t.max_reps < t.min_reps or t.repeats < 1 or t.warmup < 1:
-        _fail(
-            "timing",
-            f"needs warmup >= 1 untimed call of the timed pass, 5 <= min_reps <= "
-            f"max_reps and repeats >= 1 (got warmup={t.warmup}, min_reps={t.min_reps}, "
-            f"max_reps={t.max_reps}, repeats={t.repeats})",
-        )
     dev = suite.device
     if dev not in ("auto", "cpu", "cuda") and not dev.startswith("cuda:"):
         _fail("device", f"unknown device {dev!r}; valid: auto, cpu, cuda, cuda:N")
 
 
+def _check_model_shape(where: str, preset: str, shape: dict[str, Any]) -> None:
+    """A section's ``model`` table: fields of ``ModelConfig`` with values of their types, that
+    build a model on top of ``preset``."""
+    from attnbench.model import ModelConfig
+
+    hints = typing.get_type_hints(ModelConfig)
+    for key, value in shape.items():
+        if key not in hints:
+            _fail(f"{where}.{key}", f"unknown model field; valid: {', '.join(hints)}")
+        kind = hints[key]
+        ok = (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind is float
+            else isinstance(value, kind) and not isinstance(value, bool)
+        )
+        if not ok:
+            _fail(
+                f"{where}.{key}",
+                f"must be a{'n' if kind is int else ''} {kind.__name__}, got {value!r}",
+            )
+    try:
+        ModelConfig.from_name(preset, **shape)
+    except ValueError as e:
+        _fail(where, str(e))
+
+
 def _check_quality(q: QualityConfig) -> None:
+    """What the section cannot check itself: that its corpus is one we know."""
     from attnbench.quality.data import CorpusError, check_dataset_name
 
     try:
         check_dataset_name(q.dataset)
     except CorpusError as e:
         _fail("quality.dataset", str(e))
-    if q.mode not in QUALITY_MODES:
-        _fail("quality.mode", f"unknown mode {q.mode!r}; valid: {', '.join(QUALITY_MODES)}")
-    if q.mode == "dropin" and not (q.checkpoint or q.hf_model):
-        _fail(
-            "quality.checkpoint",
-            "dropin mode needs a checkpoint file (or hf_model: a transformers model folder)",
-        )
-    if q.hf_model and q.mode != "dropin":
-        _fail("quality.hf_model", "a transformers model is evaluated in dropin mode only")
-    if q.eval_method not in EVAL_METHODS:
-        _fail(
-            "quality.eval_method",
-            f"unknown method {q.eval_method!r}; valid: {', '.join(EVAL_METHODS)}",
-        )
-    if q.eval_split not in ("val", "test", "train"):
-        _fail("quality.eval_split", f"unknown split {q.eval_split!r}; valid: val, test, train")
-    if q.train_len < 2 or q.batch < 1:
-        _fail("quality", f"needs train_len >= 2 and batch >= 1 (got {q.train_len}, {q.batch})")
-    if not 0 <= q.warmup_frac < 1 or not 0 <= q.min_lr_frac <= 1:
-        _fail("quality", "needs 0 <= warmup_frac < 1 and 0 <= min_lr_frac <= 1")
 
 
 def from_dict(data: dict[str, Any], where: str = "") -> Suite:
-    top = {"name", "description", "device", *_SECTIONS}
+    top = {"name", "description", "device", *SECTIONS}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in top:
             _fail(f"{where}{key}", f"unknown key; valid keys: {', '.join(sorted(top))}")
-        if key in _SECTIONS:
+        if key in SECTIONS:
             if not isinstance(value, dict):
                 _fail(f"{where}{key}", "must be a table ([section])")
-            kwargs[key] = _build(_SECTIONS[key], f"{where}{key}.", value)
+            kwargs[key] = _build(SECTIONS[key], f"{where}{key}.", value)
         else:
             kwargs[key] = _coerce(f"{where}{key}", value, str, "")
     suite = Suite(**kwargs)
@@ -366,10 +355,10 @@ def with_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
         section, _, key = path.rpartition(".")
         target = data
         if section:
-            if section not in _SECTIONS:
-                _fail(path, f"unknown section {section!r}; valid: {', '.join(_SECTIONS)}")
+            if section not in SECTIONS:
+                _fail(path, f"unknown section {section!r}; valid: {', '.join(SECTIONS)}")
             target = data.setdefault(section, {})
-        hints = typing.get_type_hints(_SECTIONS[section]) if section else {}
+        hints = typing.get_type_hints(SECTIONS[section]) if section else {}
         if typing.get_origin(hints.get(key)) is tuple and not isinstance(value, (list, tuple)):
             value = [value]
         target[key] = value

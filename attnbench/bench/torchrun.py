@@ -11,7 +11,6 @@ writes the checkpoints, the rows and ``run.json``; the others wait for it betwee
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from attnbench.bench import results
-from attnbench.quality.cases import corpus_for, plan_quality, run_quality_case
+from attnbench.bench import results, rows
+from attnbench.bench.provenance import start_info
+from attnbench.quality.cases import plan_quality, run_quality_case
 
 
 def launched_by_torchrun(environ=None) -> bool:
@@ -55,40 +55,33 @@ def init(use_cuda: bool) -> tuple[int, int, str, str]:
     return dist.get_rank(), dist.get_world_size(), device, backend
 
 
-def run_quality(suite, args) -> Path | None:
-    """Train and evaluate the suite's quality cases data-parallel; process 0 returns the run
-    folder (the others None)."""
+def run_quality(
+    suite,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    plugins=(),
+    command: list[str] | None = None,
+) -> Path | None:
+    """Train and evaluate the suite's quality cases data-parallel into process 0's ``run_dir``
+    (each process proposes one; process 0's is broadcast); process 0 returns the run folder
+    (the others None). run.json is started or resumed as by every launcher
+    (``provenance.start_info``)."""
     use_cuda = torch.cuda.is_available() and suite.device != "cpu"
     rank, world, device, backend = init(use_cuda)
     try:
         q = suite.quality
-        run_dir = None
-        if rank == 0:
-            run_dir = (
-                Path(args.resume)
-                if args.resume
-                else Path(args.out) / results.new_run_id(suite.name)
-            )
-        run_dir = Path(_broadcast(str(run_dir) if run_dir else None))
+        run_dir = Path(_broadcast(str(run_dir)))
         cases = plan_quality(q, "cuda" if use_cuda else "cpu")
         writer = results.ResultWriter(run_dir) if rank == 0 else None
         done = _broadcast(sorted(writer.done) if writer else None)
         todo = [c for c in cases if c.case_id not in done]
         if rank == 0:
-            info = (
-                results.read_run_json(run_dir)
-                if (run_dir / results.RUN_FILE).exists()
-                else {
-                    "run_id": run_dir.name,
-                    "command": sys.argv,
-                    "suite": suite.to_dict(),
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "cases_planned": len(cases),
-                }
-            )
+            info = start_info(suite, run_dir, cases, todo, plugins, command, resume, force)
             info["environment"] = results.environment(device)
             info["distributed"] = {"world_size": world, "backend": backend, "launcher": "torchrun"}
-            info.setdefault("datasets", {})[q.dataset] = corpus_for(q).info()
+            info["launcher"] = {"kind": "torchrun", "workers": world}
             results.write_run_json(run_dir, info)
             print(
                 f"attnbench: {len(todo)} quality cases on {world} processes "
@@ -102,18 +95,12 @@ def run_quality(suite, args) -> Path | None:
                 out = run_quality_case(case, q, run_dir, rank=rank, world=world)
                 if rank == 0:
                     sub_rows = out.pop("rows", [])
-                    row = {
-                        **case.row(),
-                        **out,
-                        "run_id": run_dir.name,
-                        "world_size": world,
-                        "backend": backend,
-                        "threads": torch.get_num_threads(),
-                        "host": platform.node(),
-                        "wall_s": round(time.time() - t0, 3),
-                    }
+                    row = {**case.row(), **out, "world_size": world, "backend": backend}
+                    rows.finish(row, run_id=run_dir.name, threads=torch.get_num_threads())
+                    row["wall_s"] = round(time.time() - t0, 3)
+                    stamp = rows.stamp(run_dir.name, torch.get_num_threads())
                     writer.write_case(
-                        row, [dict(sub, run_id=run_dir.name, world_size=world) for sub in sub_rows]
+                        row, [dict(sub, **stamp, world_size=world) for sub in sub_rows]
                     )
             dist.barrier()
         if rank == 0:

@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from attnbench.case import SETTING, STATUSES  # noqa: E402
+
 FAMILY_COLOURS = {
     "naive": "#7f7f7f",
     "fused": "#1f77b4",
@@ -41,16 +43,7 @@ PASS_TITLES = {
     "train_step": "train step",
     "prefill": "prefill",
 }
-FAILED_MARK = {
-    "oom": "OOM",
-    "error": "error",
-    "timeout": "timeout",
-    "crash": "crash",
-    "incorrect": "incorrect",
-    "skipped_after_oom": "OOM",
-    "diverged": "diverged",
-    "implausible": "implausible",
-}
+FAILED_MARK = {name: s.mark for name, s in STATUSES.items() if s.mark}
 DPI = 110
 
 
@@ -126,7 +119,8 @@ def _save(fig, path: Path, tips: Tips | None = None) -> Path:
     return path
 
 
-SETTING_COLUMNS = ("preset", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal")
+# a plot is one pass: the rest of a setting, and the model preset, tell its lines apart
+SETTING_COLUMNS = ("preset", *(c for c in SETTING if c != "pass"))
 
 
 def _line_keys(frame: pd.DataFrame) -> pd.Series:

@@ -11,10 +11,12 @@ from typing import Any
 
 import pandas as pd
 
+from attnbench.case import SETTING as CASE_SETTING
+from attnbench.case import STATUSES
 from attnbench.report.tables import STATUS_TEXT
 
-FAILED = ("incorrect", "implausible", "error", "oom", "timeout", "crash", "diverged")
-SETTING = ["pass", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal"]
+FAILED = tuple(name for name, s in STATUSES.items() if s.failed)
+SETTING = list(CASE_SETTING)
 
 
 def anchor(text: str) -> str:
@@ -37,7 +39,6 @@ def best_per_n(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     op = frame[(frame["level"] == "op") & (frame["status"] == "ok")] if not frame.empty else frame
     if op.empty:
         return out
-    op = op.assign(kv_heads=op["kv_heads"].fillna(op["heads"]) if "kv_heads" in op else op["heads"])
     for col in SETTING:
         if col not in op:
             op[col] = None
@@ -193,21 +194,15 @@ def problems(frame: pd.DataFrame) -> list[str]:
     return out
 
 
-# what must be equal for two rows to be compared (the crossover and "best" tables)
-LIKE = ["pass", "dtype", "head_dim", "heads", "kv_heads", "batch", "causal"]
+LIKE = SETTING  # what must be equal for two rows to be compared
 
 
 def is_exact(frame: pd.DataFrame) -> pd.Series:
-    """Whether each row's variant computes full softmax attention: the row's own ``exact`` field
-    (older rows without it: their math is causal softmax)."""
-    math_exact = (
-        frame["math"] == "causal_softmax"
-        if "math" in frame
-        else pd.Series(False, index=frame.index)
-    )
+    """Whether each row's variant computes full softmax attention (its ``exact`` field; rows of
+    older runs get it when loaded, ``results.upgrade``)."""
     if "exact" not in frame:
-        return math_exact
-    return frame["exact"].astype(object).where(frame["exact"].notna(), math_exact).astype(bool)
+        return pd.Series(False, index=frame.index)
+    return frame["exact"].astype(object).where(frame["exact"].notna(), False).astype(bool)
 
 
 def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -222,8 +217,7 @@ def crossover(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     op = op.assign(_exact=is_exact(op))
     for col in LIKE:
         if col not in op:
-            op[col] = op["heads"] if col == "kv_heads" else None
-    op["kv_heads"] = op["kv_heads"].fillna(op["heads"])
+            op[col] = None
     for key, sub in op.groupby(LIKE, sort=False, dropna=False):
         setting = dict(zip(LIKE, key))
         p = setting["pass"]

@@ -13,17 +13,9 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-STATUS_TEXT = {
-    "oom": "OOM",
-    "skipped_after_oom": "OOM (skipped)",
-    "unsupported": "unsupported",
-    "incorrect": "INCORRECT",
-    "error": "error",
-    "timeout": "timeout",
-    "crash": "crash",
-    "diverged": "diverged",
-    "implausible": "IMPLAUSIBLE",
-}
+from attnbench.case import STATUSES
+
+STATUS_TEXT = {name: s.text for name, s in STATUSES.items() if name != "ok"}
 ORDER0_MARGIN = 0.5  # bits per byte a trained model must gain over the order-0 entropy
 
 

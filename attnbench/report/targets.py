@@ -23,6 +23,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from attnbench.case import SETTING as CASE_SETTING
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -45,7 +47,7 @@ ENTRY_KEYS = (
     "source",
 )
 # the columns that make two rows comparable, besides N (a setting, as the report's tables have it)
-SETTING = ("pass", "dtype", "batch", "heads", "kv_heads", "head_dim", "causal", "device")
+SETTING = (*CASE_SETTING, "device")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from attnbench.bench.runner import _efficiency, compute_ceiling
+from attnbench.bench.rows import compute_ceiling
+from attnbench.bench.rows import efficiency as _efficiency
 from attnbench.report.summary import best_per_n
 
 
