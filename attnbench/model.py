@@ -25,6 +25,15 @@ import torch.nn.functional as F
 
 from attnbench.registry import get_variant
 
+NORMS = ("rms", "layer")
+POSITIONS = ("rotary", "learned")
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "layer":
+        return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps, bias=False)
+    return nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -41,6 +50,12 @@ class ModelConfig:
     # model learns MQAR in hundreds of steps instead of sitting on a plateau for thousands)
     conv_width: int = 0
     init_std: float = 0.02  # std of the normal initialisation
+    # nanoGPT's choices, for calibration against its published figures: "layer" (LayerNorm,
+    # no bias) instead of RMSNorm; "learned" absolute positions (GPT-2's table of max_positions
+    # rows, added to the token embedding) instead of rotary ones
+    norm: str = "rms"
+    positions: str = "rotary"
+    max_positions: int = 1024
 
     def __post_init__(self):
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "mlp_ratio"):
@@ -52,8 +67,14 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.conv_width must be >= 0, got {self.conv_width}")
         if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
-        if self.head_dim % 2:
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; valid: {', '.join(POSITIONS)}")
+        if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary positions")
+        if self.max_positions < 1:
+            raise ValueError(f"ModelConfig.max_positions must be >= 1, got {self.max_positions}")
 
     @property
     def head_dim(self) -> int:
@@ -133,7 +154,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).split([cfg.dim, self.kv_dim, self.kv_dim], dim=-1)
         q = q.view(b, n, cfg.n_heads, cfg.head_dim)  # (B, N, H, D)
         k, v = (t.view(b, n, cfg.kv_heads, cfg.head_dim) for t in (k, v))  # (B, N, H_kv, D)
-        q, k = rotary(q, positions, self.cfg.rope_base), rotary(k, positions, self.cfg.rope_base)
+        if cfg.positions == "rotary":
+            q, k = rotary(q, positions, cfg.rope_base), rotary(k, positions, cfg.rope_base)
         if decoder is None:
             y = self.variant(q, k, v)  # (B, N, H, D)
         elif decoder.position == 0:
@@ -174,10 +196,10 @@ class ShortConv(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm1 = make_norm(cfg)
         self.conv = ShortConv(cfg.dim, cfg.conv_width) if cfg.conv_width > 0 else None
         self.attn = Attention(cfg)
-        self.norm2 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm2 = make_norm(cfg)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim, bias=False),
             nn.GELU(),
@@ -197,8 +219,9 @@ class TransformerLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos = nn.Embedding(cfg.max_positions, cfg.dim) if cfg.positions == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm = make_norm(cfg)
         self.apply(self._init)
         for blk in self.blocks:  # GPT-2's scaled init of the residual projections
             for w in (blk.attn.proj.weight, blk.mlp[2].weight):
@@ -229,6 +252,13 @@ class TransformerLM(nn.Module):
             raise ValueError(f"idx must be (B, N) token ids, got shape {tuple(idx.shape)}")
         positions = torch.arange(start, start + idx.shape[1], device=idx.device)
         x = self.embed(idx)
+        if self.pos is not None:
+            if start + idx.shape[1] > self.cfg.max_positions:
+                raise ValueError(
+                    f"position {start + idx.shape[1] - 1} is beyond the learned table's "
+                    f"{self.cfg.max_positions} positions (ModelConfig.max_positions)"
+                )
+            x = x + self.pos(positions)
         for i, blk in enumerate(self.blocks):
             x = blk(x, positions, None if decoders is None else decoders[i])
         return F.linear(self.norm(x), self.embed.weight)  # tied head

@@ -106,3 +106,33 @@ def test_the_short_convolution_decodes_like_the_parallel_forward(spec):
     model = TransformerLM(ModelConfig.from_name("recall"), attention=spec).eval()
     prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(4))
     assert torch.equal(model.generate(prompt, 12), model.generate(prompt, 12, use_cache=False))
+
+
+def test_nanogpts_choices_layer_norm_and_learned_positions():
+    """The calibration's architecture: LayerNorm without bias and a learned position table; it
+    is causal, decodes like its parallel forward, and refuses positions beyond its table."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", norm="layer", positions="learned", max_positions=32)
+    model = TransformerLM(cfg).eval()
+    assert isinstance(model.norm, torch.nn.LayerNorm) and model.norm.bias is None
+    assert model.pos.weight.shape == (32, cfg.dim)
+    rotary = TransformerLM(ModelConfig.from_name("tiny")).eval()
+    assert rotary.pos is None and isinstance(rotary.norm, torch.nn.RMSNorm)
+    idx = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(5))
+    changed = idx.clone()
+    changed[:, 11:] = 7
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :11], b[:, :11])  # causal
+    assert (a[:, 11:] - b[:, 11:]).abs().max() > 1e-3
+    # positions matter: the same token at two positions gives two different outputs
+    same = torch.full((1, 4), 65)
+    with torch.no_grad():
+        out = model(same)
+    assert (out[0, 1] - out[0, 2]).abs().max() > 1e-4
+    prompt = idx[:, :5]
+    assert torch.equal(model.generate(prompt, 12), model.generate(prompt, 12, use_cache=False))
+    with pytest.raises(ValueError, match="position 32 is beyond the learned table's 32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown norm 'batch'; valid: rms, layer"):
+        ModelConfig.from_name("tiny", norm="batch")

@@ -64,7 +64,7 @@ def _settings(cls, cfg) -> Any:
 
 
 def plan_quality(cfg: QualityConfig, device: str) -> list[QualityCase]:
-    model = ModelConfig.from_name(cfg.preset)
+    model = ModelConfig.from_name(cfg.preset, **cfg.model)
     cuda = device.startswith("cuda")
     common = dict(
         dataset=cfg.dataset,
@@ -163,7 +163,7 @@ def _checkpoint_attention(path: str) -> str:
 
 
 def plan_recall(cfg: RecallConfig, device: str) -> list[RecallCase]:
-    model = ModelConfig.from_name(cfg.preset)
+    model = ModelConfig.from_name(cfg.preset, **cfg.model)
     return [
         RecallCase(
             **_variant_fields(spec),
@@ -302,7 +302,9 @@ def run_quality_case(
             "rows": rows,
         }
     if not case.preset.startswith("hf:"):  # the gate before any number: causal, and right
-        why = check_in_model(case.preset or cfg.preset, case.variant, cfg.train_len, device)
+        why = check_in_model(
+            case.preset or cfg.preset, case.variant, cfg.train_len, device, shape=cfg.model
+        )
         if why:
             return _incorrect(case, cfg, why, order0)
     if case.pass_ == "train":
@@ -486,7 +488,8 @@ def _hf_dropin_model(case: QualityCase, cfg: QualityConfig, held_out: np.ndarray
 
 def run_recall_case(case: RecallCase, cfg: RecallConfig) -> dict[str, Any]:
     settings = _settings(RecallSettings, cfg)
-    why = check_in_model(cfg.preset, case.variant, max(n for n, _ in settings.grid()), case.device)
+    n = max(n for n, _ in settings.grid())
+    why = check_in_model(cfg.preset, case.variant, n, case.device, shape=cfg.model)
     if why:  # no recall number for a variant that sees the answer
         return {
             "status": "incorrect",

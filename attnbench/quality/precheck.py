@@ -48,13 +48,19 @@ def future_leak(
 
 
 def check_in_model(
-    preset: str, variant: str, seq_len: int, device="cpu", seed: int = 0, batch: int = 2
+    preset: str,
+    variant: str,
+    seq_len: int,
+    device="cpu",
+    seed: int = 0,
+    batch: int = 2,
+    shape: dict | None = None,
 ) -> str | None:
     """None when ``variant`` inside the model of ``preset`` at ``seq_len`` tokens is causal and
     matches its reference; else why."""
     from attnbench.quality.train import build_model
 
-    model = build_model(preset, variant, seed, device).eval()
+    model = build_model(preset, variant, seed, device, shape).eval()
     why = future_leak(model, model.cfg.vocab_size, seq_len, device, seed, batch)
     if why:
         return why

@@ -82,7 +82,7 @@ def train_recall(variant: str, s: RecallSettings, device="cpu") -> RecallResult:
             f"no (seq_len, kv_pairs) setting fits: seq_lens {s.seq_lens}, kv_pairs "
             f"{s.kv_pairs} (needs seq_len >= 4 * kv_pairs)"
         )
-    model = build_model(s.preset, variant, s.seed, device)
+    model = build_model(s.preset, variant, s.seed, device, s.model)
     opt = _optimizer(model, s)
     model.train()
     start = time.perf_counter()

@@ -66,9 +66,15 @@ def get_batch(
     return chunk[:, :-1], chunk[:, 1:]
 
 
-def build_model(preset: str, variant: str, seed: int, device) -> TransformerLM:
+def build_model(
+    preset: str, variant: str, seed: int, device, shape: dict | None = None
+) -> TransformerLM:
+    """The identical model: ``preset`` with the suite's ``shape`` fields on top, the same initial
+    weights for every variant (``seed``)."""
     torch.manual_seed(seed)  # identical initial weights for every variant
-    return TransformerLM(ModelConfig.from_name(preset), attention=variant).to(device)
+    return TransformerLM(ModelConfig.from_name(preset, **(shape or {})), attention=variant).to(
+        device
+    )
 
 
 def _optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -77,7 +83,7 @@ def _optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimize
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": s.weight_decay}, {"params": other, "weight_decay": 0.0}],
         lr=s.lr,
-        betas=(0.9, 0.95),
+        betas=(0.9, s.beta2),
     )
 
 
@@ -129,7 +135,7 @@ def train(
         )
     if s.batch % world:
         raise ValueError(f"batch={s.batch} must be divisible by the number of processes ({world})")
-    model = build_model(s.preset, variant, s.seed, device)
+    model = build_model(s.preset, variant, s.seed, device, s.model)
     net = model
     data_parallel = ""
     if distributed():  # DDP whenever a process group is up: with one process it still all-reduces

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from attnbench.bench import results
-from attnbench.report import plots, targets
+from attnbench.report import calibration, plots, targets
 from attnbench.report.summary import (
     anchor,
     best_per_n,
@@ -133,6 +133,7 @@ def build(
             f"finished {info.get('finished', 'not yet')}.",
         )
     )
+    blocks += _calibration_blocks(frame, info)  # a calibration suite's first table
     timed = frame[frame["level"].isin(["op", "model"])] if not frame.empty else frame
     if not timed.empty and "gated" in timed and (timed["gated"] == False).any():  # noqa: E712
         blocks.append(
@@ -243,6 +244,24 @@ def _summary_blocks(frame: pd.DataFrame) -> list[Block]:
     return blocks if len(blocks) > 1 else []
 
 
+def _calibration_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
+    """Published results against ours (``attnbench/report/calibrations.toml``), for a run of
+    their suite: the report's first table."""
+    verdicts = calibration.for_run(frame, info) if not frame.empty else []
+    if not verdicts:
+        return []
+    held = sum(v.within is True for v in verdicts)
+    return [
+        Block("h2", "Calibration against published results"),
+        Block(
+            "p",
+            f"{held} of {len(verdicts)} published figures reproduced within the tolerance "
+            "stated in advance (attnbench/report/calibrations.toml).",
+        ),
+        Block("table", frame=calibration.table(verdicts)),
+    ]
+
+
 def _target_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
     """The suite's performance targets (``attnbench/report/perf_targets.toml``), judged from the
     rows; nothing for a suite without targets."""
@@ -269,7 +288,6 @@ def _op_blocks(frame: pd.DataFrame) -> list[Block]:
             "other cells are statuses, explained below each table.",
         )
     )
-    op = op.assign(kv_heads=op["kv_heads"].fillna(op["heads"]) if "kv_heads" in op else op["heads"])
     for (p, dtype, d, h, kv, causal, b), sub in op.groupby(
         ["pass", "dtype", "head_dim", "heads", "kv_heads", "causal", "batch"], sort=False
     ):
@@ -626,47 +644,9 @@ def _inline_md(text: str) -> str:
     return "<p>" + "<br>".join(lines) + "</p>"
 
 
-# Sorting a table by a column (click its header; again to reverse), and a count of the plots the
-# browser laid out (body data-plots), which the headless-browser test reads.
-SCRIPT = """
-function cellValue(td) {
-  var t = td.textContent.trim(), n = parseFloat(t.replace(/[^0-9eE.+-]/g, ''));
-  return isNaN(n) ? t.toLowerCase() : n;
-}
-document.querySelectorAll('table.t').forEach(function (table) {
-  table.querySelectorAll('thead th').forEach(function (th, col) {
-    th.title = 'sort by this column'; th.style.cursor = 'pointer';
-    th.addEventListener('click', function () {
-      var body = table.tBodies[0], rows = Array.from(body.rows);
-      var dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir > 0 ? 'asc' : 'desc';
-      rows.sort(function (a, b) {
-        var x = cellValue(a.cells[col]), y = cellValue(b.cells[col]);
-        if (typeof x !== typeof y) return (typeof x === 'number' ? -1 : 1) * dir;
-        return (x < y ? -1 : x > y ? 1 : 0) * dir;
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-window.addEventListener('load', function () {
-  var shown = Array.from(document.querySelectorAll('figure.plot svg')).filter(function (s) {
-    var r = s.getBoundingClientRect(); return r.width > 50 && r.height > 50;
-  });
-  document.body.dataset.plots = shown.length;
-  document.body.dataset.summary = document.getElementById('summary') ? 'yes' : 'no';
-});
-"""
-
-STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
-    "color:#222}table.t{border-collapse:collapse;font-size:13px;margin:.5em 0}"
-    "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-    "table.t th:first-child,table.t td:first-child{text-align:left}"
-    "table.t thead th{background:#f3f3f3}figure.plot{margin:.5em 0}"
-    "figure.plot svg{max-width:100%;height:auto}g.pt:hover{opacity:.6}"
-    "pre{background:#f6f6f6;padding:.6em;overflow:auto}code{font-size:12px}"
-    "h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"
-)
+def _asset(name: str) -> str:
+    """A file shipped beside this module (package data): the report's CSS and JavaScript."""
+    return (Path(__file__).with_name(name)).read_text()
 
 
 def to_html(blocks: list[Block]) -> str:
@@ -700,9 +680,9 @@ def to_html(blocks: list[Block]) -> str:
     title = html.escape(blocks[0].text if blocks else "attnbench report")
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
-        f"<style>{STYLE}</style></head><body>\n"
+        f"<style>{_asset('report.css')}</style></head><body>\n"
         + "\n".join(body)
-        + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+        + f"\n<script>{_asset('report.js')}</script>\n</body></html>\n"
     )
 
 
