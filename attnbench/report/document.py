@@ -235,9 +235,11 @@ def _summary_blocks(frame: pd.DataFrame) -> list[Block]:
             Block(
                 "p",
                 "Held-out bits per byte at the training length, mean over seeds, "
-                "against the exact variant; a difference within the spread "
-                "between seeds is not a finding. Drop-in: the exact variant's "
-                "checkpoint evaluated with this variant swapped in (+: worse).",
+                "against the exact variant, with the two-sided 95 % interval of the "
+                "difference (seeds paired: the same initial weights and data order; "
+                "Student's t on the seeds' standard error); a difference is a finding only "
+                "when its interval excludes 0. Drop-in: the exact variant's checkpoint "
+                "evaluated with this variant swapped in (+: worse).",
             )
         )
         blocks.append(Block("table", frame=cost))

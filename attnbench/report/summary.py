@@ -78,6 +78,58 @@ def best_per_n(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
+# two-sided 95 % quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
+T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+}
+
+
+def t975(df: float) -> float:
+    """The 97.5 % quantile of Student's t at ``df`` degrees of freedom (the nearest tabled df at
+    or below it: conservative)."""
+    if df < 1:
+        return float("inf")
+    return T975[max(k for k in T975 if k <= df)] if df <= 30 else 1.96
+
+
+def seed_interval(mine: dict[int, float], base: dict[int, float]) -> tuple[float, float] | None:
+    """The two-sided 95 % interval of (variant - baseline) bits per byte over seeds, or None with
+    fewer than two seeds on either side. Seeds both ran are paired (the same initial weights and
+    data order: mean difference ± t(n-1) · sd / sqrt(n)); otherwise Welch's interval from the two
+    means and their standard errors. A difference is a finding only when the interval excludes
+    zero."""
+    import math
+    import statistics
+
+    shared = sorted(set(mine) & set(base))
+    if len(shared) >= 2:
+        d = [mine[s] - base[s] for s in shared]
+        half = t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+        return statistics.fmean(d) - half, statistics.fmean(d) + half
+    if len(mine) < 2 or len(base) < 2:
+        return None
+    a, b = list(mine.values()), list(base.values())
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / ((va**2 / (len(a) - 1)) + (vb**2 / (len(b) - 1))) if se else 1e9
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    return diff - t975(df) * se, diff + t975(df) * se
+
+
 def quality_cost(frame: pd.DataFrame) -> pd.DataFrame | None:
     """Per variant: trained bits per byte at the training length against full attention (mean
     over seeds, spread, and whether the difference exceeds the spread), and the drop-in cost."""
@@ -102,24 +154,30 @@ def quality_cost(frame: pd.DataFrame) -> pd.DataFrame | None:
         if "eval_len" in q
         else q.iloc[0:0]
     )
+    by_seed = (
+        {v: dict(zip(g["seed"], g["bits_per_byte"])) for v, g in at.groupby("variant", sort=False)}
+        if "seed" in at
+        else {v: {} for v in stats.index}
+    )
     for v, s in stats.iterrows():
-        spread = max(s["max"] - s["min"], base["max"] - base["min"])
         diff = s["mean"] - base["mean"]
-        significant = None if s["count"] < 2 or base["count"] < 2 else abs(diff) > spread
+        ci = None if v == base_name else seed_interval(by_seed[v], by_seed[base_name])
+        significant = None if ci is None else (ci[0] > 0 or ci[1] < 0)
         row = {
             "variant": v,
             "bits per byte": f"{s['mean']:.4f}",
             "seeds": int(s["count"]),
             "spread": f"{s['max'] - s['min']:.4f}" if s["count"] > 1 else "–",
             f"vs {base_name}": "–" if v == base_name else f"{diff:+.4f}",
+            "95% interval": "–" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]",
             "finding?": (
                 "–"
                 if v == base_name
-                else "one seed: spread unknown"
+                else "one seed: interval unknown"
                 if significant is None
                 else "yes"
                 if significant
-                else "no: within the seed spread"
+                else "no: the interval includes 0"
             ),
         }
         d = (

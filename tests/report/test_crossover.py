@@ -61,3 +61,42 @@ def test_both_sides_use_the_median_over_repeats():
     rows.append(_row("naive.softmax", 1024, 11.5, spread=0.01, exact=True))
     table = crossover(pd.DataFrame(rows), "time").set_index("variant")
     assert table.loc["sparse.x", "ratio at largest N"] == f"{11.5 / 11.0:.2f}×"
+
+
+def test_a_quality_difference_is_a_finding_only_when_its_interval_excludes_zero():
+    from attnbench.report.summary import quality_cost, seed_interval, t975
+
+    assert t975(1) == 12.706 and t975(2) == 4.303 and t975(100) == 1.96
+    # paired seeds: a consistent +0.05 is a finding; +0.05 then -0.03 is not
+    lo, hi = seed_interval({0: 2.05, 1: 2.06, 2: 2.05}, {0: 2.00, 1: 2.01, 2: 2.00})
+    assert 0 < lo < 0.05 < hi
+    lo, hi = seed_interval({0: 2.05, 1: 1.98}, {0: 2.00, 1: 2.01})
+    assert lo < 0 < hi
+    assert seed_interval({0: 2.0}, {0: 2.1}) is None  # one seed: unknown
+
+    def rows(variant, exact, values):
+        return [
+            {
+                "level": "quality",
+                "pass": "eval",
+                "status": "ok",
+                "family": "x",
+                "eval_len": 64,
+                "train_len": 64,
+                "variant": variant,
+                "exact": exact,
+                "seed": s,
+                "bits_per_byte": b,
+            }
+            for s, b in enumerate(values)
+        ]
+
+    frame = pd.DataFrame(
+        rows("fused.sdpa", True, [2.00, 2.01, 2.00])
+        + rows("sparse.a", False, [2.05, 2.06, 2.05])
+        + rows("sparse.b", False, [2.05, 1.97, 2.02])
+    )
+    table = quality_cost(frame)
+    assert table.loc["sparse.a", "finding?"] == "yes"
+    assert table.loc["sparse.b", "finding?"] == "no: the interval includes 0"
+    assert table.loc["sparse.a", "95% interval"].startswith("[+0.0")
