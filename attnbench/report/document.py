@@ -24,11 +24,13 @@ import pandas as pd
 from attnbench.bench import results
 from attnbench.report import calibration, plots, targets
 from attnbench.report.summary import (
+    RECALLED,
     anchor,
     best_per_n,
     crossover,
     problems,
     quality_cost,
+    recall_frontier,
     recall_verdict,
 )
 from attnbench.report.tables import NOISY_MARK, STATUS_TEXT, pivot, render
@@ -554,6 +556,16 @@ def _quality_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block]:
                     ),
                 )
             )
+            frontier = recall_frontier(frame)
+            if frontier is not None:
+                blocks.append(
+                    Block(
+                        "p",
+                        "Recall against state (Zoology's summary number): per math, the "
+                        f"smallest state that recalls at ≥ {RECALLED} on every setting.",
+                    )
+                )
+                blocks.append(Block("table", frame=frontier))
     return blocks
 
 

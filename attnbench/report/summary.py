@@ -223,6 +223,44 @@ def recall_verdict(frame: pd.DataFrame) -> str | None:
     )
 
 
+RECALLED = 0.99  # Zoology's summary: the smallest state at which accuracy reaches this
+
+
+def recall_frontier(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Zoology's summary number per math (softmax, a window, each feature map): the smallest
+    state (bytes per layer) of its trained configurations that recalls at ``RECALLED`` or more
+    on every setting of the sweep, or that none does (with its best). A variant's state is its
+    largest over the settings (a KV cache grows with N)."""
+    r = (
+        frame[(frame["level"] == "recall") & (frame["pass"] == "eval")]
+        if not frame.empty
+        else frame
+    )
+    if r.empty or "state_bytes" not in r or "accuracy" not in r:
+        return None
+    r = r[r["status"] == "ok"]
+    per = r.groupby(["math", "variant"], sort=False).agg(
+        state=("state_bytes", "max"), worst=("accuracy", "min")
+    )
+    rows = []
+    for math_name, g in per.groupby(level="math", sort=False):
+        g = g.droplevel("math").sort_values("state")
+        ok = g[g["worst"] >= RECALLED]
+        best = g.loc[g["worst"].idxmax()]
+        rows.append(
+            {
+                "math": math_name,
+                "states tried (KiB)": ", ".join(f"{s / 1024:.1f}" for s in g["state"]),
+                f"smallest state with accuracy ≥ {RECALLED}": (
+                    f"{ok['state'].iloc[0] / 1024:.1f} KiB (`{ok.index[0]}`)"
+                    if not ok.empty
+                    else f"never (best {best['worst']:.2f} at {best['state'] / 1024:.1f} KiB)"
+                ),
+            }
+        )
+    return pd.DataFrame(rows).set_index("math")
+
+
 def problems(frame: pd.DataFrame) -> list[str]:
     """Lines naming the noisy, incorrect and failed rows, each pointing at its table."""
     out = []

@@ -100,3 +100,36 @@ def test_a_quality_difference_is_a_finding_only_when_its_interval_excludes_zero(
     assert table.loc["sparse.a", "finding?"] == "yes"
     assert table.loc["sparse.b", "finding?"] == "no: the interval includes 0"
     assert table.loc["sparse.a", "95% interval"].startswith("[+0.0")
+
+
+def test_recall_frontier_gives_the_smallest_state_that_recalls():
+    from attnbench.report.summary import recall_frontier
+
+    def rows(variant, math, state, accs):
+        return [
+            {
+                "level": "recall",
+                "pass": "eval",
+                "status": "ok",
+                "variant": variant,
+                "math": math,
+                "state_bytes": state,
+                "accuracy": a,
+                "kv_pairs": kv,
+            }
+            for kv, a in zip((4, 8, 16), accs)
+        ]
+
+    frame = pd.DataFrame(
+        rows("fused.sdpa", "causal_softmax", 32768, [1.0, 1.0, 1.0])
+        + rows("sw:window=16", "sliding_window", 8192, [1.0, 0.7, 0.4])
+        + rows("sw:window=64", "sliding_window", 32768, [1.0, 0.995, 0.99])
+        + rows("sw:window=32", "sliding_window", 16384, [1.0, 0.99, 0.98])
+        + rows("elu", "elu", 4096, [0.3, 0.1, 0.05])
+    )
+    t = recall_frontier(frame)
+    col = t.columns[-1]
+    assert t.loc["sliding_window", col] == "32.0 KiB (`sw:window=64`)"
+    assert t.loc["sliding_window", "states tried (KiB)"] == "8.0, 16.0, 32.0"
+    assert t.loc["causal_softmax", col].startswith("32.0 KiB")
+    assert t.loc["elu", col] == "never (best 0.05 at 4.0 KiB)"
