@@ -253,6 +253,7 @@ class QualityCase(Case):
     eval_split: str = "val"
     checkpoint: str = ""  # where the trained weights are (relative to the run folder) or come from
     trained_variant: str = ""  # dropin: the variant the checkpoint was trained with
+    lr: float = 0.0  # a point of the suite's learning-rate grid (0: the section's lr, no grid)
 
     def _id_parts(self) -> list[str]:
         parts = [
@@ -266,6 +267,8 @@ class QualityCase(Case):
             f"s{self.seed}",
             self.device,
         ]
+        if self.lr:
+            parts.append(f"lr{self.lr:g}")
         if self.pass_ == "dropin":
             parts.append(f"from={self.trained_variant}")
         return parts
@@ -286,9 +289,10 @@ class RecallCase(Case):
     seq_lens: tuple[int, ...] = ()
     kv_pairs_list: tuple[int, ...] = ()
     key_vocab: int = 64
+    lr: float = 0.0  # a point of the suite's learning-rate grid (0: the section's lr, no grid)
 
     def _id_parts(self) -> list[str]:
-        return [
+        parts = [
             self.level,
             self.variant,
             self.preset,
@@ -296,6 +300,7 @@ class RecallCase(Case):
             f"s{self.seed}",
             self.device,
         ]
+        return parts + ([f"lr{self.lr:g}"] if self.lr else [])
 
     @property
     def case_id(self) -> str:

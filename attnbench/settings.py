@@ -128,6 +128,9 @@ class QualityConfig(TrainSettings):
     variants: tuple[str, ...] = ()
     # train each variant with each seed (their spread); empty: (seed,)
     seeds: tuple[int, ...] = field(default=(), metadata={"minimum": 0})
+    # a learning-rate grid: each variant trained at each rate on the same budget, the best by
+    # validation bits per byte reported (every rate's rows kept); empty: (lr,)
+    lrs: tuple[float, ...] = ()
     dataset: str = "pystdlib"  # attnbench.quality.data.CORPORA or file:PATH
     data_dir: str = ""  # folder that already holds the corpus files ("" : ATTNBENCH_DATA_DIR)
     val_fraction: float = 0.1  # held-out share of a file:PATH corpus
@@ -151,6 +154,9 @@ class QualityConfig(TrainSettings):
 
     def seed_list(self) -> tuple[int, ...]:
         return self.seeds or (self.seed,)
+
+    def lr_list(self) -> tuple[float, ...]:
+        return self.lrs or (self.lr,)
 
     def validate(self) -> None:
         if self.mode == "dropin" and not (self.checkpoint or self.hf_model):
@@ -230,6 +236,13 @@ NEAR_CHANCE = 1.5  # an accuracy below this multiple of chance is reported as ch
 @dataclass(frozen=True)
 class RecallConfig(RecallSettings):
     """Recall runs; the fields are ``RecallSettings``'s."""
+
+    # a learning-rate grid (Zoology takes the best of a grid per point): each variant trained at
+    # each rate, the best by mean accuracy reported (every rate's rows kept); empty: (lr,)
+    lrs: tuple[float, ...] = ()
+
+    def lr_list(self) -> tuple[float, ...]:
+        return self.lrs or (self.lr,)
 
     variants: tuple[str, ...] = ()
     timeout_s: float = 1800.0  # per trained variant

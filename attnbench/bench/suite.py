@@ -137,6 +137,10 @@ def _coerce(full: str, value: Any, kind: Any, default: Any, minimum: int = 1) ->
                 _fail(full, f"items must be true or false, got {x!r}")
             if item is str and not isinstance(x, str):
                 _fail(full, f"items must be strings, got {x!r}")
+            if item is float and (
+                not isinstance(x, (int, float)) or isinstance(x, bool) or not x > 0
+            ):
+                _fail(full, f"items must be positive numbers, got {x!r}")
         return tuple(value)
     if origin is dict:
         if not isinstance(value, dict) or not all(

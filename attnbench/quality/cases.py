@@ -97,6 +97,8 @@ def plan_quality(cfg: QualityConfig, device: str) -> list[QualityCase]:
                 seed=seeds[0],
             )
         )
+    # with a grid every case names its rate (0: the section's lr, and ids as without a grid)
+    lrs = cfg.lrs or (0.0,)
     if cfg.mode == "train":
         for spec in cfg.variants:
             label = get_variant(spec).label
@@ -106,13 +108,15 @@ def plan_quality(cfg: QualityConfig, device: str) -> list[QualityCase]:
                     **_variant_fields(spec),
                     pass_="train",
                     seed=s,
-                    checkpoint=f"{CHECKPOINT_DIR}/{checkpoint_name(label, s)}",
+                    lr=lr,
+                    checkpoint=f"{CHECKPOINT_DIR}/{checkpoint_name(label, s, lr)}",
                 )
                 for s in seeds
+                for lr in lrs
             ]
-        if cfg.dropin:
+        if cfg.dropin:  # the first variant's checkpoint at the first seed (and grid rate)
             trained = get_variant(cfg.variants[0]).label
-            ckpt = f"{CHECKPOINT_DIR}/{checkpoint_name(trained, seeds[0])}"
+            ckpt = f"{CHECKPOINT_DIR}/{checkpoint_name(trained, seeds[0], lrs[0])}"
             cases += [
                 QualityCase(
                     **common,
@@ -180,8 +184,10 @@ def plan_recall(cfg: RecallConfig, device: str) -> list[RecallCase]:
             seq_lens=tuple(cfg.seq_lens),
             kv_pairs_list=tuple(cfg.kv_pairs),
             key_vocab=cfg.key_vocab,
+            lr=lr,
         )
         for spec in cfg.variants
+        for lr in cfg.lrs or (0.0,)
     ]
 
 
@@ -308,7 +314,7 @@ def run_quality_case(
         if why:
             return _incorrect(case, cfg, why, order0)
     if case.pass_ == "train":
-        settings = replace(_settings(TrainSettings, cfg), seed=case.seed)
+        settings = replace(_settings(TrainSettings, cfg), seed=case.seed, lr=case.lr or cfg.lr)
         result = train(train_split, case.variant, settings, device, rank=rank, world=world)
         main = {
             "status": result.status,
@@ -487,7 +493,7 @@ def _hf_dropin_model(case: QualityCase, cfg: QualityConfig, held_out: np.ndarray
 
 
 def run_recall_case(case: RecallCase, cfg: RecallConfig) -> dict[str, Any]:
-    settings = _settings(RecallSettings, cfg)
+    settings = replace(_settings(RecallSettings, cfg), lr=case.lr or cfg.lr)
     n = max(n for n, _ in settings.grid())
     why = check_in_model(cfg.preset, case.variant, n, case.device, shape=cfg.model)
     if why:  # no recall number for a variant that sees the answer

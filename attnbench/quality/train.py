@@ -346,11 +346,11 @@ def load_checkpoint(
     return model, payload
 
 
-def checkpoint_name(variant_label: str, seed: int = 0) -> str:
-    """A file name for a variant label and seed (``:``, ``=`` and ``,`` are not portable in file
-    names)."""
+def checkpoint_name(variant_label: str, seed: int = 0, lr: float = 0.0) -> str:
+    """A file name for a variant label, seed and (a grid's) learning rate (``:``, ``=`` and
+    ``,`` are not portable in file names)."""
     safe = variant_label.replace(":", "__").replace("=", "-").replace(",", "_").replace("/", "_")
-    return f"{safe}__s{seed}.pt"
+    return f"{safe}__s{seed}" + (f"__lr{lr:g}" if lr else "") + ".pt"
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from attnbench.report import calibration, plots, targets
 from attnbench.report.summary import (
     RECALLED,
     anchor,
+    best_lr,
     best_per_n,
     crossover,
     problems,
@@ -136,6 +137,18 @@ def build(
         )
     )
     blocks += _calibration_blocks(frame, info)  # a calibration suite's first table
+    frame, grid = best_lr(frame)  # with a learning-rate grid, each variant at its best rate
+    if grid is not None:
+        blocks.append(Block("h2", "Learning-rate grid"))
+        blocks.append(
+            Block(
+                "p",
+                "Each variant trained at each rate on the same budget (held-out bits per byte "
+                "at the training length; recall: mean accuracy). ✓: the rate each variant is "
+                "reported at below, chosen per variant and seed on the split the report scores.",
+            )
+        )
+        blocks.append(Block("table", frame=grid))
     timed = frame[frame["level"].isin(["op", "model"])] if not frame.empty else frame
     if not timed.empty and "gated" in timed and (timed["gated"] == False).any():  # noqa: E712
         blocks.append(

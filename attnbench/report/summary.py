@@ -223,6 +223,61 @@ def recall_verdict(frame: pd.DataFrame) -> str | None:
     )
 
 
+def best_lr(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """With a learning-rate grid (rows with ``lr`` > 0): (the frame with, per variant and seed,
+    only its best rate's quality and recall rows, the table of every rate's result with the
+    winner marked). The best is the lowest validation bits per byte at the training length
+    (quality) or the highest mean accuracy over the settings (recall): chosen on the split the
+    report scores, as Zoology and MAD choose per point. No grid: the frame as it is, None."""
+    if frame.empty or "lr" not in frame or not (frame["lr"].fillna(0) > 0).any():
+        return frame, None
+    keep = pd.Series(True, index=frame.index)
+    lines = []
+    for level, better in (("quality", "min"), ("recall", "max")):
+        rows = frame[(frame["level"] == level) & (frame["lr"].fillna(0) > 0)]
+        ev = rows[(rows["pass"] == "eval") & (rows["status"] == "ok")]
+        if level == "quality" and not ev.empty:
+            ev = ev[ev["family"] != "baseline"]
+            at_len = ev["eval_len"] == ev["train_len"]
+            ev = ev[at_len] if at_len.any() else ev
+            metric, score = "bits_per_byte", ev.groupby(["variant", "seed", "lr"])["bits_per_byte"]
+        elif level == "recall" and not ev.empty:
+            metric, score = "accuracy", ev.groupby(["variant", "seed", "lr"])["accuracy"]
+        else:
+            continue
+        means = score.mean()
+        for (variant, seed), g in means.groupby(level=["variant", "seed"], sort=False):
+            win = g.idxmin() if better == "min" else g.idxmax()
+            for (_, _, lr), value in g.items():
+                lines.append(
+                    {
+                        "level": level,
+                        "variant": variant,
+                        "seed": int(seed),
+                        "lr": f"{lr:g}",
+                        metric: value,
+                        "best": "✓" if (variant, seed, lr) == win else "",
+                    }
+                )
+            mine = (frame["level"] == level) & (frame["variant"] == variant)
+            mine &= frame["seed"] == seed
+            keep &= ~(mine & (frame["lr"] != win[2]))
+    if not lines:
+        return frame, None
+    table = pd.DataFrame(lines)
+    shown = table.assign(
+        result=[
+            f"{r.get('bits_per_byte', r.get('accuracy')):.4f}{' ✓' if r['best'] else ''}"
+            if pd.notna(r.get("bits_per_byte", r.get("accuracy")))
+            else "–"
+            for r in table.to_dict("records")
+        ]
+    ).pivot_table(
+        index=["level", "variant", "seed"], columns="lr", values="result", aggfunc="first"
+    )
+    return frame[keep], shown
+
+
 RECALLED = 0.99  # Zoology's summary: the smallest state at which accuracy reaches this
 
 

@@ -105,3 +105,56 @@ def test_the_recall_recipe_separates_the_families():
     assert min(soft) >= 0.9, acc
     assert all(s_ - lin_ >= 0.2 for s_, lin_ in zip(soft, lin)), acc
     assert all(a < NEAR_CHANCE * chance(kv) for a, kv in zip(win, (2, 4))), acc
+
+
+def test_a_learning_rate_grid_trains_every_rate_and_reports_the_best(tmp_path):
+    """`--lrs` (derived from RecallConfig.lrs): one training per rate, every rate's rows kept,
+    the report's grid table marks the winner and the tables below use only its rows."""
+    from attnbench.report.summary import best_lr
+
+    out = tmp_path / "runs"
+    run_cli(
+        "recall",
+        "--variants",
+        "fused.sdpa",
+        "--seq-lens",
+        "32",
+        "--kv-pairs",
+        "2,4",
+        "--train-steps",
+        "30",
+        "--eval-sequences",
+        "32",
+        "--lrs",
+        "1e-5,3e-3",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    run = only_run(out)
+    rows = results.read_rows(run)
+    trains = [r for r in rows if r["pass"] == "train"]
+    assert sorted(r["lr"] for r in trains) == [1e-5, 3e-3]
+    assert len({r["case_id"] for r in trains}) == 2 and all("lr" in r["case_id"] for r in trains)
+    frame = results.load(run)
+    kept, grid = best_lr(frame)
+    assert set(kept.loc[kept["level"] == "recall", "lr"]) == {3e-3}  # 1e-5 learns nothing
+    assert grid.loc[("recall", "fused.sdpa", 0), "0.003"].endswith("✓")
+    assert "Learning-rate grid" in (run / "report.md").read_text()
+
+
+def test_a_quality_grid_plans_a_case_and_a_checkpoint_per_rate():
+    from attnbench.bench.suite import from_dict
+    from attnbench.quality.cases import plan_quality
+
+    s = from_dict({"quality": {"variants": ["fused.sdpa"], "lrs": [1e-3, 3e-3], "seeds": [0, 1]}})
+    trains = [c for c in plan_quality(s.quality, "cpu") if c.pass_ == "train"]
+    assert sorted((c.seed, c.lr) for c in trains) == [(0, 1e-3), (0, 3e-3), (1, 1e-3), (1, 3e-3)]
+    assert len({c.checkpoint for c in trains}) == 4
+    plain = from_dict({"quality": {"variants": ["fused.sdpa"]}})
+    (case,) = [c for c in plan_quality(plain.quality, "cpu") if c.pass_ == "train"]
+    assert case.lr == 0.0 and "lr" not in case.case_id  # ids without a grid are unchanged
+    import pytest
+
+    with pytest.raises(ValueError, match="quality.lrs: items must be positive numbers, got -1"):
+        from_dict({"quality": {"variants": ["fused.sdpa"], "lrs": [-1]}})
