@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,13 @@ class Worker:
         self.conn = None
         self.send_conn = None
         self.threads = None
+        self.startup_s = 0.0  # every start of this worker (the first and the restarts)
+        self.starts = 0
 
     def start(self) -> None:
         """Start ``python -m attnbench.bench.worker`` with two pipes (never re-imports the
         caller's ``__main__``, unlike multiprocessing's spawn)."""
+        t0 = time.time()
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = {**os.environ, **self.env}
@@ -53,6 +57,8 @@ class Worker:
             code = self.proc.wait()
             raise RuntimeError(f"the benchmark worker failed to start (exit code {code})") from None
         self.threads = hello["threads"]
+        self.startup_s += time.time() - t0
+        self.starts += 1
 
     def ask(self, kind: str, payload: Any, timeout: float) -> dict[str, Any]:
         """Send one request; a row-like dict back, or a timeout/crash status."""

@@ -133,13 +133,16 @@ class Slot:
         self.ceilings: dict[str, Any] = {}
         self.ceilings_at = 0.0  # time.time() of the ceilings in use
         self.samples: list[dict[str, Any]] = []  # every measurement of this slot's ceilings
+        self.ceilings_s = 0.0  # wall time spent measuring them
 
     def worker_for(self, case: Case) -> Worker:
         return self.train if case.level in ("quality", "recall") else self.time
 
     def measure_ceilings(self, dtypes: list[str], device: str) -> dict[str, Any]:
+        t0 = time.time()
         out = self.time.ask("ceilings", {"dtypes": dtypes, "device": device}, timeout=600)
         self.ceilings, self.ceilings_at = out, time.time()
+        self.ceilings_s += self.ceilings_at - t0
         self.samples.append(
             {
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.ceilings_at)),
@@ -287,6 +290,7 @@ def execute(
             end = [slot.measure_ceilings(dtypes, device) for slot in slots]
             session["ceilings"]["end"] = end[0]
             session["ceilings"]["drift"] = _drift(start[0], end[0])
+        session["harness_cost"] = harness_cost(run_dir, todo, slots)
         if dtypes:
             session["ceilings"]["samples"] = [s.samples for s in slots]
             session["ceilings"]["every_s"] = suite.timing.ceiling_every_s
@@ -294,6 +298,52 @@ def execute(
     finally:
         for slot in slots:
             slot.stop()
+
+
+COST_PARTS = (  # row field (ms) -> the share of a case's wall time it measures
+    ("timed_ms", "timed repetitions"),
+    ("timing_ms", "warm-up and timing overhead"),  # minus the timed repetitions
+    ("gate_ms", "gating"),
+    ("first_call_ms", "first calls (compilation)"),
+    ("setup_ms", "inputs, masks and plans"),
+    ("memory_ms", "memory measurement"),
+)
+
+
+def harness_cost(run_dir: Path, todo: list[Case], slots: list[Slot]) -> dict[str, Any]:
+    """How this session's wall time divides, per level: the timed repetitions, warm-up, gating,
+    first calls, setup, memory measurement, the rest of each case (its worker's reply, training
+    for quality and recall), and the worker processes' start-ups (``run.json``'s
+    ``harness_cost``)."""
+    ids = {c.case_id for c in todo}
+    out: dict[str, Any] = {}
+    for row in results.read_rows(run_dir):
+        if row.get("case_id") not in ids or row.get("wall_s") is None:
+            continue
+        level = out.setdefault(row["level"], {"cases": 0, "wall_s": 0.0})
+        level["cases"] += 1
+        level["wall_s"] += row["wall_s"]
+        parts = {f: (row.get(f) or 0.0) / 1e3 for f, _ in COST_PARTS}
+        parts["timing_ms"] = max(0.0, parts["timing_ms"] - parts["timed_ms"])
+        for f, name in COST_PARTS:
+            level[name] = level.get(name, 0.0) + parts[f]
+        level["the rest"] = level.get("the rest", 0.0) + max(
+            0.0, row["wall_s"] - sum(parts.values())
+        )
+    for level in out.values():
+        for k in list(level):
+            if isinstance(level[k], float):
+                level[k] = round(level[k], 2)
+    workers = [w for s in slots for w in (s.time, s.memory, s.train)]
+    out["worker start-ups"] = {
+        "starts": sum(w.starts for w in workers),
+        "seconds": round(sum(w.startup_s for w in workers), 2),
+    }
+    out["ceilings"] = {
+        "measurements": sum(len(s.samples) for s in slots),
+        "seconds": round(sum(s.ceilings_s for s in slots), 2),
+    }
+    return out
 
 
 def _drift(start: dict, end: dict) -> dict[str, float]:
@@ -362,7 +412,9 @@ def _sweep(
                 and suite.timing.memory
                 and not case.device.startswith("cuda")
             ):
+                t_mem = time.time()
                 out.update(_memory(slot, case, suite))
+                out["memory_ms"] = (time.time() - t_mem) * 1e3
         parts = out.pop("rows", [])
         row = {**case.row(), **out}
         if case.level in ("op", "model"):

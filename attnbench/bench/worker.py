@@ -339,9 +339,11 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
     device = measure.indexed(case.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    t_setup = time.perf_counter()
     with _all_threads():
         p = prepare(case, timing)
     row: dict[str, Any] = dict(p.extra)
+    row["setup_ms"] = (time.perf_counter() - t_setup) * 1e3  # inputs, references' plans, masks
     if p.before:
         p.before(0)
     t0 = time.perf_counter()
@@ -364,6 +366,7 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
     del first
     outputs: dict[int, Any] = {}
     timed = p.fns[:TIMED_SETS]
+    t_timing = time.perf_counter()
     t = measure.time_fn(
         timed,
         device,
@@ -376,6 +379,10 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
         outputs=outputs if timing["gate"] else None,
         before=p.before,
     )
+    row["timing_ms"] = (time.perf_counter() - t_timing) * 1e3  # warm-up and repetitions
+    # about the repetitions alone (the median times their count, within the timing's wall)
+    row["timed_ms"] = min(t.median_ms * t.reps, row["timing_ms"])
+    t_late = time.perf_counter()
     if timing["gate"]:
         measure.sync(device)
         for i, check in enumerate(p.timed_checks[: len(timed)]):
@@ -388,6 +395,7 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
                     "reason": "a timed repetition, " + _which(p, i, why),
                 }
     outputs.clear()
+    row["gate_ms"] = row.get("gate_ms", 0.0) + (time.perf_counter() - t_late) * 1e3
     seconds = t.median_ms / 1e3
     row.update(
         status="ok",

@@ -56,6 +56,7 @@ def _rows(run_dir):
     return {(r["variant"], r["pass"], r["seq_len"]): r for r in results.read_rows(run_dir)}
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes, three repeats
 def test_time_scales_with_planted_work(tmp_path):
     # Each variant is measured three times and its fastest median kept: a neighbour on this shared
     # machine can only slow a measurement down, so the minimum is the least disturbed one.
@@ -91,6 +92,7 @@ def test_time_scales_with_planted_work(tmp_path):
     assert all(r["time_ms_p20"] <= r["time_ms"] <= r["time_ms_p80"] for r in rows)
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_memory_sees_a_planted_buffer(tmp_path):
     """A buffer written during the call, one allocated and never written, and 64 MiB of
     per-shape state built in ``prepare``: each counts in the variant's footprint."""
@@ -115,6 +117,7 @@ def test_memory_sees_a_planted_buffer(tmp_path):
     assert abs(setup - want) <= 0.1 * want and rows["fused.planted_work"]["setup_mem_bytes"] < want
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes, one case waits for its timeout
 def test_failures_are_rows_and_the_sweep_goes_on(tmp_path):
     suite = _suite(
         [
@@ -191,6 +194,7 @@ def test_every_timed_pass_is_gated_and_planted_errors_are_incorrect(tmp_path):
     assert decoders == {"kv_cache.sdpa", "kv_cache.planted_drop_oldest"}
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_a_bfloat16_output_halved_on_most_rows_is_incorrect(tmp_path):
     """Rows far into a long sequence have small values: a tolerance scaled by the largest value
     of the whole output would let them be off by a factor of two in bfloat16."""
@@ -201,6 +205,7 @@ def test_a_bfloat16_output_halved_on_most_rows_is_incorrect(tmp_path):
     assert status["fused.planted_half_rows"][0] == "incorrect", status
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_an_ungated_run_says_so_in_every_row_and_the_report(tmp_path):
     from attnbench.report.document import write_report
 
@@ -211,6 +216,7 @@ def test_an_ungated_run_says_so_in_every_row_and_the_report(tmp_path):
     assert "Not gated" in write_report(tmp_path / "run")["markdown"].read_text()
 
 
+@pytest.mark.slow  # the whole smoke suite, killed and resumed
 def test_killed_run_resumes_with_every_case_once(tmp_path):
     out = tmp_path / "runs"
     cmd = [
@@ -313,6 +319,7 @@ def test_killed_run_resumes_with_every_case_once(tmp_path):
     assert last["forced"] and "the suite differs from the run's" in last["changes"]
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_rows_carry_the_core_fields(tmp_path):
     suite = _suite(
         ["fused.sdpa"],
@@ -337,6 +344,7 @@ def test_rows_carry_the_core_fields(tmp_path):
     assert decode["decoder"] == "kv_cache.sdpa"
 
 
+@pytest.mark.slow  # a sweep through the command line
 def test_grouped_query_attention_through_every_family(tmp_path):
     """`op --kv-heads 2 --heads 8`: every family runs gated, and the decode cache is a quarter
     of the kv_heads = 8 cache."""
@@ -386,6 +394,7 @@ def test_grouped_query_attention_through_every_family(tmp_path):
             assert cache[(label, 2)] * 4 == cache[(label, 8)], (v, cache)
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_noncausal_bwd_head_dim_256_and_the_total_token_sweep(tmp_path):
     suite = from_dict(
         {
@@ -393,8 +402,8 @@ def test_noncausal_bwd_head_dim_256_and_the_total_token_sweep(tmp_path):
             "device": "cpu",
             "op": {
                 "variants": ["fused.sdpa", "naive.softmax", "linear.elu.chunked"],
-                "seq_lens": [128, 256],
-                "total_tokens": 512,
+                "seq_lens": [64, 128],
+                "total_tokens": 256,
                 "model_dim": 512,
                 "head_dims": [256],
                 "causal": [True, False],
@@ -409,7 +418,7 @@ def test_noncausal_bwd_head_dim_256_and_the_total_token_sweep(tmp_path):
     assert all(r["status"] == "ok" for r in rows), [
         (r["case_id"], r["reason"]) for r in rows if r["status"] != "ok"
     ]
-    assert {(r["seq_len"], r["batch"], r["heads"]) for r in rows} == {(128, 4, 2), (256, 2, 2)}
+    assert {(r["seq_len"], r["batch"], r["heads"]) for r in rows} == {(64, 4, 2), (128, 2, 2)}
     assert {r["causal"] for r in rows} == {True, False}
 
 
@@ -488,6 +497,7 @@ def test_every_committed_suite_loads_and_overrides_apply():
         load_suite("nope")
 
 
+@pytest.mark.slow  # a sweep through the command line
 def test_cli_op_command_and_errors(tmp_path):
     cmd = [sys.executable, str(ROOT / "run_bench.py")]
     ok = subprocess.run(
@@ -521,6 +531,7 @@ def test_cli_op_command_and_errors(tmp_path):
     assert bad.returncode == 2 and "unknown variant 'fused.sdpx'" in bad.stderr
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes, twice
 def test_a_deadline_starts_no_case_after_it_and_a_resume_measures_the_rest(tmp_path):
     suite = _suite(["fused.sdpa", "naive.softmax"], seq_lens=(64, 128), memory=False)
     run_dir = tmp_path / "run"
@@ -535,6 +546,7 @@ def test_a_deadline_starts_no_case_after_it_and_a_resume_measures_the_rest(tmp_p
     assert all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_an_unavailable_corpus_fails_its_quality_cases_not_the_suite(tmp_path, monkeypatch):
     from attnbench.quality.data import CorpusError
 
@@ -565,6 +577,7 @@ def test_an_unavailable_corpus_fails_its_quality_cases_not_the_suite(tmp_path, m
         runner.run(only_quality, tmp_path / "run2", progress=False)
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes, a ceiling before every case
 def test_each_row_divides_by_a_ceiling_measured_near_it(tmp_path):
     suite = _suite(["fused.sdpa"], seq_lens=(64, 128, 256), memory=False, ceiling_every_s=1e-3)
     runner.run(suite, tmp_path / "run", progress=False)
@@ -584,3 +597,27 @@ def test_each_row_divides_by_a_ceiling_measured_near_it(tmp_path):
     assert len(samples) == 2  # the start and the end only
     with pytest.raises(ValueError, match="ceiling_every_s: must be a non-negative number"):
         _suite(["fused.sdpa"], ceiling_every_s=-1)
+
+
+def test_run_json_says_where_the_wall_time_went(tmp_path):
+    suite = _suite(["fused.sdpa"], seq_lens=(64, 128), passes=("fwd", "fwd_bwd"))
+    runner.run(suite, tmp_path / "run", progress=False)
+    cost = results.read_run_json(tmp_path / "run")["harness_cost"]
+    op = cost["op"]
+    assert op["cases"] == 4
+    parts = [
+        "timed repetitions",
+        "warm-up and timing overhead",
+        "gating",
+        "first calls (compilation)",
+        "inputs, masks and plans",
+        "memory measurement",
+        "the rest",
+    ]
+    assert all(op[p] >= 0 for p in parts)
+    assert op["timed repetitions"] > 0 and op["gating"] > 0 and op["memory measurement"] > 0
+    assert sum(op[p] for p in parts) == pytest.approx(op["wall_s"], abs=0.05)
+    assert cost["worker start-ups"]["starts"] >= 2 and cost["worker start-ups"]["seconds"] > 0
+    assert cost["ceilings"]["measurements"] >= 2 and cost["ceilings"]["seconds"] > 0
+    for row in results.read_rows(tmp_path / "run"):
+        assert row["timing_ms"] >= row["timed_ms"] > 0 and row["setup_ms"] >= 0
