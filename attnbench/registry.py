@@ -169,6 +169,7 @@ def register_variant(
         if name in _REGISTRY and not replace_existing:
             raise ValueError(f"variant {name!r} is already registered")
         doc = (fn.__doc__ or "").strip().splitlines()
+        _BOUND.clear()
         _REGISTRY[name] = VariantInfo(
             name=name,
             family=family,
@@ -195,6 +196,7 @@ def register_variant(
 def unregister_variant(name: str) -> None:
     """Remove a registered variant (for tests and interactive use)."""
     _REGISTRY.pop(name, None)
+    _BOUND.clear()
 
 
 def _ensure_loaded() -> None:
@@ -299,12 +301,26 @@ def resolve_name(name: str) -> str:
     raise ValueError(f"unknown variant {name!r}{hint}. Valid names: {', '.join(sorted(_REGISTRY))}")
 
 
+_BOUND: dict[str, Variant] = {}  # spec string -> its Variant (cleared when the registry changes)
+
+
 def get_variant(spec: str, **params: Any) -> Variant:
     """Bind a registered implementation to parameters:
     ``get_variant("sliding_window.blocked:window=256")``.
 
-    Parameters may also be given as keywords (they override the spec string's).
+    Parameters may also be given as keywords (they override the spec string's). A spec string
+    alone is parsed once per process: the same string returns the same ``Variant`` (its state is
+    its parameters; per-shape caches live beside the kernels), until a registration changes.
     """
+    if not params and isinstance(spec, str) and spec in _BOUND:
+        return _BOUND[spec]
+    variant = _bind(spec, **params)
+    if not params and isinstance(spec, str):
+        _BOUND[spec] = variant
+    return variant
+
+
+def _bind(spec: str, **params: Any) -> Variant:
     name, raw = parse_spec(spec)
     info = _REGISTRY[resolve_name(name)]
     given = {**raw, **params}

@@ -304,8 +304,9 @@ def test_plugin_file_registers_variants(tmp_path):
 def test_static_reasons_are_cached_per_implementation_and_hit():
     info = attnbench.registry._REGISTRY["fused.sdpa"]
     info.static_reasons.clear()
-    a, b = attnbench.get_variant("fused.sdpa"), attnbench.get_variant("fused.sdpa")
+    a, b = attnbench.get_variant("fused.sdpa"), attnbench.get_variant("sdpa")
     assert a is not b and a.info is b.info
+    assert attnbench.get_variant("fused.sdpa") is a  # a spec string is parsed once
     a.not_supported_reasons(device="cpu", dtype=torch.float16)
     assert len(info.static_reasons) == 1
     b.not_supported_reasons(device="cpu", dtype=torch.float16)  # a hit: no new entry
@@ -389,6 +390,25 @@ def test_a_math_must_build_a_pattern_or_a_feature_map():
         MATHS.pop("not_a_pattern", None)
     with pytest.raises(ValueError, match="must be an identifier"):
         attnbench.register_math("two words", lambda: None)
+
+
+def test_a_bound_variant_is_reused_until_the_registry_changes():
+    import attnbench.spec
+
+    calls = []
+    real = attnbench.registry.parse_spec
+    attnbench.registry.parse_spec = lambda s: calls.append(s) or real(s)
+    try:
+        first = attnbench.get_variant("sliding_window.blocked:window=24")
+        assert attnbench.get_variant("sliding_window.blocked:window=24") is first
+        assert calls == ["sliding_window.blocked:window=24"]
+        assert attnbench.get_variant("sliding_window.blocked", window=24) is not first  # keywords
+        attnbench.register_variant("naive.cache_probe", family="naive")(lambda q, k, v: q)
+        assert attnbench.get_variant("sliding_window.blocked:window=24") is not first  # cleared
+    finally:
+        attnbench.registry.parse_spec = real
+        attnbench.unregister_variant("naive.cache_probe")
+    assert attnbench.spec.parse_spec is real
 
 
 def test_plugins_flag_repeats_and_leaves_positionals_alone():
