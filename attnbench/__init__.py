@@ -39,4 +39,4 @@ __all__ = [
     "unregister_variant",
     "variant_names",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it statically
