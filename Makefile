@@ -1,11 +1,12 @@
-# Two entry points (see README): `make bench` and `make test`. Both create .venv on first use,
-# install torch pinned first (a CPU build), then the project with its test extras.
+# Two entry points (see README): `make bench` and `make test`; while working, `make test-fast`,
+# `make lint` and `make format` (see CONTRIBUTING.md). Each creates .venv on first use: torch
+# pinned first (a CPU build), then the project with its test extras.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv bench test list gpu-check gpu-wheels clean
+.PHONY: venv bench test test-fast lint format list gpu-check gpu-wheels clean
 
 venv: $(VENV)/.installed
 
@@ -21,8 +22,23 @@ bench: venv
 list: venv
 	$(PY) run_bench.py list
 
+# the full set, as CI runs it
 test: venv
 	$(PY) -m pytest -rs -q
+
+# everything but the end-to-end tests marked slow (whole suites, the package install, the
+# browser, model training): a few minutes on a 2-core CPU
+test-fast: venv
+	$(PY) -m pytest -rs -q -m "not slow"
+
+# ruff: the rules are in pyproject.toml; CI runs `make lint` before `make test`
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 # The prepared GPU check (attnbench/gpucheck.py): on a GPU machine as it is (its own Python
 # with PyTorch, no network), so it installs nothing; the files go to $(GPU_CHECK_OUT) or results/.
