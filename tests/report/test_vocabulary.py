@@ -40,3 +40,18 @@ def test_old_rows_are_upgraded_once_when_loaded(tmp_path):
     assert (b["kv_heads"], b["exact"]) == (4, False)
     assert (c["kv_heads"], c["exact"]) == (2, False)
     assert "kv_heads" not in q and "exact" not in q
+
+
+def test_a_dirty_tree_records_which_files(monkeypatch):
+    answers = {
+        ("rev-parse", "HEAD"): "abc123",
+        ("status", "--porcelain", "--untracked-files=no"): " M README.md\nM  attnbench/cli.py",
+    }
+    monkeypatch.setattr(results, "_git", lambda *a: answers[a])
+    assert results.git_state() == {
+        "git_commit": "abc123",
+        "git_dirty": True,
+        "git_dirty_paths": ["README.md", "attnbench/cli.py"],
+    }
+    answers[("status", "--porcelain", "--untracked-files=no")] = ""
+    assert results.git_state() == {"git_commit": "abc123", "git_dirty": False}
