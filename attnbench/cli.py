@@ -460,7 +460,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return code
 
 
-def _common_run_args(p: argparse.ArgumentParser) -> None:
+def _run_folder_args(p: argparse.ArgumentParser) -> None:
+    """What every measuring command takes: where the run goes, resuming, plugins, the device,
+    overrides, progress, the time limit and the launcher."""
     p.add_argument(
         "--out",
         default="runs",
@@ -474,15 +476,6 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     )
     _add_plugins(p, "Python files that register more variants")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--budget", type=float, help="seconds of repetitions per case")
-    p.add_argument("--timeout", type=float, help="seconds before a case is killed")
-    p.add_argument("--threads", type=int, help="torch threads in the worker")
-    p.add_argument("--repeats", type=int, help="measure each case this many times")
-    p.add_argument(
-        "--no-gate",
-        action="store_true",
-        help="skip the correctness gate (every row and the report say so)",
-    )
     p.add_argument(
         "--set",
         action="append",
@@ -498,6 +491,19 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
         "are listed in run.json and measured by a later --resume",
     )
     _launcher_args(p)
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    _run_folder_args(p)
+    p.add_argument("--budget", type=float, help="seconds of repetitions per case")
+    p.add_argument("--timeout", type=float, help="seconds before a case is killed")
+    p.add_argument("--threads", type=int, help="torch threads in the worker")
+    p.add_argument("--repeats", type=int, help="measure each case this many times")
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="skip the correctness gate (every row and the report say so)",
+    )
 
 
 def _launcher_args(p: argparse.ArgumentParser) -> None:
@@ -719,29 +725,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, help="sequences per optimizer step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--out",
-        default="runs",
-        help="parent folder of new run folders (curated references go to results/)",
-    )
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run folder")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="with --resume: accept another suite or commit (recorded in run.json)",
-    )
-    _add_plugins(p, "Python files that register more variants")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--time-limit-s",
-        type=float,
-        metavar="SECONDS",
-        help="local launcher: start no case after this many seconds; the cases left "
-        "are listed in run.json and measured by a later --resume",
-    )
-    _launcher_args(p)
+    _run_folder_args(p)
     p.set_defaults(func=cmd_training)
 
 
