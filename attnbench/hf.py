@@ -197,13 +197,91 @@ def attention_function(variant: Variant):
         if scaling is not None and abs(scaling - d**-0.5) > 1e-12 * d**-0.5:
             query = query * (scaling * d**0.5)  # the variant scales by 1/sqrt(D)
         q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, N, H, D)
-        if nq < nk:  # new tokens against a cache: their queries at the end of the sequence
+        if nq < nk and causal:  # new tokens against the cache: the variant's own decoder
+            return decode_step(module, variant, q, k, v), None
+        module.__dict__.pop(DECODER_ATTR, None)  # a new sequence: a held decoder is stale
+        if nq < nk:  # bidirectional over a cache: the queries at the end of the sequence
             q = torch.cat([q.new_zeros(q.shape[0], nk - nq, *q.shape[2:]), q], dim=1)
         out = variant(q, k, v) if causal else variant(q, k, v, causal=False)
         return out[:, nk - nq :].contiguous(), None
 
     attend.__name__ = f"attnbench_{variant.name.replace('.', '_')}"
     return attend
+
+
+DECODER_ATTR = "_attnbench_decoder"  # the variant's decoder a layer holds between calls
+
+
+def _new_decoder(module, variant: Variant, k: torch.Tensor, heads: int):
+    """The variant's decoder for this layer, filled with the cache's first ``upto`` keys and
+    values (no outputs computed: the cache already holds them)."""
+    b, _, hk, d = k.shape
+    conf = getattr(module, "config", None)
+    max_len = max(getattr(conf, "max_position_embeddings", 0) or 0, k.shape[1] + 1)
+    dec = variant.decoder(b, heads, d, kv_heads=hk, max_len=max_len, dtype=k.dtype, device=k.device)
+    return dec
+
+
+def decode_step(module, variant: Variant, q, k, v) -> torch.Tensor:
+    """The new tokens (q: B, Nq, H, D) against transformers' cache (k, v: B, Nk, H_kv, D, the
+    new tokens last) through the variant's own decoder, which the layer keeps between calls: it
+    continues while it holds exactly the cache's first Nk - Nq tokens (its last key is the
+    cache's), and is otherwise rebuilt from the cache (``fill``: keys and values, no outputs)."""
+    nq, nk = q.shape[1], k.shape[1]
+    past = nk - nq
+    dec = module.__dict__.get(DECODER_ATTR)
+    fresh = (
+        dec is None
+        or dec.variant.label != variant.label
+        or dec.batch != q.shape[0]
+        or dec.position != past
+        or (past and not torch.equal(dec.last_key, k[:, past - 1]))
+    )
+    if fresh:
+        dec = _new_decoder(module, variant, k, q.shape[2])
+        if past:
+            dec.fill(k[:, :past], v[:, :past])
+    outs = [
+        dec.step(q[:, i : i + 1], k[:, past + i : past + i + 1], v[:, past + i : past + i + 1])
+        for i in range(nq)
+    ]
+    dec.last_key = k[:, nk - 1].clone()
+    module.__dict__[DECODER_ATTR] = dec
+    return torch.cat(outs, dim=1).contiguous()
+
+
+def start_decoders(model, cache, variant: Variant) -> None:
+    """After a prefill into ``cache`` (a transformers ``DynamicCache``): every attention layer's
+    decoder filled from its cache layer, so that the next step continues it (a benchmark then
+    snapshots it before timing steps from the same state)."""
+    for m in model.modules():
+        idx = getattr(m, "layer_idx", None)
+        if idx is None or not hasattr(m, "config") or idx >= len(cache.layers):
+            continue
+        layer = cache.layers[idx]
+        k, v = layer.keys.transpose(1, 2), layer.values.transpose(1, 2)  # (B, N, H_kv, D)
+        dec = _new_decoder(m, variant, k, m.config.num_attention_heads)
+        dec.fill(k.contiguous(), v.contiguous())
+        dec.last_key = k[:, -1].clone()
+        m.__dict__[DECODER_ATTR] = dec
+
+
+def held_decoders(model) -> list:
+    """(layer, decoder) for every attention layer holding a variant decoder, in layer order."""
+    return [(m, m.__dict__[DECODER_ATTR]) for m in model.modules() if DECODER_ATTR in m.__dict__]
+
+
+def save_decoders(model) -> list:
+    """What ``load_decoders`` needs to put the layers' decoders back as they are now (the decoder
+    objects, their state, their last key): several sequences can be decoded in turn."""
+    return [(m, d, d.snapshot(), d.last_key.clone()) for m, d in held_decoders(model)]
+
+
+def load_decoders(saved: list) -> None:
+    for m, dec, snap, last in saved:
+        dec.restore(snap)
+        dec.last_key = last
+        m.__dict__[DECODER_ATTR] = dec
 
 
 def _refuse_what_cannot_be_honoured(variant: Variant, module, dropout: float, kwargs: dict) -> None:

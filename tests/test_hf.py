@@ -138,6 +138,7 @@ def test_transformers_own_attention_and_variants_pass_the_future_leak_test(llama
     hf.use_variant(llama, "sdpa")
 
 
+@pytest.mark.slow  # a quality run through the command line
 def test_a_transformers_dropin_gates_each_variant_with_the_leak_test(tmp_path, llama):
     """Drop-in evaluation of a saved transformers model through the CLI: an honest variant is
     scored; one that sees the next tokens gets an ``incorrect`` row and no number."""
@@ -175,3 +176,70 @@ def test_a_transformers_dropin_gates_each_variant_with_the_leak_test(tmp_path, l
     leaky = by["fused.planted_leaky"]
     assert leaky["status"] == "incorrect" and "sees the future" in leaky["reason"]
     assert leaky.get("bits_per_byte") is None
+
+
+def test_decoding_inside_a_transformers_model_steps_the_variants_own_decoder(llama):
+    """A new token against transformers' cache goes through the variant's decoder, which the
+    layer keeps between steps; a new prompt, or a cache that is not the decoder's, rebuilds it."""
+    hf.use_variant(llama, "sdpa")
+    prompt = IDS[:, :9]
+    with torch.no_grad():
+        want = llama.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    for spec, name in (
+        ("fused.sdpa", "kv_cache.sdpa"),
+        ("sliding_window.blocked:window=8", "ring_buffer.sdpa"),
+    ):
+        hf.use_variant(llama, spec)
+        with torch.no_grad():
+            got = llama.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0)
+        held = hf.held_decoders(llama)
+        assert len(held) == llama.config.num_hidden_layers
+        assert held[0][1].name == name and held[0][1].position == 9 + 10 - 1
+        if spec == "fused.sdpa":
+            assert torch.equal(got, want)
+    # another prompt of the same length: the held decoders are not reused stale
+    hf.use_variant(llama, "fused.sdpa")
+    other = IDS[:, 20:29]
+    with torch.no_grad():
+        a = llama.generate(other, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        hf.use_variant(llama, "sdpa")
+        b = llama.generate(other, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(a, b)
+
+
+def test_model_level_decode_rows_of_a_transformers_model_are_real_decoders(
+    tmp_path, planted_variants
+):
+    from attnbench.bench import results, runner
+    from attnbench.bench.suite import from_dict
+
+    suite = from_dict(
+        {
+            "name": "t",
+            "device": "cpu",
+            "model": {
+                "preset": "hf:llama-tiny",
+                "variants": [
+                    "fused.sdpa",
+                    "linear.elu.chunked:chunk=16",
+                    "fused.planted_drop_oldest",
+                ],
+                "seq_lens": [48],
+                "batch": 1,
+                "passes": ["decode"],
+            },
+            "timing": {"budget_s": 0.05, "max_reps": 10, "ceiling_s": 0.1, "memory": False},
+        }
+    )
+    planted = str(Path(__file__).parent / "plugins" / "planted.py")
+    runner.run(suite, tmp_path / "run", plugins=[planted], progress=False)
+    rows = {r["variant"]: r for r in results.read_rows(tmp_path / "run")}
+    # a decoder that drops the oldest key is caught inside the model too
+    assert rows["fused.planted_drop_oldest"]["status"] == "incorrect"
+    for variant, decoder in (
+        ("fused.sdpa", "kv_cache.sdpa"),
+        ("linear.elu.chunked:chunk=16", "recurrent"),
+    ):
+        row = rows[variant]
+        assert row["status"] == "ok", row["reason"]
+        assert row["decode_kind"] == "decoder" and row["decoder"].startswith(decoder)

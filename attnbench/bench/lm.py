@@ -22,7 +22,7 @@ HF_PREFIX = "hf:"
 class LanguageModel:
     """What the harness asks of a model: logits, loss, prefill and one decode step."""
 
-    decode_kind = "decoder"  # "full_forward": decode rows run a parallel forward (see HFModel)
+    decode_kind = "decoder"  # rows of older runs may say "full_forward": a parallel forward
 
     kind = "attnbench"
 
@@ -204,8 +204,11 @@ class HFModel(LanguageModel):
     def prefill(self, idx):
         from transformers import DynamicCache
 
+        from attnbench import hf
+
         cache = DynamicCache(config=self.module.config)
         self.module(idx, use_cache=True, **{self._cache_kwarg(): cache})
+        hf.start_decoders(self.module, cache, self._variant)  # the variant's, from the cache
         return cache
 
     def step(self, state, token, position):
@@ -215,12 +218,25 @@ class HFModel(LanguageModel):
         return self.module(token, use_cache=True, **{self._cache_kwarg(): state}).logits
 
     # transformers hands the attention the new token's query and every cached key; attnbench.hf
-    # pads the query and runs the variant's parallel forward over the whole cache: not the
-    # variant's decoder. Such rows are labelled and never ranked against real decoders.
-    decode_kind = "full_forward"
+    # steps the variant's own decoder, which each layer holds (filled from the cache after the
+    # prefill), so a decode row times the variant's decoder inside the model
+    decode_kind = "decoder"
+
+    def snapshot(self, state):
+        from attnbench import hf
+
+        return hf.save_decoders(self.module)  # this sequence's decoders, at the prompt's end
+
+    def restore(self, state, snap) -> None:
+        from attnbench import hf
+
+        hf.load_decoders(snap)
 
     def decoder_name(self, state) -> str:
-        return "transformers.DynamicCache + a full forward of the variant over the cache"
+        from attnbench import hf
+
+        held = hf.held_decoders(self.module)
+        return (held[0][1].name if held else "none") + " inside transformers (its cache kept too)"
 
     def cache_bytes(self, state) -> int:
         total = 0
