@@ -128,7 +128,7 @@ class Slot:
     ):
         self.timing_env = {**timing_env, **pin}
         self.time = Worker(init, env=self.timing_env)
-        self.memory = Worker(init, env={**measure.MEMORY_ENV, **self.timing_env})
+        self.memory = Worker(init, env={**self.timing_env, **measure.MEMORY_ENV})
         self.train = Worker(train_init or init, env=self.timing_env)
         self.ceilings: dict[str, Any] = {}
         self.ceilings_at = 0.0  # time.time() of the ceilings in use
