@@ -200,6 +200,7 @@ def environment(device: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": _cpu_name(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "packages": versions,
@@ -229,6 +230,40 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+# the instruction sets a CPU kernel's speed depends on (the processor varies between machines)
+CPU_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "sve",
+    "asimd",
+)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of ``CPU_FLAGS`` this machine's CPU has (from /proc/cpuinfo; [] where unknown)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in CPU_FLAGS if f in have]
+    return []
 
 
 def _nvidia_driver() -> str | None:

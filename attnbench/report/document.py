@@ -608,7 +608,14 @@ def _environment_table(info: dict[str, Any]) -> pd.DataFrame:
         "python / platform": f"{env.get('python', '?')} / {env.get('platform', '?')}",
         "packages": ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v),
         "threads": f"worker {env.get('worker_threads', '?')}, CPUs {env.get('cpu_count', '?')}",
-        "git": f"{env.get('git_commit', '?')}" + (" (dirty)" if env.get("git_dirty") else ""),
+        "CPU": f"{env.get('processor', '?')}"
+        + (f" ({' '.join(env['cpu_flags'])})" if env.get("cpu_flags") else ""),
+        "git": f"{env.get('git_commit', '?')}"
+        + (
+            f" (dirty: {', '.join(env.get('git_dirty_paths') or []) or '?'})"
+            if env.get("git_dirty")
+            else ""
+        ),
     }
     end = ceil.get("end") or {}
     for dtype, value in (ceil.get("matmul_flops_per_s") or {}).items():

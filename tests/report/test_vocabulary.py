@@ -55,3 +55,12 @@ def test_a_dirty_tree_records_which_files(monkeypatch):
     }
     answers[("status", "--porcelain", "--untracked-files=no")] = ""
     assert results.git_state() == {"git_commit": "abc123", "git_dirty": False}
+
+
+def test_the_environment_names_the_cpus_instruction_sets():
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma f16c sha_ni\n"
+    assert results.cpu_flags(zen3) == ["avx", "avx2", "fma", "f16c"]
+    xeon = "flags : avx avx2 avx512f avx512bw avx512_bf16 amx_tile amx_bf16 amx_int8\n"
+    assert "amx_bf16" in results.cpu_flags(xeon) and "avx512f" in results.cpu_flags(xeon)
+    assert results.cpu_flags("model name : x\n") == []
+    assert "cpu_flags" in results.environment("cpu")
