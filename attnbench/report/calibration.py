@@ -50,29 +50,92 @@ class Calibration:
 @dataclass(frozen=True)
 class Verdict:
     calibration: Calibration
-    ours: float | None
+    ours: float | str | None  # a claim's: the figures it was judged on
     status: str  # "ok", a failed row's status, or "missing"
     within: bool | None  # None: no row to judge
+
+
+CLAIM_KINDS = ("at_least", "increasing", "above")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A published ordering, judged on any run that has its variants' rows (recall runs of any
+    suite): ``at_least`` (every row of ``variants[0]`` reaches ``value``), ``increasing`` (the
+    variants' mean ``metric``, in the order given, never falls), ``above`` (each variant after
+    the first has a lower mean than the first)."""
+
+    name: str
+    source: str
+    kind: str
+    metric: str
+    variants: tuple[str, ...]
+    value: float = 0.0
+    match: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in CLAIM_KINDS:
+            raise ValueError(
+                f"claim {self.name!r}: unknown kind {self.kind!r}; valid: {', '.join(CLAIM_KINDS)}"
+            )
+        if not self.variants:
+            raise ValueError(f"claim {self.name!r}: needs variants")
+
+    def judge(self, rows: list[dict[str, Any]]) -> Verdict | None:
+        """None when a variant has no row (the claim is not about this run)."""
+        ok = [r for r in rows if r.get("status") == "ok" and _number(r.get(self.metric))]
+        ok = [r for r in ok if all(r.get(k) == v for k, v in self.match.items())]
+        labels = {v: _label(v) for v in self.variants}  # rows carry every parameter spelled out
+        values = {
+            v: [float(r[self.metric]) for r in ok if r.get("variant") == labels[v]]
+            for v in self.variants
+        }
+        if not all(values.values()):
+            return None
+        means = {v: statistics.fmean(x) for v, x in values.items()}
+        if self.kind == "at_least":
+            held = min(values[self.variants[0]]) >= self.value
+            text = f"min {min(values[self.variants[0]]):.3f}"
+        elif self.kind == "increasing":
+            seq = [means[v] for v in self.variants]
+            held = all(b >= a for a, b in zip(seq, seq[1:]))
+            text = " → ".join(f"{m:.3f}" for m in seq)
+        else:
+            first = means[self.variants[0]]
+            held = all(means[v] < first for v in self.variants[1:])
+            text = f"{first:.3f} vs " + ", ".join(f"{means[v]:.3f}" for v in self.variants[1:])
+        return Verdict(self, text, "ok", held)
 
 
 def load(path: str | Path | None = None) -> tuple[str, list[Calibration]]:
     """(the suite the calibrations are for, the calibrations) of a calibrations file."""
     data = tomllib.loads(Path(path or FILE).read_text())
     known = {"name", "source", "published", "tolerance", "metric", "match"}
-    out = []
+    out: list = []
     for entry in data.get("calibration", []):
         bad = set(entry) - known
         if bad:
             raise ValueError(f"calibration {entry.get('name')!r}: unknown key {sorted(bad)[0]!r}")
         out.append(Calibration(**entry))
+    claim_keys = {"name", "source", "kind", "metric", "variants", "value", "match"}
+    for entry in data.get("claim", []):
+        bad = set(entry) - claim_keys
+        if bad:
+            raise ValueError(f"claim {entry.get('name')!r}: unknown key {sorted(bad)[0]!r}")
+        out.append(Claim(**{**entry, "variants": tuple(entry.get("variants", ()))}))
     return data.get("suite", ""), out
 
 
-def judge(rows, calibrations: list[Calibration]) -> list[Verdict]:
+def judge(rows, calibrations: list) -> list[Verdict]:
     if isinstance(rows, pd.DataFrame):
         rows = rows.to_dict("records")
     out = []
     for c in calibrations:
+        if isinstance(c, Claim):
+            v = c.judge(rows)
+            if v is not None:
+                out.append(v)
+            continue
         mine = [r for r in rows if c.matches(r)]
         ran = [r for r in mine if r.get("status") == "ok" and _number(r.get(c.metric))]
         if ran:
@@ -85,31 +148,45 @@ def judge(rows, calibrations: list[Calibration]) -> list[Verdict]:
     return out
 
 
+def _label(spec: str) -> str:
+    from attnbench.registry import get_variant
+
+    try:
+        return get_variant(spec).label
+    except (ValueError, KeyError):
+        return spec
+
+
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def table(verdicts: list[Verdict]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "calibration": v.calibration.name,
-                "published": f"{v.calibration.published:.3g}",
-                "ours": f"{v.ours:.3f}" if v.ours is not None else v.status,
-                "within tolerance?": (
-                    {True: "yes", False: "no", None: "n/a"}[v.within]
-                    + f" (± {v.calibration.tolerance:g})"
-                ),
-                "source": v.calibration.source,
+    def line(v: Verdict) -> dict[str, Any]:
+        c = v.calibration
+        if isinstance(c, Claim):
+            return {
+                "calibration": c.name,
+                "published": f"{c.kind} ({c.metric})",
+                "ours": v.ours,
+                "within tolerance?": {True: "yes: holds", False: "no: does not hold"}[v.within],
+                "source": c.source,
             }
-            for v in verdicts
-        ]
-    ).set_index("calibration")
+        return {
+            "calibration": c.name,
+            "published": f"{c.published:.3g}",
+            "ours": f"{v.ours:.3f}" if v.ours is not None else v.status,
+            "within tolerance?": (
+                {True: "yes", False: "no", None: "n/a"}[v.within] + f" (± {c.tolerance:g})"
+            ),
+            "source": c.source,
+        }
+
+    return pd.DataFrame([line(v) for v in verdicts]).set_index("calibration")
 
 
 def for_run(frame: pd.DataFrame, info: dict[str, Any], path=None) -> list[Verdict]:
-    """The calibrations of this run's suite, judged (none for another suite)."""
-    suite, calibrations = load(path)
-    if (info.get("suite") or {}).get("name") != suite:
-        return []
-    return judge(frame, calibrations)
+    """The calibrations of this run's suite, and every claim whose variants the run has."""
+    suite, entries = load(path)
+    mine = (info.get("suite") or {}).get("name") == suite
+    return judge(frame, [e for e in entries if mine or isinstance(e, Claim)])

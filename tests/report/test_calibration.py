@@ -3,6 +3,7 @@ run's rows, and the report of their suite opening with them."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from attnbench.report import calibration
@@ -51,8 +52,11 @@ def test_the_shipped_calibrations_load_and_name_their_suite():
 
     suite, entries = calibration.load()
     assert suite == "reproduce" and load_suite(suite).name == suite
-    assert {e.match["variant"] for e in entries} == {"fused.sdpa", "ngram:order=4"}
-    assert all(e.source and e.tolerance > 0 for e in entries)
+    figures = [e for e in entries if isinstance(e, Calibration)]
+    assert {e.match["variant"] for e in figures} == {"fused.sdpa", "ngram:order=4"}
+    assert all(e.source and e.tolerance > 0 for e in figures)
+    claims = [e for e in entries if isinstance(e, calibration.Claim)]
+    assert len(claims) == 4 and all(c.source for c in claims)
 
 
 def test_a_bad_calibration_file_is_refused(tmp_path):
@@ -64,3 +68,40 @@ def test_a_bad_calibration_file_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="unknown key 'colour'"):
         calibration.load(bad)
+
+
+def test_published_orderings_are_judged_on_any_run_that_has_their_variants():
+    import attnbench
+
+    def rows(spec, accs):
+        label = attnbench.get_variant(spec).label
+        return [
+            {"level": "recall", "pass": "eval", "status": "ok", "variant": label, "accuracy": a}
+            for a in accs
+        ]
+
+    _, entries = calibration.load()
+    claims = [e for e in entries if isinstance(e, calibration.Claim)]
+    good = (
+        rows("fused.sdpa", [1.0, 1.0, 0.995])
+        + rows("sliding_window.blocked:window=16", [0.5, 0.2])
+        + rows("sliding_window.blocked:window=32", [0.7, 0.4])
+        + rows("sliding_window.blocked:window=48", [0.9, 0.6])
+        + rows("linear.taylor.chunked:feature_dim=8", [0.95, 0.8])
+        + rows("linear.elu.chunked", [0.2, 0.1])
+        + rows("linear.performer.chunked:features=64", [0.3, 0.1])
+    )
+    verdicts = calibration.for_run(pd.DataFrame(good), {"suite": {"name": "recall"}})
+    assert len(verdicts) == 4 and all(v.within for v in verdicts)  # not the reproduce suite
+    bad = [dict(r) for r in good]
+    for r in bad:
+        if r["variant"].startswith("sliding_window.blocked:window=48"):
+            r["accuracy"] = 0.1  # a wider window recalling less: the ordering fails
+        if r["variant"] == "fused.sdpa":
+            r["accuracy"] = 0.9
+    held = {v.calibration.name: v.within for v in calibration.judge(bad, claims)}
+    assert held["MQAR: softmax attention recalls every setting"] is False
+    assert held["MQAR: a sliding window's accuracy rises with its window"] is False
+    assert calibration.judge(rows("fused.sdpa", [1.0]), claims[1:]) == []  # not about this run
+    t = calibration.table(verdicts)
+    assert set(t["within tolerance?"]) == {"yes: holds"}
