@@ -26,12 +26,14 @@ def test_mqar_sequences_ask_for_the_values_of_earlier_keys():
         recall.mqar_batch(1, 31, 8, rng=rng)
 
 
-def test_recall_run_records_accuracy_per_setting(tmp_path):
-    out = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def recall_rows(tmp_path_factory):
+    """One short recall run through the command line, read by the two tests below."""
+    out = tmp_path_factory.mktemp("recall")
     run_cli(
         "recall",
         "--variants",
-        "fused.sdpa,linear.elu.chunked:chunk=16",
+        "fused.sdpa,sliding_window.blocked:window=8,linear.elu.chunked:chunk=16",
         "--seq-lens",
         "32,64",
         "--kv-pairs",
@@ -44,41 +46,25 @@ def test_recall_run_records_accuracy_per_setting(tmp_path):
         str(out),
         "--quiet",
     )
-    rows = results.read_rows(only_run(out))
-    evals = [r for r in rows if r["pass"] == "eval"]
-    assert {(r["seq_len"], r["kv_pairs"]) for r in evals} == {
-        (32, 2),
-        (32, 4),
-        (64, 2),
-        (64, 4),
-        (64, 16),
-    }
-    assert len(evals) == 10 and all(0 <= r["accuracy"] <= 1 for r in evals)
-    assert all(r["status"] == "ok" for r in rows)
+    return results.read_rows(only_run(out))
 
 
-def test_recall_rows_carry_chance_and_the_state_size(tmp_path):
-    out = tmp_path / "runs"
-    run_cli(
-        "recall",
-        "--variants",
-        "fused.sdpa,sliding_window.blocked:window=8,linear.elu.chunked:chunk=16",
-        "--seq-lens",
-        "32",
-        "--kv-pairs",
-        "2,4",
-        "--train-steps",
-        "5",
-        "--eval-sequences",
-        "16",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+@pytest.mark.slow  # trains through the command line and the worker
+def test_recall_run_records_accuracy_per_setting(recall_rows):
+    evals = [r for r in recall_rows if r["pass"] == "eval"]
+    settings = {(32, 2), (32, 4), (64, 2), (64, 4), (64, 16)}  # 16 pairs do not fit in 32 tokens
+    for variant in {r["variant"] for r in evals}:
+        assert {(r["seq_len"], r["kv_pairs"]) for r in evals if r["variant"] == variant} == settings
+    assert len(evals) == 3 * len(settings) and all(0 <= r["accuracy"] <= 1 for r in evals)
+    assert all(r["status"] == "ok" for r in recall_rows)
+
+
+@pytest.mark.slow  # trains through the command line and the worker
+def test_recall_rows_carry_chance_and_the_state_size(recall_rows):
     evals = {
         (r["variant"], r["kv_pairs"]): r
-        for r in results.read_rows(only_run(out))
-        if r["pass"] == "eval"
+        for r in recall_rows
+        if r["pass"] == "eval" and r["seq_len"] == 32
     }
     sdpa = evals[("fused.sdpa", 2)]
     assert sdpa["chance"] == 0.5 and sdpa["near_chance"] == (sdpa["accuracy"] < 0.75)
@@ -91,6 +77,7 @@ def test_recall_rows_carry_chance_and_the_state_size(tmp_path):
     assert evals[("linear.elu.chunked:chunk=16", 2)]["state_bytes"] == 2 * (32 * 32 + 32) * 4
 
 
+@pytest.mark.slow  # trains three models for 300 steps
 def test_the_recall_recipe_separates_the_families():
     """On a setting that trains in seconds: softmax attention recalls every pair, elu+1 linear
     attention is at least 0.2 below it, and a window that cannot see the pairs is near chance."""
@@ -107,6 +94,7 @@ def test_the_recall_recipe_separates_the_families():
     assert all(a < NEAR_CHANCE * chance(kv) for a, kv in zip(win, (2, 4))), acc
 
 
+@pytest.mark.slow  # trains twice through the command line
 def test_a_learning_rate_grid_trains_every_rate_and_reports_the_best(tmp_path):
     """`--lrs` (derived from RecallConfig.lrs): one training per rate, every rate's rows kept,
     the report's grid table marks the winner and the tables below use only its rows."""

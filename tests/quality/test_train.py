@@ -95,6 +95,7 @@ def test_sliding_with_a_full_stride_equals_windows_and_positions_add_up(corpus):
     assert 7.5 < w["bits_per_byte"] < 8.5  # an untrained model: about log2(256)
 
 
+@pytest.mark.slow  # trains six models through the command line
 def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
     """The whole loop through the CLI and the worker: n-gram floor, one variant per family trained
     on the same budget, checkpoints, and the drop-in table of the first variant's checkpoint."""
@@ -186,14 +187,18 @@ def test_quality_run_dropin_and_every_family_beats_order0(tmp_path):
     )
 
 
-def test_divergence_is_a_status(tmp_path):
-    out = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def planted_quality_rows(tmp_path_factory):
+    """One short quality run of two planted variants and a control (one command, read by the
+    divergence and the future-leak tests): a NaN output at the first step, and attention that
+    sees the next token."""
+    out = tmp_path_factory.mktemp("planted")
     run_cli(
         "quality",
         "--dataset",
         "pystdlib",
         "--variants",
-        "fused.planted_nan,fused.sdpa",
+        "fused.planted_nan,fused.planted_leaky,fused.sdpa",
         "--train-tokens",
         "4K",
         "--train-len",
@@ -213,41 +218,21 @@ def test_divergence_is_a_status(tmp_path):
         str(out),
         "--quiet",
     )
-    rows = {(r["variant"], r["pass"]): r for r in results.read_rows(only_run(out))}
+    return results.read_rows(only_run(out))
+
+
+@pytest.mark.slow  # trains through the command line and the worker
+def test_divergence_is_a_status(planted_quality_rows):
+    rows = {(r["variant"], r["pass"]): r for r in planted_quality_rows}
     assert rows[("fused.planted_nan", "train")]["status"] == "diverged"
     assert "at step 1" in rows[("fused.planted_nan", "train")]["reason"]
     assert rows[("fused.planted_nan", "eval")]["status"] == "diverged"
     assert rows[("fused.sdpa", "eval")]["status"] == "ok"
 
 
-def test_a_variant_that_sees_the_future_gets_no_quality_number(tmp_path):
-    out = tmp_path / "q"
-    run_cli(
-        "quality",
-        "--dataset",
-        "pystdlib",
-        "--variants",
-        "fused.planted_leaky,fused.sdpa",
-        "--train-tokens",
-        "2K",
-        "--train-len",
-        "32",
-        "--batch",
-        "4",
-        "--eval-lens",
-        "32",
-        "--eval-tokens",
-        "1K",
-        "--ngram-order",
-        "0",
-        "--no-dropin",
-        "--plugins",
-        PLANTED,
-        "--out",
-        str(out),
-        "--quiet",
-    )
-    rows = results.read_rows(only_run(out))
+@pytest.mark.slow  # trains through the command line and the worker
+def test_a_variant_that_sees_the_future_gets_no_quality_number(planted_quality_rows):
+    rows = planted_quality_rows
     leaky = [r for r in rows if r["variant"] == "fused.planted_leaky"]
     assert leaky and all(r["status"] == "incorrect" for r in leaky)
     assert all("sees the future" in r["reason"] for r in leaky)
@@ -270,6 +255,7 @@ def test_the_precheck_passes_every_trained_variant_and_rejects_leaks():
     assert "differ from the reference" in check_in_model("tiny", "fused.planted_scaled", 64)
 
 
+@pytest.mark.slow  # three training processes, two under torchrun
 def test_torchrun_two_processes_train_like_one(tmp_path):
     args = [
         "quality",
@@ -333,6 +319,7 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
     assert (two_dir / "report.md").is_file()  # the torchrun path ends with the same report
 
 
+@pytest.mark.slow  # trains under torchrun
 def test_torchrun_with_one_process_still_trains_through_its_process_group(tmp_path):
     """What the GPU check's NCCL check relies on: one process under torchrun takes the torchrun
     path, and DDP (which all-reduces even at world size 1) with the collectives."""
