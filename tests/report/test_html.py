@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.bench import runner
-from attnbench.bench.suite import from_dict
 from attnbench.report.document import write_report
 
 FLAGS = [
@@ -55,28 +53,11 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(report_run, tmp_path_factory):
+    """report.html of the session's stored run (tests/report/conftest.py: op, model, quality and
+    recall rows, so every kind of plot), written again into a copy."""
     run_dir = tmp_path_factory.mktemp("html") / "run"
-    suite = from_dict(
-        {
-            "name": "t",
-            "device": "cpu",
-            "op": {
-                "variants": [
-                    "fused.sdpa",
-                    "sliding_window.blocked:window=32",
-                    "linear.elu.chunked:chunk=32",
-                    "fused.flash_attn",
-                ],
-                "seq_lens": [64, 128],
-                "heads": 2,
-                "head_dims": [16],
-                "passes": ["fwd", "decode"],
-            },
-            "timing": {"budget_s": 0.02, "min_reps": 5, "max_reps": 5},
-        }
-    )
-    runner.run(suite, run_dir, progress=False)
+    shutil.copytree(report_run, run_dir)
     return write_report(run_dir)["html"]
 
 
@@ -89,6 +70,7 @@ def _browser(page: Path, *args: str, tmp: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a headless browser, on the session's stored run (a suite with training)
 def test_report_renders_in_a_browser_with_summary_and_plots(page, tmp_path):
     html = page.read_text()
     assert not re.search(r'(src|href)="https?:|url\(https?:|@import', html)  # nothing fetched

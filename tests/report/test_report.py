@@ -1,10 +1,10 @@
 """Reports and comparisons, from a small stored run: the smoke suite plus a little quality and
-recall, run once through the command line (which writes the report at its end)."""
+recall, run once per session through the command line (``report_run`` in conftest.py), which
+writes the report at its end."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -34,47 +34,13 @@ PLOTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    sets = [
-        'op.variants=["naive.softmax","fused.sdpa","fused.flash_attn","sliding_window.blocked:window=64",'
-        '"linear.elu.chunked:chunk=32"]',
-        'quality.dataset="pystdlib"',
-        'quality.variants=["fused.sdpa","sliding_window.blocked:window=16","linear.elu.chunked:chunk=16"]',
-        "quality.train_tokens=30000",
-        "quality.train_len=64",
-        "quality.batch=8",
-        "quality.eval_lens=[32,64,128]",
-        "quality.eval_tokens=4096",
-        'recall.variants=["fused.sdpa","linear.elu.chunked:chunk=16"]',
-        "recall.seq_lens=[32,64]",
-        "recall.kv_pairs=[2,4]",
-        "recall.train_steps=10",
-        "recall.eval_sequences=16",
-    ]
-    cmd = [
-        sys.executable,
-        str(ROOT / "run_bench.py"),
-        "run",
-        "--suite",
-        "smoke",
-        "--out",
-        str(out),
-        "--quiet",
-        "--budget",
-        "0.02",
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "report:" in proc.stdout
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
+@pytest.fixture
+def run_dir(report_run):
+    """The session's stored run (tests/report/conftest.py)."""
+    return report_run
 
 
+@pytest.mark.slow  # reads the session's stored run (a suite with training)
 def test_every_file_is_written_and_every_png_is_valid(run_dir):
     import matplotlib.image
 
@@ -103,6 +69,7 @@ def _table_rows(md: str) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow  # reads the session's stored run (a suite with training)
 def test_markdown_tables_contain_every_case(run_dir):
     md = (run_dir / "report.md").read_text()
     cells = _table_rows(md)
@@ -125,6 +92,7 @@ def test_markdown_tables_contain_every_case(run_dir):
         assert f"](plots/{name}.png)" in md
 
 
+@pytest.mark.slow  # reads the session's stored run (a suite with training)
 def test_a_torn_last_line_still_reports(run_dir, tmp_path):
     copy = tmp_path / "torn"
     shutil.copytree(run_dir, copy)
@@ -145,6 +113,7 @@ def _perturbed(run_dir: Path, dest: Path, factor_all: float, slow: dict[str, flo
     return dest
 
 
+@pytest.mark.slow  # reads the session's stored run (a suite with training)
 def test_compare_flags_a_planted_slowdown_and_ignores_noise(run_dir, tmp_path):
     rows = results.read_rows(run_dir)
     target = next(
@@ -176,6 +145,7 @@ def test_compare_flags_a_planted_slowdown_and_ignores_noise(run_dir, tmp_path):
     assert compare(run_dir, slow, threshold=0.6)[0] == 0
 
 
+@pytest.mark.slow  # reads the session's stored run (a suite with training)
 def test_compare_refuses_other_devices_and_lists_unmatched_cases(run_dir, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
