@@ -21,6 +21,7 @@ from attnbench.gpucheck import Check, Spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the whole GPU check, each check in its own process
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: run make gpu-check")
 def test_gpu_check_without_cuda_skips_every_check_with_its_reason(tmp_path):
     out = tmp_path / "check"
@@ -92,6 +93,7 @@ def test_only_names_valid_checks():
         gpucheck.parse_only("vairants")
 
 
+@pytest.mark.slow  # the GPU check through the command line
 def test_only_skips_the_others_without_failing(tmp_path):
     proc = subprocess.run(
         [

@@ -28,6 +28,7 @@ def _suite():
     )
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_one_plan_then_the_rows_and_the_report(tmp_path, monkeypatch):
     calls = []
     real = launch_mod.plan
@@ -42,6 +43,7 @@ def test_one_plan_then_the_rows_and_the_report(tmp_path, monkeypatch):
         launch(_suite(), resume=tmp_path / "missing")
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_a_full_disk_keeps_the_rows_and_says_how_to_write_the_report(tmp_path, monkeypatch):
     import attnbench.report.document as document
 

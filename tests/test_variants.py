@@ -27,11 +27,16 @@ from helpers import (
 )
 
 
-def _cases():
+def _cases(slow_impls: frozenset[str] = frozenset()):
+    """(spec, shape, dtype) of every variant; ``slow_impls`` are marked ``slow`` where N > 1."""
     for spec in variant_specs():
+        slow = attnbench.get_variant(spec).impl in slow_impls
         for shape in FLEX_SHAPES if is_flex(spec) else SHAPES:
+            marks = [pytest.mark.slow] if slow and shape[1] > 1 else []
             for dtype in DTYPES:
-                yield pytest.param(spec, shape, dtype, id=f"{spec}-{shape_id(shape, dtype)}")
+                yield pytest.param(
+                    spec, shape, dtype, id=f"{spec}-{shape_id(shape, dtype)}", marks=marks
+                )
 
 
 def _skip_unless_runs(variant, shape, dtype, pass_, device="cpu", causal=True):
@@ -100,7 +105,9 @@ def test_forward_matches_reference(spec, shape, dtype, poison_uninitialized):
     check_forward(variant, shape, dtype)
 
 
-@pytest.mark.parametrize("spec, shape, dtype", list(_cases()))
+# the recurrent forms backpropagate through a loop over tokens: seconds per case, so the full
+# set (`make test`) checks their gradients and `make test-fast` leaves them out
+@pytest.mark.parametrize("spec, shape, dtype", list(_cases(frozenset({"recurrent"}))))
 def test_gradients_match_reference(spec, shape, dtype):
     variant = attnbench.get_variant(spec)
     _skip_unless_runs(variant, shape, dtype, "fwd_bwd")

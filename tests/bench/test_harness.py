@@ -117,7 +117,7 @@ def test_memory_sees_a_planted_buffer(tmp_path):
     assert abs(setup - want) <= 0.1 * want and rows["fused.planted_work"]["setup_mem_bytes"] < want
 
 
-@pytest.mark.slow  # runs a suite through the runner's worker processes, one case waits for its timeout
+@pytest.mark.slow  # runs a suite through the runner's workers; one case waits for its timeout
 def test_failures_are_rows_and_the_sweep_goes_on(tmp_path):
     suite = _suite(
         [
@@ -491,9 +491,8 @@ def test_every_committed_suite_loads_and_overrides_apply():
     for c in (c for c in runner.plan(gpu) if c.level == "op"):  # constant tokens per batch
         assert c.batch == max(1, gpu.op.total_tokens // c.seq_len)
         assert c.heads == 2048 // c.head_dim  # flash-attention's heads = 2048 / D
-    with pytest.raises(
-        ValueError, match="no suite 'nope'; known suites: gpu, perf, quick, smoke, standard"
-    ):
+    known = "gpu, perf, quick, reproduce, smoke, standard"
+    with pytest.raises(ValueError, match=f"no suite 'nope'; known suites: {known}"):
         load_suite("nope")
 
 
@@ -577,7 +576,7 @@ def test_an_unavailable_corpus_fails_its_quality_cases_not_the_suite(tmp_path, m
         runner.run(only_quality, tmp_path / "run2", progress=False)
 
 
-@pytest.mark.slow  # runs a suite through the runner's worker processes, a ceiling before every case
+@pytest.mark.slow  # runs a suite through the runner's workers, a ceiling before each case
 def test_each_row_divides_by_a_ceiling_measured_near_it(tmp_path):
     suite = _suite(["fused.sdpa"], seq_lens=(64, 128, 256), memory=False, ceiling_every_s=1e-3)
     runner.run(suite, tmp_path / "run", progress=False)
@@ -599,6 +598,7 @@ def test_each_row_divides_by_a_ceiling_measured_near_it(tmp_path):
         _suite(["fused.sdpa"], ceiling_every_s=-1)
 
 
+@pytest.mark.slow  # runs a suite through the runner's worker processes
 def test_run_json_says_where_the_wall_time_went(tmp_path):
     suite = _suite(["fused.sdpa"], seq_lens=(64, 128), passes=("fwd", "fwd_bwd"))
     runner.run(suite, tmp_path / "run", progress=False)

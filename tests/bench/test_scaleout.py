@@ -14,26 +14,32 @@ from pathlib import Path
 import pytest
 
 from attnbench.bench import results, runner
-from attnbench.bench.suite import load_suite
+from attnbench.bench.suite import load_suite, with_overrides
 from helpers import only_run, run_cli
 
 pytest.importorskip("submitit")
+pytestmark = pytest.mark.slow  # whole suites through every launcher, several times
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--quiet", "--budget", "0.02", "--set", "timing.max_reps=5"]
+# one sequence length: the sharding does not depend on the size of the suite (the killed-job
+# test keeps both, so the job it kills still has cases left after its third row)
+ONE_N = ["--set", "op.seq_lens=[128]"]
 
 
 def _ids(run: Path) -> list[str]:
     return [r["case_id"] for r in results.read_rows(run)]
 
 
-def _smoke_ids() -> set[str]:
-    return {c.case_id for c in runner.plan(load_suite("smoke"))}
+def _smoke_ids(overrides: dict | None = None) -> set[str]:
+    return {c.case_id for c in runner.plan(with_overrides(load_suite("smoke"), overrides or {}))}
 
 
 def test_two_local_workers_and_two_submitit_jobs_give_the_local_cases(tmp_path):
-    run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "one"), *FAST)
-    run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "two"), "--workers", "2", *FAST)
+    run_cli("run", "--suite", "smoke", "--out", str(tmp_path / "one"), *FAST, *ONE_N)
+    run_cli(
+        "run", "--suite", "smoke", "--out", str(tmp_path / "two"), "--workers", "2", *FAST, *ONE_N
+    )
     run_cli(
         "run",
         "--suite",
@@ -46,9 +52,10 @@ def test_two_local_workers_and_two_submitit_jobs_give_the_local_cases(tmp_path):
         "--max-jobs",
         "2",
         *FAST,
+        *ONE_N,
     )
     one, two, slurm = (only_run(tmp_path / d) for d in ("one", "two", "slurm"))
-    want = _smoke_ids()
+    want = _smoke_ids({"op.seq_lens": [128]})
     for run in (one, two, slurm):
         ids = _ids(run)
         assert len(ids) == len(set(ids)) and set(ids) >= want, run
