@@ -272,8 +272,9 @@ def _calibration_blocks(frame: pd.DataFrame, info: dict[str, Any]) -> list[Block
         Block("h2", "Calibration against published results"),
         Block(
             "p",
-            f"{held} of {len(verdicts)} published figures reproduced within the tolerance "
-            "stated in advance (attnbench/report/calibrations.toml).",
+            f"{held} of {len(verdicts)} published results reproduced: figures within the "
+            "tolerance stated in advance, orderings that hold "
+            "(attnbench/report/calibrations.toml).",
         ),
         Block("table", frame=calibration.table(verdicts)),
     ]
