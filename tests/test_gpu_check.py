@@ -270,6 +270,8 @@ def test_the_cuda_ceiling_is_measured_at_8192():
     assert ceiling_size("cuda") == 8192  # never sized by a launch-bound probe
     assert ceiling_size("cpu", rate=lambda n: 400e9) == 2048
     assert ceiling_size("cpu", rate=lambda n: 2e9) == 512  # bf16 without native support
+    # a small ceiling budget (tests, smoke runs) sizes the product to a tenth of it
+    assert ceiling_size("cpu", rate=lambda n: 400e9, max_product_s=0.01) == 1024
 
 
 def test_the_float16_plain_linear_reference_does_not_overflow():

@@ -315,7 +315,14 @@ def peak_memory(
     return max(0, peak - before) * 1024, "cpu_peak_rss"
 
 
-def ceiling_size(device: torch.device | str, rate: Callable[[int], float] | None = None) -> int:
+QUICK_CEILING_S = 1.0  # a ceiling budget below this (tests, smoke runs) measures a lighter way
+
+
+def ceiling_size(
+    device: torch.device | str,
+    rate: Callable[[int], float] | None = None,
+    max_product_s: float = 0.2,
+) -> int:
     """The side of the square matmul that measures a ceiling on ``device``.
 
     CUDA: 8192, always. A GPU reaches its matmul peak only on large products, and a probe cannot
@@ -323,16 +330,16 @@ def ceiling_size(device: torch.device | str, rate: Callable[[int], float] | None
     microseconds), not the arithmetic, and would pick 4096, whose lower rate inflates every
     ``frac_of_ceiling``. 8192^3 is 1.1 TFLOP: about 1.4 ms in bfloat16 on an H100/H200 and 17 ms
     in float32 (67 TFLOP/s), well inside the budget.
-    CPU: the largest power of two up to 2048 whose product takes at most about 0.2 s, from
-    ``rate(n)`` (FLOP/s of an n^3 product; default: timed here on a 256^3 product, warm, the best
-    of three): a CPU without native bfloat16 runs it at a few GFLOP/s, where 2048^3 would take
-    seconds per repetition."""
+    CPU: the largest power of two up to 2048 whose product takes at most about
+    ``max_product_s`` (0.2 s), from ``rate(n)`` (FLOP/s of an n^3 product; default: timed here on
+    a 256^3 product, warm, the best of three): a CPU without native bfloat16 runs it at a few
+    GFLOP/s, where 2048^3 would take seconds per repetition."""
     device = torch.device(device)
     if device.type == "cuda":
         return 8192
     n, probe = 2048, 256
     per_s = (rate or (lambda m: _probe_rate(m, device, torch.float32)))(probe)
-    while n > probe and 2 * n**3 / per_s > 0.2:
+    while n > probe and 2 * n**3 / per_s > max_product_s:
         n //= 2
     return n
 
@@ -357,19 +364,23 @@ def matmul_ceiling(
 ) -> float:
     """FLOP/s of a large square matmul in ``dtype`` on ``device`` (side ``n``, default
     ``ceiling_size``), from the 20th percentile of at least 10 timings: the rate the machine
-    reaches, which a row may not exceed (beyond a noise margin) without being ``implausible``."""
+    reaches, which a row may not exceed (beyond a noise margin) without being ``implausible``.
+    A budget below ``QUICK_CEILING_S`` (tests, smoke runs) takes at least 5 timings after one
+    warm-up, of a product sized to a tenth of the budget: the same statistic, measured lighter."""
     device = torch.device(device)
+    quick = budget_s < QUICK_CEILING_S
     if n is None:
-        n = ceiling_size(device, lambda m: _probe_rate(m, device, dtype))
+        cap = min(0.2, budget_s / 10) if quick else 0.2
+        n = ceiling_size(device, lambda m: _probe_rate(m, device, dtype), cap)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     c = torch.empty_like(a)  # into one output: the compute, not the first touch of fresh pages
     t = time_fn(
         lambda: torch.matmul(a, b, out=c),
         device,
-        warmup=3,
+        warmup=1 if quick else 3,
         budget_s=budget_s,
-        min_reps=10,
+        min_reps=5 if quick else 10,
         max_reps=1000,
     )
     return 2 * n**3 / (t.p20_ms / 1e3)  # a ceiling is a maximum: the fastest fifth of timings
@@ -378,8 +389,11 @@ def matmul_ceiling(
 def copy_bandwidth(
     device: torch.device | str = "cpu", nbytes: int = 256 << 20, budget_s: float = 1.0
 ) -> float:
-    """Achieved bytes/s of a large tensor copy (read + write counted), median of its timings."""
+    """Achieved bytes/s of a large tensor copy (read + write counted), median of its timings
+    (64 MiB for a budget below ``QUICK_CEILING_S``)."""
     device = torch.device(device)
+    if budget_s < QUICK_CEILING_S / 2:
+        nbytes = min(nbytes, 64 << 20)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     t = time_fn(
