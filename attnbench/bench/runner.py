@@ -333,7 +333,7 @@ def harness_cost(run_dir: Path, todo: list[Case], slots: list[Slot]) -> dict[str
     for level in out.values():
         for k in list(level):
             if isinstance(level[k], float):
-                level[k] = round(level[k], 2)
+                level[k] = round(level[k], 3)
     workers = [w for s in slots for w in (s.time, s.memory, s.train)]
     out["worker start-ups"] = {
         "starts": sum(w.starts for w in workers),

@@ -615,9 +615,10 @@ def test_run_json_says_where_the_wall_time_went(tmp_path):
         "the rest",
     ]
     assert all(op[p] >= 0 for p in parts)
-    assert op["timed repetitions"] > 0 and op["gating"] > 0 and op["memory measurement"] > 0
-    assert sum(op[p] for p in parts) == pytest.approx(op["wall_s"], abs=0.05)
+    assert op["timed repetitions"] > 0 and op["gating"] > 0
+    assert sum(op[p] for p in parts) == pytest.approx(op["wall_s"], abs=0.01)
     assert cost["worker start-ups"]["starts"] >= 2 and cost["worker start-ups"]["seconds"] > 0
     assert cost["ceilings"]["measurements"] >= 2 and cost["ceilings"]["seconds"] > 0
     for row in results.read_rows(tmp_path / "run"):
         assert row["timing_ms"] >= row["timed_ms"] > 0 and row["setup_ms"] >= 0
+        assert row["memory_ms"] > 0  # a few ms at these sizes: the level's sum may round to 0
