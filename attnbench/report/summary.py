@@ -233,30 +233,27 @@ def best_lr(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         return frame, None
     keep = pd.Series(True, index=frame.index)
     lines = []
-    for level, better in (("quality", "min"), ("recall", "max")):
-        rows = frame[(frame["level"] == level) & (frame["lr"].fillna(0) > 0)]
-        ev = rows[(rows["pass"] == "eval") & (rows["status"] == "ok")]
+    for level, metric in (("quality", "bits_per_byte"), ("recall", "accuracy")):
+        ev = frame[(frame["level"] == level) & (frame["lr"].fillna(0) > 0)]
+        ev = ev[(ev["pass"] == "eval") & (ev["status"] == "ok")]
         if level == "quality" and not ev.empty:
             ev = ev[ev["family"] != "baseline"]
             at_len = ev["eval_len"] == ev["train_len"]
             ev = ev[at_len] if at_len.any() else ev
-            metric, score = "bits_per_byte", ev.groupby(["variant", "seed", "lr"])["bits_per_byte"]
-        elif level == "recall" and not ev.empty:
-            metric, score = "accuracy", ev.groupby(["variant", "seed", "lr"])["accuracy"]
-        else:
+        if ev.empty:
             continue
-        means = score.mean()
+        means = ev.groupby(["variant", "seed", "lr"])[metric].mean()
         for (variant, seed), g in means.groupby(level=["variant", "seed"], sort=False):
-            win = g.idxmin() if better == "min" else g.idxmax()
-            for (_, _, lr), value in g.items():
+            win = g.idxmin() if metric == "bits_per_byte" else g.idxmax()
+            for key, value in g.items():
+                mark = " ✓" if key == win else ""
                 lines.append(
                     {
                         "level": level,
                         "variant": variant,
                         "seed": int(seed),
-                        "lr": f"{lr:g}",
-                        metric: value,
-                        "best": "✓" if (variant, seed, lr) == win else "",
+                        "lr": f"{key[2]:g}",
+                        "result": f"{value:.4f}{mark}",
                     }
                 )
             mine = (frame["level"] == level) & (frame["variant"] == variant)
@@ -264,15 +261,7 @@ def best_lr(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
             keep &= ~(mine & (frame["lr"] != win[2]))
     if not lines:
         return frame, None
-    table = pd.DataFrame(lines)
-    shown = table.assign(
-        result=[
-            f"{r.get('bits_per_byte', r.get('accuracy')):.4f}{' ✓' if r['best'] else ''}"
-            if pd.notna(r.get("bits_per_byte", r.get("accuracy")))
-            else "–"
-            for r in table.to_dict("records")
-        ]
-    ).pivot_table(
+    shown = pd.DataFrame(lines).pivot_table(
         index=["level", "variant", "seed"], columns="lr", values="result", aggfunc="first"
     )
     return frame[keep], shown

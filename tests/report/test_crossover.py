@@ -133,3 +133,27 @@ def test_recall_frontier_gives_the_smallest_state_that_recalls():
     assert t.loc["sliding_window", "states tried (KiB)"] == "8.0, 16.0, 32.0"
     assert t.loc["causal_softmax", col].startswith("32.0 KiB")
     assert t.loc["elu", col] == "never (best 0.05 at 4.0 KiB)"
+
+
+def test_a_grid_over_quality_and_recall_marks_each_winner():
+    from attnbench.report.summary import best_lr
+
+    base = {"status": "ok", "pass": "eval", "seed": 0, "variant": "fused.sdpa"}
+    q = {**base, "level": "quality", "family": "fused", "eval_len": 64, "train_len": 64}
+    r = {**base, "level": "recall", "family": "fused"}
+    frame = pd.DataFrame(
+        [
+            {**q, "lr": 1e-3, "bits_per_byte": 2.50},
+            {**q, "lr": 3e-3, "bits_per_byte": 2.40},
+            {**r, "lr": 1e-3, "accuracy": 0.90},
+            {**r, "lr": 3e-3, "accuracy": 0.60},
+            {**q, "pass": "train", "lr": 1e-3},
+        ]
+    )
+    kept, grid = best_lr(frame)
+    assert grid.loc[("quality", "fused.sdpa", 0), "0.003"] == "2.4000 ✓"
+    assert grid.loc[("quality", "fused.sdpa", 0), "0.001"] == "2.5000"
+    assert grid.loc[("recall", "fused.sdpa", 0), "0.001"] == "0.9000 ✓"
+    assert grid.loc[("recall", "fused.sdpa", 0), "0.003"] == "0.6000"
+    assert set(kept.loc[kept["level"] == "quality", "lr"]) == {3e-3}  # the train row at 1e-3 too
+    assert set(kept.loc[kept["level"] == "recall", "lr"]) == {1e-3}
