@@ -212,13 +212,17 @@ def attention_function(variant: Variant):
 DECODER_ATTR = "_attnbench_decoder"  # the variant's decoder a layer holds between calls
 
 
-def _new_decoder(module, variant: Variant, k: torch.Tensor, heads: int):
-    """The variant's decoder for this layer, filled with the cache's first ``upto`` keys and
-    values (no outputs computed: the cache already holds them)."""
-    b, _, hk, d = k.shape
+def _filled_decoder(module, variant: Variant, k, v, heads: int, room: int):
+    """The variant's decoder for this layer holding the cache's keys and values ``k``, ``v``
+    (B, N, H_kv, D; no outputs computed: the cache already has them), with room for ``room``
+    more tokens (at least; the model's positions when it says)."""
+    b, n, hk, d = k.shape
     conf = getattr(module, "config", None)
-    max_len = max(getattr(conf, "max_position_embeddings", 0) or 0, k.shape[1] + 1)
+    max_len = max(getattr(conf, "max_position_embeddings", 0) or 0, n + room)
     dec = variant.decoder(b, heads, d, kv_heads=hk, max_len=max_len, dtype=k.dtype, device=k.device)
+    if n:
+        dec.fill(k.contiguous(), v.contiguous())
+        dec.last_key = k[:, -1].clone()
     return dec
 
 
@@ -238,9 +242,7 @@ def decode_step(module, variant: Variant, q, k, v) -> torch.Tensor:
         or (past and not torch.equal(dec.last_key, k[:, past - 1]))
     )
     if fresh:
-        dec = _new_decoder(module, variant, k, q.shape[2])
-        if past:
-            dec.fill(k[:, :past], v[:, :past])
+        dec = _filled_decoder(module, variant, k[:, :past], v[:, :past], q.shape[2], nq + 1)
     outs = [
         dec.step(q[:, i : i + 1], k[:, past + i : past + i + 1], v[:, past + i : past + i + 1])
         for i in range(nq)
@@ -260,10 +262,9 @@ def start_decoders(model, cache, variant: Variant) -> None:
             continue
         layer = cache.layers[idx]
         k, v = layer.keys.transpose(1, 2), layer.values.transpose(1, 2)  # (B, N, H_kv, D)
-        dec = _new_decoder(m, variant, k, m.config.num_attention_heads)
-        dec.fill(k.contiguous(), v.contiguous())
-        dec.last_key = k[:, -1].clone()
-        m.__dict__[DECODER_ATTR] = dec
+        m.__dict__[DECODER_ATTR] = _filled_decoder(
+            m, variant, k, v, m.config.num_attention_heads, 1
+        )
 
 
 def held_decoders(model) -> list:
