@@ -123,35 +123,22 @@ def launch(
         print(
             f"attnbench: {len(cases)} cases of suite {suite.name!r} -> {run_dir}", file=sys.stderr
         )
+        common = dict(
+            cases=cases,
+            plugins=plugins,
+            command=command,
+            resume=resuming,
+            force=force,
+            progress=progress,
+        )
         if launcher.kind == "submitit":
             from attnbench.bench.scaleout import launch as submit
 
-            submit(
-                suite,
-                run_dir,
-                cases=cases,
-                plugins=plugins,
-                command=command,
-                resume=resuming,
-                force=force,
-                progress=progress,
-                **launcher.submitit,
-            )
+            submit(suite, run_dir, **common, **launcher.submitit)
         else:
             from attnbench.bench import runner
 
-            runner.run(
-                suite,
-                run_dir,
-                cases=cases,
-                plugins=plugins,
-                command=command,
-                resume=resuming,
-                force=force,
-                progress=progress,
-                workers=launcher.workers,
-                deadline=deadline,
-            )
+            runner.run(suite, run_dir, **common, workers=launcher.workers, deadline=deadline)
     rows = results.read_rows(run_dir)
     written, error = write_report_safely(run_dir, rows) if report else (None, None)
     return Outcome(run_dir, rows, written, error, time.time() - start, cases_planned)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,15 @@ class Calibration:
         if not self.match:
             raise ValueError(f"calibration {self.name!r}: needs a [calibration.match] table")
 
-    def matches(self, row: dict[str, Any]) -> bool:
-        return all(row.get(k) == v for k, v in self.match.items())
+    def judge(self, rows: list[dict[str, Any]]) -> Verdict:
+        mine = [r for r in rows if _matches(r, self.match)]
+        ran = [r for r in mine if _ran(r, self.metric)]
+        if ran:
+            ours = statistics.median(float(r[self.metric]) for r in ran)
+            return Verdict(self, ours, "ok", abs(ours - self.published) <= self.tolerance)
+        if mine:
+            return Verdict(self, None, str(mine[0].get("status")), False)
+        return Verdict(self, None, "missing", None)
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,7 @@ class Claim:
 
     def judge(self, rows: list[dict[str, Any]]) -> Verdict | None:
         """None when a variant has no row (the claim is not about this run)."""
-        ok = [r for r in rows if r.get("status") == "ok" and _number(r.get(self.metric))]
-        ok = [r for r in ok if all(r.get(k) == v for k, v in self.match.items())]
+        ok = [r for r in rows if _ran(r, self.metric) and _matches(r, self.match)]
         labels = {v: _label(v) for v in self.variants}  # rows carry every parameter spelled out
         values = {
             v: [float(r[self.metric]) for r in ok if r.get("variant") == labels[v]]
@@ -110,42 +116,23 @@ class Claim:
 def load(path: str | Path | None = None) -> tuple[str, list[Calibration]]:
     """(the suite the calibrations are for, the calibrations) of a calibrations file."""
     data = tomllib.loads(Path(path or FILE).read_text())
-    known = {"name", "source", "published", "tolerance", "metric", "match"}
     out: list = []
-    for entry in data.get("calibration", []):
-        bad = set(entry) - known
-        if bad:
-            raise ValueError(f"calibration {entry.get('name')!r}: unknown key {sorted(bad)[0]!r}")
-        out.append(Calibration(**entry))
-    claim_keys = {"name", "source", "kind", "metric", "variants", "value", "match"}
-    for entry in data.get("claim", []):
-        bad = set(entry) - claim_keys
-        if bad:
-            raise ValueError(f"claim {entry.get('name')!r}: unknown key {sorted(bad)[0]!r}")
-        out.append(Claim(**{**entry, "variants": tuple(entry.get("variants", ()))}))
+    for table, cls in (("calibration", Calibration), ("claim", Claim)):
+        known = {f.name for f in fields(cls)}
+        for entry in data.get(table, []):
+            bad = set(entry) - known
+            if bad:
+                raise ValueError(f"{table} {entry.get('name')!r}: unknown key {sorted(bad)[0]!r}")
+            if "variants" in entry:
+                entry = {**entry, "variants": tuple(entry["variants"])}
+            out.append(cls(**entry))
     return data.get("suite", ""), out
 
 
 def judge(rows, calibrations: list) -> list[Verdict]:
     if isinstance(rows, pd.DataFrame):
         rows = rows.to_dict("records")
-    out = []
-    for c in calibrations:
-        if isinstance(c, Claim):
-            v = c.judge(rows)
-            if v is not None:
-                out.append(v)
-            continue
-        mine = [r for r in rows if c.matches(r)]
-        ran = [r for r in mine if r.get("status") == "ok" and _number(r.get(c.metric))]
-        if ran:
-            ours = statistics.median(float(r[c.metric]) for r in ran)
-            out.append(Verdict(c, ours, "ok", abs(ours - c.published) <= c.tolerance))
-        elif mine:
-            out.append(Verdict(c, None, str(mine[0].get("status")), False))
-        else:
-            out.append(Verdict(c, None, "missing", None))
-    return out
+    return [v for v in (c.judge(rows) for c in calibrations) if v is not None]
 
 
 def _label(spec: str) -> str:
@@ -155,6 +142,15 @@ def _label(spec: str) -> str:
         return get_variant(spec).label
     except (ValueError, KeyError):
         return spec
+
+
+def _matches(row: dict[str, Any], match: dict[str, Any]) -> bool:
+    return all(row.get(k) == v for k, v in match.items())
+
+
+def _ran(row: dict[str, Any], metric: str) -> bool:
+    """A row that ran and has a number for ``metric``."""
+    return row.get("status") == "ok" and _number(row.get(metric))
 
 
 def _number(v) -> bool:
