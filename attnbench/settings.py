@@ -271,6 +271,12 @@ class TimingConfig:
     # environment of the timing worker, the same for every variant and the ceiling, recorded in
     # every row (e.g. THP_MEM_ALLOC_ENABLE = "1": PyTorch's CPU allocator on 2 MiB pages)
     env: dict[str, str] = field(default_factory=dict, hash=False)
+    # CPU timing worker's heap: "keep" holds freed memory for the next call (glibc never maps a
+    # block apart nor trims the heap: ``measure.KEEP_HEAP_ENV``), as CUDA's caching allocator and
+    # the jemalloc/tcmalloc of PyTorch's CPU tuning guide do, so a timed call does not pay the
+    # kernel zeroing fresh pages, which varied 10-30 % between repeats of the N x N materialisers;
+    # "return": glibc's defaults. The memory worker always returns (peak RSS per case).
+    cpu_heap: str = choice("keep", ("keep", "return"), "cpu_heap")
     # CUDA: zero a buffer larger than L2 before each repetition; replay the pass as a CUDA
     # graph; seconds of idle GPU between variants
     l2_flush: bool = True

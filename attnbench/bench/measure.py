@@ -40,6 +40,30 @@ from dataclasses import dataclass
 
 import torch
 
+# The CPU timing worker's heap with ``timing.cpu_heap = "keep"``: glibc never maps a block apart
+# (``mmap_max`` 0: every block comes from the heap) nor trims the heap, so memory a call frees is
+# reused by the next call without the kernel zeroing fresh pages (a caching allocator, as CUDA's).
+# Two more settings make the reuse certain rather than likely: 2 MiB pages (PyTorch's
+# ``THP_MEM_ALLOC_ENABLE``), and no per-thread cache of small blocks (``tcache_count=0``): a
+# tensor's small header, allocated after its data and held in that cache once freed, sat between the
+# freed data and the top of the heap, so the next call's aligned request did not fit and the heap
+# grew into fresh pages (4 of 10 processes, where each freed small block now merges at the next
+# large request).
+KEEP_HEAP_ENV = {
+    "THP_MEM_ALLOC_ENABLE": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 50),
+    "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0",
+}
+
+
+def timing_env(timing, device: str) -> dict[str, str]:
+    """The timing worker's environment: on a CPU the heap ``timing.cpu_heap`` names, then the
+    suite's ``timing.env`` (which wins)."""
+    heap = KEEP_HEAP_ENV if timing.cpu_heap == "keep" and not device.startswith("cuda") else {}
+    return {**heap, **timing.env}
+
+
 # glibc: mmap every block of 64 KiB and more, and give it back when freed (peak RSS per case);
 # fill every allocation with a byte (MALLOC_PERTURB_), so an allocated but untouched buffer is
 # resident and counted (a 64 MiB torch.empty would otherwise count 1 MiB)
@@ -47,6 +71,9 @@ MEMORY_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "65536",
     "MALLOC_TRIM_THRESHOLD_": "65536",
     "MALLOC_PERTURB_": "165",
+    # glibc's defaults for what KEEP_HEAP_ENV sets
+    "MALLOC_MMAP_MAX_": "65536",
+    "GLIBC_TUNABLES": "",
     # 4 KiB pages for the memory worker whatever the timing's [timing.env] asks: a 2 MiB page
     # counts whole in the resident set
     "THP_MEM_ALLOC_ENABLE": "0",

@@ -10,10 +10,10 @@ After an ``oom``, the same variant at larger N is recorded as ``skipped_after_oo
 Resuming a run folder measures only the cases it lacks, and refuses a different suite or code
 (git commit) unless forced, which run.json records.
 
-Each launcher slot has three workers (``attnbench.bench.worker``): one that times (the default
-allocator and the suite's ``timing.env``, nothing else), one that measures peak memory on the CPU
-(allocator settings that return memory to the system: they cost page faults and never touch a
-timing), and one that trains (quality and recall cases).
+Each launcher slot has three workers (``attnbench.bench.worker``): one that times (on a CPU a heap
+kept for reuse within a case, ``timing.cpu_heap``, then the suite's ``timing.env``), one that
+measures peak memory on the CPU (allocator settings that return memory to the system: they cost page
+faults and never touch a timing), and one that trains (quality and recall cases).
 """
 
 from __future__ import annotations
@@ -207,10 +207,11 @@ def execute(
         init,
         threads=suite.timing.threads or (0 if device.startswith("cuda") else TIMING_THREADS_CPU),
     )
+    timing_env = measure.timing_env(suite.timing, device)
     slots = [
         Slot(
             timing_init,
-            dict(suite.timing.env),
+            timing_env,
             {"CUDA_VISIBLE_DEVICES": str(i)} if k > 1 and device.startswith("cuda") else {},
             train_init=init,
         )
@@ -227,7 +228,7 @@ def execute(
         env.update(
             worker_threads=slots[0].time.threads or _probe_threads(slots[0].time),
             worker_processes=k,
-            timing_env=dict(suite.timing.env),
+            timing_env=timing_env,
             memory_env=dict(measure.MEMORY_ENV),
             mem_method="cuda_allocator" if device.startswith("cuda") else "cpu_peak_rss",
         )
@@ -419,7 +420,7 @@ def _sweep(
         row = {**case.row(), **out}
         if case.level in ("op", "model"):
             row.setdefault("gated", suite.timing.gate)
-            row["timing_env"] = dict(suite.timing.env)
+            row["timing_env"] = measure.timing_env(suite.timing, case.device)
             row["ceiling_age_s"] = round(time.time() - slot.ceilings_at, 1)
         rows.finish(
             row,

@@ -7,9 +7,10 @@ launcher (``timeout``, ``crash``), which then starts a fresh worker and goes on.
 
 A worker has a role, fixed when it starts:
 
-- ``time``: the default allocator, plus the suite's ``timing.env`` (the same for every variant
-  and the ceiling). For each op or model case: the variant's probes (a kernel that cannot take the
-  case is ``unsupported``), inputs, masks and plans (``mask_ms``), the first call of the timed
+- ``time``: on a CPU a heap kept for reuse within a case (``timing.cpu_heap``, trimmed between
+  cases), plus the suite's ``timing.env`` (the same for every variant and the ceiling). For
+  each op or model case: the variant's probes (a kernel that cannot take the case is
+  ``unsupported``), inputs, masks and plans (``mask_ms``), the first call of the timed
   pass (compilation, ``first_call_ms``), the correctness gate of that pass against the float64
   reference (``attnbench.bench.gate``: ``incorrect`` rows keep no timing), ``warmup`` more untimed
   calls, then the timing. On CUDA it also takes the allocator's peak.
@@ -22,6 +23,10 @@ A worker has a role, fixed when it starts:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import gc
 import os
 import time
 import traceback
@@ -494,6 +499,25 @@ def main(recv_conn, conn) -> None:
                 "reason": f"{type(exc).__name__}: {first}"[:500] + where,
             }
         conn.send(result)
+        _return_heap()
+
+
+def _return_heap() -> None:
+    """Between cases, give the freed heap back to the system: a heap kept for reuse (the CPU
+    timing worker's ``timing.cpu_heap = "keep"``) serves one case's repetitions, and the next case
+    starts from what it holds, not from the largest case before it."""
+    gc.collect()
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return None
 
 
 if __name__ == "__main__":
