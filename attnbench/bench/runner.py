@@ -420,7 +420,7 @@ def _sweep(
         row = {**case.row(), **out}
         if case.level in ("op", "model"):
             row.setdefault("gated", suite.timing.gate)
-            row["timing_env"] = measure.timing_env(suite.timing, case.device)
+            row["timing_env"] = dict(env["timing_env"])  # what the timing worker got
             row["ceiling_age_s"] = round(time.time() - slot.ceilings_at, 1)
         rows.finish(
             row,
