@@ -32,6 +32,7 @@ fifth of its timings, and copy bandwidth. Achieved FLOP/s are reported as a frac
 from __future__ import annotations
 
 import gc
+import os
 import re
 import statistics
 import time
@@ -57,10 +58,31 @@ KEEP_HEAP_ENV = {
 }
 
 
+# Between cases a worker gives its freed heap back (``malloc_trim``) only while it holds more than
+# this many bytes (its resident set; the environment carries the figure to the worker, 0: always).
+# The kept heap's timing worker holds up to an eighth of the machine's memory: trimming after every
+# case returned pages that the next case faulted back in, on 2 MiB or 4 KiB pages depending on
+# what the trim had split, and the gather-heavy kernels' repeats differed by up to 30 %
+# (``op --repeats 2``: 15 of 28 cases within 5 % trimming every case, 25 of 28 holding).
+HEAP_HOLD_ENV = "ATTNBENCH_HEAP_HOLD_BYTES"
+HEAP_HOLD_SHARE = 1 / 8
+
+
+def heap_hold_bytes() -> int:
+    """What the kept heap's timing worker may hold between cases: ``HEAP_HOLD_SHARE`` of the
+    machine's physical memory (0 where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * HEAP_HOLD_SHARE)
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def timing_env(timing, device: str) -> dict[str, str]:
-    """The timing worker's environment: on a CPU the heap ``timing.cpu_heap`` names, then the
-    suite's ``timing.env`` (which wins)."""
-    heap = KEEP_HEAP_ENV if timing.cpu_heap == "keep" and not device.startswith("cuda") else {}
+    """The timing worker's environment: on a CPU the heap ``timing.cpu_heap`` names (with what it
+    may hold between cases), then the suite's ``timing.env`` (which wins)."""
+    heap = {}
+    if timing.cpu_heap == "keep" and not device.startswith("cuda"):
+        heap = {**KEEP_HEAP_ENV, HEAP_HOLD_ENV: str(heap_hold_bytes())}
     return {**heap, **timing.env}
 
 
@@ -77,6 +99,8 @@ MEMORY_ENV = {
     # 4 KiB pages for the memory worker whatever the timing's [timing.env] asks: a 2 MiB page
     # counts whole in the resident set
     "THP_MEM_ALLOC_ENABLE": "0",
+    # every case starts from what it holds itself: the heap given back after each
+    HEAP_HOLD_ENV: "0",
 }
 
 

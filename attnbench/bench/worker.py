@@ -502,11 +502,19 @@ def main(recv_conn, conn) -> None:
         _return_heap()
 
 
-def _return_heap() -> None:
-    """Between cases, give the freed heap back to the system: a heap kept for reuse (the CPU
-    timing worker's ``timing.cpu_heap = "keep"``) serves one case's repetitions, and the next case
-    starts from what it holds, not from the largest case before it."""
+def _return_heap(hold: int | None = None) -> None:
+    """Between cases, give the freed heap back to the system once the process holds more than
+    ``hold`` bytes (default: ``measure.HEAP_HOLD_ENV`` from the environment, 0 if unset: always).
+    The kept heap's timing worker holds what a case freed for the next, so the next case runs on
+    pages already mapped instead of faulting back in what a trim returned (split between 2 MiB and
+    4 KiB pages by that trim: its repeats varied by up to 30 %); past ``hold`` (an eighth of the
+    machine) it trims, so one large case does not starve the memory worker. The memory worker
+    always trims: each of its peaks is one case's own."""
     gc.collect()
+    if hold is None:
+        hold = int(os.environ.get(measure.HEAP_HOLD_ENV) or 0)
+    if hold > 0 and measure.held_bytes("cpu") <= hold:
+        return
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)

@@ -335,7 +335,11 @@ def test_rows_carry_the_core_fields(tmp_path):
             attnbench.Case(batch=1, seq_len=256, heads=2, head_dim=32, pass_=row["pass"]),
         )
         assert 0 < row["frac_of_ceiling"] < 2
-        assert row["timing_env"] == {**measure.KEEP_HEAP_ENV, "THP_MEM_ALLOC_ENABLE": "1"}
+        assert row["timing_env"] == {
+            **measure.KEEP_HEAP_ENV,
+            measure.HEAP_HOLD_ENV: str(measure.heap_hold_bytes()),
+            "THP_MEM_ALLOC_ENABLE": "1",
+        }
         assert row["reps"] >= 5
         assert row["time_ms_p20"] <= row["time_ms"] <= row["time_ms_p80"]
         assert row["noisy"] == (row["spread"] > 0.10)
