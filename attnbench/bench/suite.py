@@ -37,7 +37,7 @@ A suite has up to two levels and a timing section::
     seq_lens = [64, 128, 256]; kv_pairs = [4, 8, 16]; train_steps = 600
 
     [timing]
-    warmup = 1; budget_s = 0.3; min_reps = 5; max_reps = 50; timeout_s = 300
+    warmup = 1; budget_s = 0.5; min_reps = 5; max_reps = 50; timeout_s = 300
     threads = 0                      # 0: PyTorch's default; recorded in run.json either way
     repeats = 1                      # measure every case this many times (noise)
     gate = true                      # every timed pass checked against the float64 reference
