@@ -37,7 +37,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -141,6 +141,7 @@ class Timing:
     p20_ms: float
     p80_ms: float
     reps: int
+    probe_ms: float | None = None  # median time of the rate probe run between repetitions
 
     @property
     def spread(self) -> float:
@@ -182,6 +183,45 @@ def indexed(device: torch.device | str, current: Callable[[], int] | None = None
     return torch.device("cuda", (current or torch.cuda.current_device)())
 
 
+PROBE_N = 384  # side of the rate probe's float32 product (113 MFLOP: about 1 ms on these CPUs)
+PROBE_EVERY_S = 0.1  # a probe between repetitions once this much time has passed since the last
+
+
+class RateProbe:
+    """The machine's speed now, measured between a case's repetitions: a fixed float32 product
+    (``PROBE_N``), run twice and timed the second time (so a variant that evicted the caches does
+    not slow it). The same probe is timed next to each ceiling measurement; a row's ceiling is
+    then that ceiling times (the probe's rate during the row / its rate next to the ceiling): the
+    ceiling nearest in time to the row, measured while the row was timed. On a shared machine
+    the rate moves by 10 % and more within a minute (other tenants), and every kernel with it."""
+
+    def __init__(self, device: torch.device | str = "cpu", n: int = PROBE_N):
+        g = torch.Generator().manual_seed(0)
+        self.n = n
+        self.a = torch.randn(n, n, generator=g).to(device)
+        self.b = torch.randn(n, n, generator=g).to(device)
+        self.c = torch.empty_like(self.a)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.n**3
+
+    def __call__(self) -> float:
+        """Milliseconds of one (warm) product."""
+        torch.matmul(self.a, self.b, out=self.c)
+        t0 = time.perf_counter_ns()
+        torch.matmul(self.a, self.b, out=self.c)
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    def rate(self, budget_s: float = 0.2) -> float:
+        """FLOP/s: the median of probes over ``budget_s`` (at least 5)."""
+        times: list[float] = []
+        end = time.perf_counter() + budget_s
+        while len(times) < 5 or time.perf_counter() < end:
+            times.append(self())
+        return self.flops / (statistics.median(times) / 1e3)
+
+
 def time_fn(
     fn: Callable[[], object] | Sequence[Callable[[], object]],
     device: torch.device | str = "cpu",
@@ -194,6 +234,7 @@ def time_fn(
     cuda_graphs: bool = False,
     outputs: dict[int, object] | None = None,
     before: Callable[[int], None] | None = None,
+    probe: RateProbe | None = None,
 ) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then repetitions until ``budget_s`` is spent
     (between ``min_reps`` and ``max_reps``).
@@ -203,7 +244,8 @@ def time_fn(
     be both fast and right). With ``outputs``, the last timed output of each input set is kept
     there (``outputs[set]``) for the gate to check; ``before(set)`` runs untimed before each
     repetition (a decoder restoring its state, so every timed step is the step that was
-    checked)."""
+    checked). ``probe`` (CPU): a :class:`RateProbe` run untimed before the first repetition, then
+    between repetitions every ``PROBE_EVERY_S`` and after the last (``Timing.probe_ms``)."""
     fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
     device = torch.device(device)
     if device.type == "cuda":
@@ -224,13 +266,19 @@ def time_fn(
             before(i % len(fns))
         fns[i % len(fns)]()
     times: list[float] = []
+    probes: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        start_all = time.perf_counter()
+        if probe is not None:
+            probes.append(probe())
+        start_all = last_probe = time.perf_counter()
         while len(times) < max_reps and (
             len(times) < min_reps or time.perf_counter() - start_all < budget_s
         ):
+            if probe is not None and time.perf_counter() - last_probe >= PROBE_EVERY_S:
+                probes.append(probe())
+                last_probe = time.perf_counter()
             j = len(times) % len(fns)
             if before:
                 before(j)
@@ -241,10 +289,13 @@ def time_fn(
                 outputs[j] = out  # the previous output of this set is freed here, untimed
             del out  # freed after the clock stopped
             times.append((t1 - t0) / 1e6)
+        if probe is not None:
+            probes.append(probe())
     finally:
         if gc_was_enabled:
             gc.enable()
-    return summarize(times)
+    out = summarize(times)
+    return replace(out, probe_ms=statistics.median(probes)) if probes else out
 
 
 def _l2_buffer(device: torch.device) -> torch.Tensor | None:
@@ -470,7 +521,11 @@ def ceilings(dtypes: list[str], device: str, budget_s: float = 2.0) -> dict:
         dict.fromkeys([*dtypes, *(["float32"] if {"bfloat16", "float16"} & set(dtypes) else [])])
     )  # a half dtype is judged against float32 too
     matmul = {name: matmul_ceiling(parse_dtype(name), device, budget_s=budget_s) for name in names}
+    probe = {}
+    if torch.device(device).type == "cpu":  # the rate probe next to the ceiling (RateProbe)
+        probe = {"probe_flops_per_s": RateProbe(device).rate(min(0.2, budget_s / 4))}
     return {
+        **probe,
         "matmul_flops_per_s": matmul,
         "copy_bytes_per_s": copy_bandwidth(device, budget_s=budget_s / 2),
         "method": CEILING_METHOD,

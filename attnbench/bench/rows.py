@@ -40,14 +40,33 @@ def compute_ceiling(ceilings: dict[str, float], dtype: str) -> tuple[float | Non
     return best
 
 
+def machine_rate(row: dict[str, Any], probe_at_ceiling: float | None) -> float | None:
+    """The machine's speed while ``row`` was timed relative to when its ceilings were measured:
+    the rate probe's FLOP/s between the row's repetitions over its FLOP/s next to the ceilings
+    (``measure.RateProbe``); None without both."""
+    mine = row.get("probe_flops_per_s")
+    return mine / probe_at_ceiling if mine and probe_at_ceiling else None
+
+
 def efficiency(
-    row: dict[str, Any], ceilings: dict[str, float], copy_bw: float | None, device_name: str
+    row: dict[str, Any],
+    ceilings: dict[str, float],
+    copy_bw: float | None,
+    device_name: str,
+    probe_at_ceiling: float | None = None,
 ) -> None:
     """Fractions of the ceilings of the process and host that measured the row, and of the
     device's published peak; a row above its ceiling (beyond ``PLAUSIBLE_MARGIN``) or above the
     published peak is ``implausible``: it keeps its time for inspection, and no report ranks,
-    summarises or plots it."""
+    summarises or plots it. With the rate probe of the row and of its ceilings, the ceiling is
+    scaled to the machine's speed while the row was timed (``machine_rate``; the measured one
+    stays in ``ceiling_measured_flops_per_s``)."""
     ceiling, ceiling_dtype = compute_ceiling(ceilings, row["dtype"])
+    rate = machine_rate(row, probe_at_ceiling)
+    if rate and ceiling:
+        row["ceiling_measured_flops_per_s"] = ceiling
+        row["machine_rate"] = rate
+        ceiling *= rate
     row["ceiling_flops_per_s"] = ceiling
     row["ceiling_dtype"] = ceiling_dtype
     if row.get("status") != "ok":
@@ -99,6 +118,7 @@ def finish(
             ceilings.get("matmul_flops_per_s") or {},
             ceilings.get("copy_bytes_per_s"),
             device_name,
+            ceilings.get("probe_flops_per_s"),
         )
     if row.get("status") not in ("ok", "implausible"):
         for f in NUMBERS:

@@ -148,6 +148,7 @@ class Slot:
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.ceilings_at)),
                 "matmul_flops_per_s": out.get("matmul_flops_per_s"),
                 "copy_bytes_per_s": out.get("copy_bytes_per_s"),
+                "probe_flops_per_s": out.get("probe_flops_per_s"),
             }
         )
         return out

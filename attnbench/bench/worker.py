@@ -383,6 +383,7 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
         cuda_graphs=timing["cuda_graphs"],
         outputs=outputs if timing["gate"] else None,
         before=p.before,
+        probe=_probe(device),
     )
     row["timing_ms"] = (time.perf_counter() - t_timing) * 1e3  # warm-up and repetitions
     # about the repetitions alone (the median times their count, within the timing's wall)
@@ -415,6 +416,8 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
         flops_per_s=p.flops / seconds,
         tokens_per_s=p.tokens / seconds,
     )
+    if t.probe_ms:  # the machine's speed while this row was timed (rows.efficiency)
+        row["probe_flops_per_s"] = _probe(device).flops / (t.probe_ms / 1e3)
     if "read_bytes" in row:
         row["bytes_per_s"] = row["read_bytes"] / seconds
     if device.type == "cuda" and timing["memory"]:
@@ -426,6 +429,13 @@ def time_case(case: Case, timing: dict) -> dict[str, Any]:
     if timing["cooldown_s"]:
         time.sleep(timing["cooldown_s"])
     return row
+
+
+@functools.cache
+def _probe(device: torch.device) -> measure.RateProbe | None:
+    """The worker's rate probe on a CPU (None on CUDA, whose clocks the ceilings and the cool-down
+    handle), the same tensors for every case."""
+    return measure.RateProbe(device) if device.type == "cpu" else None
 
 
 def _which(p: Prepared, i: int, why: str) -> str:

@@ -111,6 +111,12 @@ def _ceiling_note(sub: pd.DataFrame) -> str:
         if len(age)
         else ""
     )
+    rate = sub["machine_rate"].dropna() if "machine_rate" in sub else []
+    if len(rate):
+        nearest += (
+            ", scaled to the machine's speed while the row was timed (a rate probe between its "
+            f"repetitions: {rate.min():.2f}-{rate.max():.2f}x its speed at that measurement)"
+        )
     return " (" + "; ".join(parts) + nearest + ")"
 
 

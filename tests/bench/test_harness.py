@@ -591,7 +591,15 @@ def test_each_row_divides_by_a_ceiling_measured_near_it(tmp_path):
     rates = [s["matmul_flops_per_s"]["float32"] for s in samples]
     for row in results.read_rows(tmp_path / "run"):
         assert row["ceiling_age_s"] < 5  # measured just before this case
-        assert row["ceiling_flops_per_s"] in rates[1:4]
+        assert row["ceiling_measured_flops_per_s"] in rates[1:4]
+        # brought to the row's own moment by the rate probe (test_rate_probe.py)
+        probes = {s["matmul_flops_per_s"]["float32"]: s["probe_flops_per_s"] for s in samples}
+        assert row["machine_rate"] == pytest.approx(
+            row["probe_flops_per_s"] / probes[row["ceiling_measured_flops_per_s"]]
+        )
+        assert row["ceiling_flops_per_s"] == pytest.approx(
+            row["ceiling_measured_flops_per_s"] * row["machine_rate"]
+        )
         assert row["frac_of_ceiling"] == pytest.approx(
             row["flops_per_s"] / row["ceiling_flops_per_s"]
         )
