@@ -218,17 +218,20 @@ BUILTIN_VARIANTS = "attnbench.variants"
 
 def _import_builtin_variants() -> None:
     """``attnbench.variants``: installed from the top-level ``variants/`` folder (setuptools'
-    package-dir mapping). In a source checkout that is not installed, the folder beside the
-    package is loaded under the same name, never as a top-level ``variants`` module."""
-    try:
-        importlib.import_module(BUILTIN_VARIANTS)
-        return
-    except ModuleNotFoundError as e:
-        if e.name != BUILTIN_VARIANTS:
-            raise
+    package-dir mapping). In a source checkout, the folder beside this package is loaded under
+    the same name (never as a top-level ``variants`` module), even where another checkout is
+    installed in editable mode: its finder would otherwise serve that checkout's variants to
+    this checkout's harness (a worktree measuring one commit with another's kernels)."""
     init = os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "variants", "__init__.py"
     )
+    if not os.path.isfile(init):  # installed: the subpackage
+        try:
+            importlib.import_module(BUILTIN_VARIANTS)
+            return
+        except ModuleNotFoundError as e:
+            if e.name != BUILTIN_VARIANTS:
+                raise
     if not os.path.isfile(init):
         raise ImportError(
             f"the built-in variants ({BUILTIN_VARIANTS}) are not installed and "
