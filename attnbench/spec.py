@@ -24,6 +24,15 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def convert_param(name: str, key: str, value: Any, default: Any) -> Any:
+    if default == "auto":  # a size chosen per machine (attnbench.tune), or an integer given
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise ValueError(
+                f'variant {name}: parameter {key}={value!r} is not an integer or "auto"'
+            ) from None
     kind = type(default)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
@@ -47,13 +56,17 @@ def convert_param(name: str, key: str, value: Any, default: Any) -> Any:
         ) from None
 
 
-def positive(*names: str) -> Callable[[dict], None]:
-    """A ``validate`` hook: the named integer parameters must be >= 1."""
+def positive(*names: str, auto: bool = False) -> Callable[[dict], None]:
+    """A ``validate`` hook: the named integer parameters must be >= 1 (or, with ``auto``, the
+    string ``"auto"``: chosen per machine and shape by ``attnbench.tune``)."""
 
     def check(params: dict) -> None:
         for n in names:
             v = params[n]
+            if auto and v == "auto":
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{n} must be a positive integer, got {v!r}")
+                also = ' or "auto"' if auto else ""
+                raise ValueError(f"{n} must be a positive integer{also}, got {v!r}")
 
     return check

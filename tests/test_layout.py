@@ -13,6 +13,7 @@ RANKS = {
     "attnbench.case": 0,
     "attnbench.settings": 0,
     "attnbench.attention": 1,
+    "attnbench.tune": 1,
     "attnbench.spec": 2,
     "attnbench.variant": 2,
     "attnbench.registry": 2,

@@ -48,7 +48,11 @@ def test_metadata_fields():
     assert sw["family"] == "sliding_window" and sw["math"] == "sliding_window"
     assert sw["params"] == {"window": 256, "block": 64} and sw["exact"] is False
     assert meta["fused.sdpa"]["exact"] is True
-    assert meta["linear.performer.chunked"]["params"] == {"features": 128, "seed": 0, "chunk": 64}
+    assert meta["linear.performer.chunked"]["params"] == {
+        "features": 128,
+        "seed": 0,
+        "chunk": "auto",
+    }
     assert [m["name"] for m in attnbench.list_variants("linear")] == sorted(
         n for n in meta if n.startswith("linear.")
     )
@@ -78,7 +82,7 @@ def test_spec_parsing_and_labels():
         ),
         ("sliding_window.blocked:window=abc", ["window='abc' is not a valid int"]),
         ("sliding_window.blocked:window=0", ["window must be a positive integer, got 0"]),
-        ("linear.elu.chunked:chunk=-1", ["chunk must be a positive integer, got -1"]),
+        ("linear.elu.chunked:chunk=-1", ['chunk must be a positive integer or "auto", got -1']),
         ("chunked", ["ambiguous", "linear.elu.chunked", "linear.performer.chunked"]),
         ("sliding_window.blocked:window", ["bad parameter 'window'", "key=value"]),
         ("", ["non-empty"]),

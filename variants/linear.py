@@ -38,6 +38,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from attnbench import tune
 from attnbench.attention.decode import RecurrentDecoder
 from attnbench.attention.feature_maps import Elu, Performer, Taylor
 from attnbench.attention.reference import linear_attention
@@ -182,7 +183,37 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.view(-1, *x.shape[-2:])
 
 
+CHUNKS = (32, 64, 128)  # the chunk sizes ``chunk="auto"`` tries (attnbench.tune)
+DEFAULT_CHUNK = 64
+
+
+def _tuned_chunk(q, k, v, phi) -> int:
+    """The fastest chunk size on this machine for this shape, dtype and pass (forward, or forward
+    and backward when the inputs require grad), tuned on the first call."""
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    key = (
+        type(phi).__name__,
+        phi.num_features(q.shape[-1]),
+        q.device.type,
+        str(q.dtype).removeprefix("torch."),
+        "x".join(map(str, q.shape)),
+        k.shape[2],
+        "fwd_bwd" if grad else "fwd",
+    )
+
+    def run(c):
+        x = [t.detach().requires_grad_(grad) for t in (q, k, v)]
+        with torch.set_grad_enabled(grad):
+            out = chunked(*x, phi, causal=True, chunk=c)
+            if grad:
+                torch.autograd.grad(out, x, torch.ones_like(out))
+
+    return tune.choose("chunk", key, CHUNKS, run, default=DEFAULT_CHUNK, device=q.device)
+
+
 def chunked(q, k, v, phi, *, causal, chunk):
+    if causal and chunk == tune.AUTO:
+        chunk = _tuned_chunk(q, k, v, phi)
     fq, fk = _features(q, k, phi)
     v32 = v.transpose(1, 2).float()
     if not causal:
@@ -274,8 +305,8 @@ def elu_cumsum(q, k, v, *, causal: bool = True):
     return cumsum(q, k, v, ELU, causal=causal)
 
 
-@register_variant("linear.elu.chunked", validate=positive("chunk"), **LINEAR)
-def elu_chunked(q, k, v, *, causal: bool = True, chunk: int = 64):
+@register_variant("linear.elu.chunked", validate=positive("chunk", auto=True), **LINEAR)
+def elu_chunked(q, k, v, *, causal: bool = True, chunk: int | str = "auto"):
     """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = elu + 1."""
     return chunked(q, k, v, ELU, causal=causal, chunk=chunk)
 
@@ -307,9 +338,9 @@ def performer_cumsum(q, k, v, *, causal: bool = True, features: int = 128, seed:
     return cumsum(q, k, v, _performer(features, seed), causal=causal)
 
 
-@register_variant("linear.performer.chunked", validate=positive("chunk"), **LINEAR)
+@register_variant("linear.performer.chunked", validate=positive("chunk", auto=True), **LINEAR)
 def performer_chunked(
-    q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0, chunk: int = 64
+    q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0, chunk: int | str = "auto"
 ):
     """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = FAVOR+."""
     return chunked(q, k, v, _performer(features, seed), causal=causal, chunk=chunk)
@@ -342,9 +373,9 @@ def taylor_cumsum(q, k, v, *, causal: bool = True, feature_dim: int = 16, seed: 
     return cumsum(q, k, v, _taylor(feature_dim, seed), causal=causal)
 
 
-@register_variant("linear.taylor.chunked", validate=positive("chunk"), **LINEAR)
+@register_variant("linear.taylor.chunked", validate=positive("chunk", auto=True), **LINEAR)
 def taylor_chunked(
-    q, k, v, *, causal: bool = True, feature_dim: int = 16, seed: int = 0, chunk: int = 64
+    q, k, v, *, causal: bool = True, feature_dim: int = 16, seed: int = 0, chunk: int | str = "auto"
 ):
     """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = Based's Taylor."""
     return chunked(q, k, v, _taylor(feature_dim, seed), causal=causal, chunk=chunk)

@@ -54,14 +54,21 @@ def attention_flops(variant, case) -> int:
     return int(fwd * PASS_FACTOR[case.pass_])
 
 
-def chunked_linear_flops(variant, case) -> int:
-    """FLOPs the chunked linear-attention form executes at ``case`` (chunk size from the variant's
-    ``chunk`` parameter): ``attention_flops`` plus the intra-chunk blocks, 2 N C (F + D) per head
-    and pass factor."""
+def chunked_linear_flops(variant, case, chunk: int | None = None) -> int:
+    """FLOPs the chunked linear-attention form executes at ``case`` (chunk size ``chunk``, default
+    the variant's ``chunk`` parameter; for ``chunk="auto"`` pass the size its row's ``tuned``
+    records): ``attention_flops`` plus the intra-chunk blocks, 2 N C (F + D) per head and pass
+    factor."""
     math = variant.math
     if not isinstance(math, LinearMath) or "chunk" not in variant.params:
         raise ValueError(f"{variant.label} is not a chunked linear-attention variant")
-    f, d, c = math.feature_map.num_features(case.head_dim), case.head_dim, variant.params["chunk"]
+    c = variant.params["chunk"] if chunk is None else chunk
+    if not isinstance(c, int):
+        raise ValueError(
+            f"{variant.label}: chunk {c!r} is chosen per machine; pass the chunk its row's "
+            "`tuned` records"
+        )
+    f, d = math.feature_map.num_features(case.head_dim), case.head_dim
     blocks = 2 * case.batch * case.heads * case.seq_len * c * (f + d) * PASS_FACTOR[case.pass_]
     return int(attention_flops(variant, case) + blocks)
 

@@ -293,6 +293,9 @@ def execute(
             session["ceilings"]["end"] = end[0]
             session["ceilings"]["drift"] = _drift(start[0], end[0])
         session["harness_cost"] = harness_cost(run_dir, todo, slots)
+        chosen = tuned_sizes(run_dir, todo)
+        if chosen:
+            session["tuned"] = chosen
         if dtypes:
             session["ceilings"]["samples"] = [s.samples for s in slots]
             session["ceilings"]["every_s"] = suite.timing.ceiling_every_s
@@ -346,6 +349,20 @@ def harness_cost(run_dir: Path, todo: list[Case], slots: list[Slot]) -> dict[str
         "seconds": round(sum(s.ceilings_s for s in slots), 2),
     }
     return out
+
+
+def tuned_sizes(run_dir: Path, todo: list[Case]) -> dict[str, list[dict[str, Any]]]:
+    """The sizes variants chose on this machine (``attnbench.tune``) in this session, per variant:
+    each (param, key) once, with the choice and every candidate's time (``run.json``'s
+    ``tuned``)."""
+    ids = {c.case_id for c in todo}
+    out: dict[str, dict[tuple, dict[str, Any]]] = {}
+    for row in results.read_rows(run_dir):
+        if row.get("case_id") in ids:
+            for e in row.get("tuned") or ():
+                entry = {k: e[k] for k in ("param", "key", "choice", "ms")}
+                out.setdefault(row["variant"], {}).setdefault((e["param"], e["key"]), entry)
+    return {v: list(chosen.values()) for v, chosen in out.items()}
 
 
 def _drift(start: dict, end: dict) -> dict[str, float]:
@@ -415,7 +432,7 @@ def _sweep(
                 and not case.device.startswith("cuda")
             ):
                 t_mem = time.time()
-                out.update(_memory(slot, case, suite))
+                out.update(_memory(slot, case, suite, out.get("tuned")))
                 out["memory_ms"] = (time.time() - t_mem) * 1e3
         parts = out.pop("rows", [])
         row = {**case.row(), **out}
@@ -436,9 +453,11 @@ def _sweep(
         done(row)
 
 
-def _memory(slot: Slot, case: Case, suite: Suite) -> dict[str, Any]:
-    """Peak memory of the case, measured in the slot's memory worker."""
-    mem = slot.memory.ask("memory", case, timeout=suite.timing.timeout_s)
+def _memory(slot: Slot, case: Case, suite: Suite, tuned=None) -> dict[str, Any]:
+    """Peak memory of the case, measured in the slot's memory worker (at the sizes the timing
+    worker chose, ``tuned``)."""
+    payload = (case, tuned) if tuned else case
+    mem = slot.memory.ask("memory", payload, timeout=suite.timing.timeout_s)
     if "peak_mem_bytes" in mem:
         return mem
     return {

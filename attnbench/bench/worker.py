@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from attnbench import tune
 from attnbench.bench import gate, measure
 from attnbench.bench.flops import attention_flops, model_flops
 from attnbench.case import Case
@@ -335,7 +336,16 @@ def prepare(case: Case, timing: dict) -> Prepared:
 def time_case(case: Case, timing: dict) -> dict[str, Any]:
     """The ``time`` role: probes, setup, first call, the gate of both input sets, warm-up, timing
     over the input sets alternately, the gate of the timed repetitions' outputs (and on CUDA the
-    allocator's peak)."""
+    allocator's peak). Sizes a variant chose for this machine on its first call
+    (``attnbench.tune``) are in the row's ``tuned``."""
+    with tune.recording() as chosen:
+        row = _time_case(case, timing)
+    if chosen:
+        row["tuned"] = chosen
+    return row
+
+
+def _time_case(case: Case, timing: dict) -> dict[str, Any]:
     variant = get_variant(case.variant)
     # with the kernel probes: here, not in the launcher
     reasons = variant.not_supported_reasons(case)
@@ -443,8 +453,12 @@ def _which(p: Prepared, i: int, why: str) -> str:
     return f"input set {i}" + (f" ({dists[i]})" if dists else "") + f": {why}"
 
 
-def memory_case(case: Case, timing: dict) -> dict[str, Any]:
-    """The ``memory`` role: the peak of one call of the pass, after one unmeasured call."""
+def memory_case(
+    case: Case, timing: dict, tuned: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The ``memory`` role: the peak of one call of the pass, after one unmeasured call, at the
+    sizes the timing worker chose (``tuned``: its row's)."""
+    tune.seed(tuned)
     p = prepare(case, dict(timing, gate=False))
     if p.before:
         p.before(0)
@@ -474,11 +488,14 @@ def _training_case(case: Case, init: dict) -> dict[str, Any]:
 def handle(kind: str, payload: Any, init: dict) -> dict[str, Any]:
     if kind == "ceilings":
         return measure.ceilings(payload["dtypes"], payload["device"], init["timing"]["ceiling_s"])
+    tuned = None
+    if kind == "memory" and isinstance(payload, tuple):  # (case, the timing row's tuned sizes)
+        payload, tuned = payload
     case: Case = payload
     if case.level in ("quality", "recall"):
         return _training_case(case, init)
     if kind == "memory":
-        return memory_case(case, init["timing"])
+        return memory_case(case, init["timing"], tuned)
     return time_case(case, init["timing"])
 
 

@@ -634,6 +634,10 @@ def _environment_table(info: dict[str, Any]) -> pd.DataFrame:
         rows["copy bandwidth"] = f"{ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s"
     if env.get("timing_env"):
         rows["timing environment"] = ", ".join(f"{k}={v}" for k, v in env["timing_env"].items())
+    for variant, chosen in (info.get("tuned") or {}).items():
+        rows[f"sizes chosen here, {variant}"] = "; ".join(
+            f"{c['param']} {c['choice']} at {c['key']}" for c in chosen
+        )
     if env.get("hostname"):
         rows["host"] = env["hostname"]
     if env.get("cuda"):
