@@ -441,11 +441,10 @@ def _time_case(case: Case, timing: dict) -> dict[str, Any]:
     return row
 
 
-@functools.cache
 def _probe(device: torch.device) -> measure.RateProbe | None:
-    """The worker's rate probe on a CPU (None on CUDA, whose clocks the ceilings and the cool-down
-    handle), the same tensors for every case."""
-    return measure.RateProbe(device) if device.type == "cpu" else None
+    """The worker's rate probe on a CPU, the one its ceilings were measured with (None on CUDA,
+    whose clocks the ceilings and the cool-down handle)."""
+    return measure.rate_probe("cpu") if device.type == "cpu" else None
 
 
 def _which(p: Prepared, i: int, why: str) -> str:
