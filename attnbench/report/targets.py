@@ -211,8 +211,9 @@ def _judge_one(rows: _Rows, t: Target) -> Verdict:
     else:
         field = t.field if t.metric == "growth" else "time_ms"
     value, status = _value(mine, field)
-    if status != "ok":
-        return Verdict(t, None, status, None if status == "missing" else False)
+    if status != "ok":  # a row that did not run misses; a figure the run did not measure is n/a
+        unjudged = status == "missing" or status == f"no {field}"
+        return Verdict(t, None, status, None if unjudged else False)
     like = mine[0]
     if t.metric in ("relative_efficiency", "speedup"):
         other_rows = rows.find(t.baseline, t.pass_, t.seq_len, t.dtype, like)

@@ -94,6 +94,16 @@ def test_a_row_that_did_not_run_misses_its_target_with_its_status():
     assert (v.measured_text, v.met_text) == ("incorrect", "no")
 
 
+def test_a_figure_the_run_did_not_measure_is_not_judged():
+    # a run with --memory false: the rows ran, their peak memory was never measured
+    rows = [_row("linear.elu.chunked", "fwd_bwd", n, mem=None) for n in (8192, 16384)]
+    t = _target(
+        "linear.elu.chunked", "fwd_bwd", metric="growth", field="peak_mem_bytes", from_n=8192
+    )
+    v = _one(targets.Target(**{**vars(t), "max": 2.2}), rows)
+    assert (v.measured_text, v.met_text) == ("no peak_mem_bytes", "n/a")
+
+
 def test_a_missing_row_is_not_judged():
     v = _one(_target("sparse.longformer.banded", min=0.5))
     assert (v.measured_text, v.met_text) == ("missing", "n/a")
