@@ -232,11 +232,10 @@ def _import_builtin_variants() -> None:
         except ModuleNotFoundError as e:
             if e.name != BUILTIN_VARIANTS:
                 raise
-    if not os.path.isfile(init):
-        raise ImportError(
-            f"the built-in variants ({BUILTIN_VARIANTS}) are not installed and "
-            f"there is no source folder at {os.path.dirname(init)}"
-        )
+            raise ImportError(
+                f"the built-in variants ({BUILTIN_VARIANTS}) are not installed and "
+                f"there is no source folder at {os.path.dirname(init)}"
+            ) from None
     spec = importlib.util.spec_from_file_location(
         BUILTIN_VARIANTS, init, submodule_search_locations=[os.path.dirname(init)]
     )

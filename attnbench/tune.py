@@ -94,11 +94,16 @@ def recording() -> Iterator[list[dict[str, Any]]]:
         log[:] = list(seen.values())
 
 
+def choice(entry: dict[str, Any]) -> dict[str, Any]:
+    """A recorded entry without how it was obtained (``tuned``): the choice itself."""
+    return {k: entry[k] for k in ("param", "key", "choice", "ms")}
+
+
 def seed(chosen: list[dict[str, Any]] | None) -> None:
     """Reuse ``chosen`` (a recording's entries, from another process) instead of tuning again, so
     a case's memory is measured at the sizes its time was."""
     for e in chosen or ():
-        _CACHE[(e["param"], e["key"])] = {k: e[k] for k in ("param", "key", "choice", "ms")}
+        _CACHE[(e["param"], e["key"])] = choice(e)
 
 
 def clear() -> None:

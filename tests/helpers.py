@@ -11,7 +11,7 @@ import torch
 
 import attnbench
 from attnbench.attention.reference import reference_error
-from attnbench.case import dtype_name
+from attnbench.case import Case, dtype_name, parse_dtype
 
 # Parameters that make each pattern non-trivial at test sizes (window < N, several blocks).
 SMALL_PARAMS = {
@@ -29,6 +29,55 @@ SMALL_PARAMS = {
 SHAPES = [(1, 1, 1, 32, 1), (2, 77, 4, 32, 2), (1, 150, 2, 80, 2)]
 FLEX_SHAPES = [(2, 77, 4, 32, 2)]  # each flex shape compiles a kernel: keep them few
 DTYPES = [torch.float32, torch.bfloat16]
+
+
+# The benchmark's timing settings for a gated case in a test: every step the worker takes (first
+# call, the gate of each input set, timing, the gate of the timed outputs), few repetitions.
+GATE_TIMING = {
+    "gate": True,
+    "gate_rows": 48,
+    "warmup": 1,
+    "budget_s": 0.01,
+    "min_reps": 5,
+    "max_reps": 6,
+    "l2_flush": False,
+    "cuda_graphs": False,
+    "noisy": 0.1,
+    "memory": False,
+    "cooldown_s": 0,
+}
+
+
+def case_for(
+    spec: str,
+    pass_: str = "fwd",
+    dtype: str | torch.dtype = "float32",
+    n: int = 256,
+    batch: int = 2,
+    heads: int = 2,
+    head_dim: int = 32,
+    level: str = "op",
+    **extra,
+) -> Case:
+    """The CPU case of ``spec`` at a test shape, as the planner would build it."""
+    v = attnbench.get_variant(spec)
+    return Case(
+        level=level,
+        variant=v.label,
+        family=v.family,
+        math=v.info.math,
+        impl=v.impl,
+        exact=v.exact,
+        batch=batch,
+        seq_len=n,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=head_dim,
+        dtype=parse_dtype(dtype),
+        device="cpu",
+        pass_=pass_,
+        **extra,
+    )
 
 
 def small_variant(name: str) -> attnbench.Variant:

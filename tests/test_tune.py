@@ -12,39 +12,8 @@ from attnbench import tune
 from attnbench.bench import worker
 from attnbench.bench.flops import chunked_linear_flops
 from attnbench.case import Case
-
-TIMING = {
-    "gate": True,
-    "gate_rows": 48,
-    "warmup": 1,
-    "budget_s": 0.01,
-    "min_reps": 5,
-    "max_reps": 6,
-    "l2_flush": False,
-    "cuda_graphs": False,
-    "noisy": 0.1,
-    "memory": False,
-    "cooldown_s": 0,
-}
-
-
-def _case(spec: str, pass_: str = "fwd", n: int = 256) -> Case:
-    v = attnbench.get_variant(spec)
-    return Case(
-        level="op",
-        variant=v.label,
-        family=v.family,
-        math=v.info.math,
-        impl=v.impl,
-        exact=v.exact,
-        batch=2,
-        seq_len=n,
-        heads=2,
-        kv_heads=2,
-        head_dim=32,
-        device="cpu",
-        pass_=pass_,
-    )
+from helpers import GATE_TIMING as TIMING
+from helpers import case_for
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +80,7 @@ def test_auto_chunk_is_the_default_and_a_bad_one_names_the_valid_values():
 @pytest.mark.parametrize("pass_", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("spec", ["linear.elu.chunked", "linear.performer.chunked:features=32"])
 def test_a_tuned_variant_is_gated_and_its_row_says_what_was_chosen(spec, pass_):
-    row = worker.time_case(_case(spec, pass_, n=384), TIMING)
+    row = worker.time_case(case_for(spec, pass_, n=384), TIMING)
     assert row["status"] == "ok", row.get("reason")
     (entry,) = row["tuned"]
     assert entry["param"] == "chunk" and entry["choice"] in (32, 64, 128)
@@ -119,7 +88,7 @@ def test_a_tuned_variant_is_gated_and_its_row_says_what_was_chosen(spec, pass_):
 
 
 def test_the_memory_worker_measures_at_the_timed_size():
-    case = _case("linear.elu.chunked")
+    case = case_for("linear.elu.chunked")
     shape = "x".join(map(str, (case.batch, case.seq_len, case.heads, case.head_dim)))
     key = tune.key_text(("Elu", 32, "cpu", "float32", shape, case.kv_heads, "fwd"))
     timed = [{"param": "chunk", "key": key, "choice": 32, "ms": {32: 1.0}}]

@@ -235,11 +235,11 @@ class RateProbe:
 
 
 @functools.cache
-def rate_probe(device: str = "cpu") -> RateProbe:
-    """This process's one rate probe on ``device``: the same tensors next to the ceilings and
-    between every case's repetitions (a second probe's tensors, placed elsewhere, ran 3-5 %
-    slower: their relative addresses decide the cache conflicts of a product this small)."""
-    return RateProbe(device)
+def rate_probe() -> RateProbe:
+    """This process's one CPU rate probe: the same tensors next to the ceilings and between every
+    case's repetitions (a second probe's tensors, placed elsewhere, ran 3-5 % slower: their
+    relative addresses decide the cache conflicts of a product this small)."""
+    return RateProbe("cpu")
 
 
 def time_fn(
@@ -543,7 +543,7 @@ def ceilings(dtypes: list[str], device: str, budget_s: float = 2.0) -> dict:
     matmul = {name: matmul_ceiling(parse_dtype(name), device, budget_s=budget_s) for name in names}
     probe = {}
     if torch.device(device).type == "cpu":  # the rate probe next to the ceiling (RateProbe)
-        probe = {"probe_flops_per_s": rate_probe(str(device)).rate(min(0.2, budget_s / 4))}
+        probe = {"probe_flops_per_s": rate_probe().rate(min(0.2, budget_s / 4))}
     return {
         **probe,
         "matmul_flops_per_s": matmul,

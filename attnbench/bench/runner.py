@@ -29,6 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from attnbench import tune
 from attnbench.bench import measure, results, rows
 from attnbench.bench.plan import balance, case_timeout, groups_of, plan, unsupported_reasons
 from attnbench.bench.process import Worker
@@ -360,8 +361,9 @@ def tuned_sizes(run_dir: Path, todo: list[Case]) -> dict[str, list[dict[str, Any
     for row in results.read_rows(run_dir):
         if row.get("case_id") in ids:
             for e in row.get("tuned") or ():
-                entry = {k: e[k] for k in ("param", "key", "choice", "ms")}
-                out.setdefault(row["variant"], {}).setdefault((e["param"], e["key"]), entry)
+                out.setdefault(row["variant"], {}).setdefault(
+                    (e["param"], e["key"]), tune.choice(e)
+                )
     return {v: list(chosen.values()) for v, chosen in out.items()}
 
 
@@ -456,8 +458,7 @@ def _sweep(
 def _memory(slot: Slot, case: Case, suite: Suite, tuned=None) -> dict[str, Any]:
     """Peak memory of the case, measured in the slot's memory worker (at the sizes the timing
     worker chose, ``tuned``)."""
-    payload = (case, tuned) if tuned else case
-    mem = slot.memory.ask("memory", payload, timeout=suite.timing.timeout_s)
+    mem = slot.memory.ask("memory", (case, tuned), timeout=suite.timing.timeout_s)
     if "peak_mem_bytes" in mem:
         return mem
     return {

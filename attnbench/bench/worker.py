@@ -444,7 +444,7 @@ def _time_case(case: Case, timing: dict) -> dict[str, Any]:
 def _probe(device: torch.device) -> measure.RateProbe | None:
     """The worker's rate probe on a CPU, the one its ceilings were measured with (None on CUDA,
     whose clocks the ceilings and the cool-down handle)."""
-    return measure.rate_probe("cpu") if device.type == "cpu" else None
+    return measure.rate_probe() if device.type == "cpu" else None
 
 
 def _which(p: Prepared, i: int, why: str) -> str:
@@ -487,21 +487,19 @@ def _training_case(case: Case, init: dict) -> dict[str, Any]:
 def handle(kind: str, payload: Any, init: dict) -> dict[str, Any]:
     if kind == "ceilings":
         return measure.ceilings(payload["dtypes"], payload["device"], init["timing"]["ceiling_s"])
-    tuned = None
-    if kind == "memory" and isinstance(payload, tuple):  # (case, the timing row's tuned sizes)
-        payload, tuned = payload
+    if kind == "memory":  # (an op or model case, the sizes its timing row chose)
+        case, tuned = payload
+        return memory_case(case, init["timing"], tuned)
     case: Case = payload
     if case.level in ("quality", "recall"):
         return _training_case(case, init)
-    if kind == "memory":
-        return memory_case(case, init["timing"], tuned)
     return time_case(case, init["timing"])
 
 
 def main(recv_conn, conn) -> None:
     """Worker loop. First message: the init dict; then (kind, payload) -> a dict, for kind
-    ``case`` (a Case: its row's measured fields), ``memory`` (a Case: its peak memory),
-    ``ceilings`` ({dtypes, device}); ``stop`` ends it."""
+    ``case`` (a Case: its row's measured fields), ``memory`` ((a Case, its timing row's
+    ``tuned``): its peak memory), ``ceilings`` ({dtypes, device}); ``stop`` ends it."""
     init = recv_conn.recv()
     if init.get("threads"):
         torch.set_num_threads(init["threads"])

@@ -13,22 +13,10 @@ import torch
 
 import attnbench
 from attnbench.bench import gate, worker
-from attnbench.case import Case
+from helpers import GATE_TIMING, case_for
 
 PLANTED = str(Path(__file__).parents[1] / "plugins" / "planted.py")
-TIMING = {
-    "gate": True,
-    "gate_rows": 48,
-    "warmup": 1,
-    "budget_s": 0.01,
-    "min_reps": 5,
-    "max_reps": 6,
-    "l2_flush": False,
-    "cuda_graphs": False,
-    "noisy": 0.1,
-    "memory": False,
-    "cooldown_s": 0,
-}
+TIMING = GATE_TIMING
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -44,23 +32,8 @@ def measure(
     heads: int = 2,
     head_dim: int = 32,
 ) -> dict:
+    case = case_for(spec, pass_, dtype, n, batch, heads, head_dim)
     v = attnbench.get_variant(spec)
-    case = Case(
-        level="op",
-        variant=v.label,
-        family=v.family,
-        math=v.info.math,
-        impl=v.impl,
-        exact=v.exact,
-        batch=batch,
-        seq_len=n,
-        heads=heads,
-        kv_heads=heads,
-        head_dim=head_dim,
-        dtype=DTYPES[dtype],
-        device="cpu",
-        pass_=pass_,
-    )
     reasons = v.not_supported_reasons(case)
     if reasons:
         pytest.skip("; ".join(reasons))
@@ -174,24 +147,7 @@ def test_a_wrong_dtype_or_shape_is_incorrect():
 
 
 def measure_model(spec: str, pass_: str, dtype: str = "float32") -> dict:
-    v = attnbench.get_variant(spec)
-    case = Case(
-        level="model",
-        variant=v.label,
-        family=v.family,
-        math=v.info.math,
-        impl=v.impl,
-        exact=v.exact,
-        batch=2,
-        seq_len=64,
-        heads=2,
-        kv_heads=2,
-        head_dim=32,
-        dtype=DTYPES[dtype],
-        device="cpu",
-        preset="tiny",
-        pass_=pass_,
-    )
+    case = case_for(spec, pass_, dtype, n=64, level="model", preset="tiny")
     return worker.time_case(case, TIMING)
 
 
