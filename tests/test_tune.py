@@ -78,7 +78,9 @@ def test_auto_chunk_is_the_default_and_a_bad_one_names_the_valid_values():
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "fwd_bwd"])
-@pytest.mark.parametrize("spec", ["linear.elu.chunked", "linear.performer.chunked:features=32"])
+@pytest.mark.parametrize(
+    "spec", ["linear.elu.chunked", "linear.performer.chunked:features=32", "linear.elu.fused"]
+)
 def test_a_tuned_variant_is_gated_and_its_row_says_what_was_chosen(spec, pass_):
     row = worker.time_case(case_for(spec, pass_, n=384), TIMING)
     assert row["status"] == "ok", row.get("reason")
@@ -90,7 +92,7 @@ def test_a_tuned_variant_is_gated_and_its_row_says_what_was_chosen(spec, pass_):
 def test_the_memory_worker_measures_at_the_timed_size():
     case = case_for("linear.elu.chunked")
     shape = "x".join(map(str, (case.batch, case.seq_len, case.heads, case.head_dim)))
-    key = tune.key_text(("Elu", 32, "cpu", "float32", shape, case.kv_heads, "fwd"))
+    key = tune.key_text(("Elu", 32, "chunked", "cpu", "float32", shape, case.kv_heads, "fwd"))
     timed = [{"param": "chunk", "key": key, "choice": 32, "ms": {32: 1.0}}]
     with tune.recording() as chosen:
         out = worker.memory_case(case, TIMING, timed)

@@ -17,6 +17,11 @@ Implementations of the same math, each for every feature map:
 - ``chunked``: chunkwise parallel: quadratic inside chunks of ``chunk`` tokens, a state carried
   between chunks: O(N C F + N F D) time, the efficient one.
 - ``recurrent``: token by token (a Python loop): the RNN view, and what decoding does.
+- ``fused`` (CPU): the chunked form as one native C kernel per head (``_FusedChunked``,
+  ``attnbench/attention/native/linear_chunked.c``, compiled on first use by the machine's C
+  compiler for its own vector width): tiles kept in cache, a register-blocked micro-kernel
+  instead of a library call per 64 x 64 tile, the masked products stopped at the diagonal,
+  elu + 1 applied as the rows are loaded. A machine without a C compiler reports why.
 
 States are accumulated in float32 (inputs may be bfloat16). Non-causal attention uses the global
 sums. FLOPs (``attnbench.bench.flops``): every row counts 4 N F D per head (the recurrent form,
@@ -39,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench import tune
+from attnbench.attention import native
 from attnbench.attention.decode import RecurrentDecoder
 from attnbench.attention.feature_maps import Elu, Performer, Taylor
 from attnbench.attention.reference import linear_attention
@@ -178,6 +184,75 @@ class _ChunkedCausal(torch.autograd.Function):
         return dfq.view(b, h, n, f), dfk.view(b, h, n, f), dv1[..., :d].reshape(b, h, n, d), None
 
 
+class _FusedChunked(torch.autograd.Function):
+    """The chunked form of ``_ChunkedCausal`` as one native CPU kernel per head
+    (``attnbench/attention/native/linear_chunked.c``): the same math and chunking, each head
+    swept chunk by chunk in cache through one register-blocked micro-kernel, the masked products
+    stopped at the diagonal, the inputs read and the outputs written in their (B, N, H, D)
+    layout, and a backward in one reverse sweep from the output, the denominators and the
+    per-chunk states S_{<c}, z_{<c} that the forward keeps when a backward will follow.
+
+    ``xq``, ``xk``: (B, H, N, F) views of the raw queries and keys (``feature`` = ``FEAT_ELU``:
+    the kernel applies elu + 1 as it loads them) or of their features (``FEAT_NONE``); ``v``:
+    (B, H, N, D) in the same dtype (float32, bfloat16 or float16). Returns float32 (B, H, N, D);
+    the gradients are float32 (autograd casts them to the inputs' dtype)."""
+
+    @staticmethod
+    def forward(ctx, xq, xk, v, chunk, feature):
+        xq, xk, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (xq, xk, v))
+        b, h, n, f = xq.shape
+        d = v.shape[-1]
+        out = _bnhd(xq, b, h, n, d)
+        den = xq.new_empty(b * h, n, dtype=torch.float32)
+        # per chunk S_{<c}^T and z_{<c}, kept only when a backward will follow
+        grad = any(ctx.needs_input_grad[:3])
+        states = xq.new_empty(
+            b * h, -(-n // chunk) * (f * d + f) if grad else 0, dtype=torch.float32
+        )
+        views = (xq, xk, v, out)
+        native.over_heads(
+            native.library("linear_chunked").linear_chunked_fwd,
+            b * h,
+            h, n, f, d, chunk, feature, _DTYPES[xq.dtype], _strides(views), *views, den,
+            states if grad else None,
+        )  # fmt: skip
+        ctx.save_for_backward(xq, xk, v, out, den, states)
+        ctx.args = (chunk, feature)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xq, xk, v, out, den, states = ctx.saved_tensors
+        chunk, feature = ctx.args
+        if grad.stride(-1) != 1:
+            grad = grad.contiguous()
+        b, h, n, f = xq.shape
+        d = v.shape[-1]
+        dq, dk, dv = _bnhd(xq, b, h, n, f), _bnhd(xq, b, h, n, f), _bnhd(xq, b, h, n, d)
+        views = (xq, xk, v, out, grad, dq, dk, dv)
+        native.over_heads(
+            native.library("linear_chunked").linear_chunked_bwd,
+            b * h,
+            h, n, f, d, chunk, feature, _DTYPES[xq.dtype], _DTYPES[grad.dtype], _strides(views),
+            xq, xk, v, out, den, states, grad, dq, dk, dv,
+        )  # fmt: skip
+        return dq, dk, dv, None, None
+
+
+FEAT_NONE, FEAT_ELU = 0, 1  # the kernel's feature argument
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _bnhd(like, b, h, n, w):
+    """An empty float32 (B, H, N, w) view of (B, N, H, w) memory, the layout callers want back."""
+    return like.new_empty(b, n, h, w, dtype=torch.float32).transpose(1, 2)
+
+
+def _strides(views) -> list[int]:
+    """Each (B, H, N, width) view's three outer strides, in elements, for the native kernel."""
+    return [s for x in views for s in x.stride()[:3]]
+
+
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(BH, c, r, s) -> (BH * c, r, s) for the in-place batched matmuls."""
     return x.view(-1, *x.shape[-2:])
@@ -187,13 +262,14 @@ CHUNKS = (32, 64, 128)  # the chunk sizes ``chunk="auto"`` tries (attnbench.tune
 DEFAULT_CHUNK = 64
 
 
-def _tuned_chunk(q, k, v, phi) -> int:
+def _tuned_chunk(q, k, v, phi, impl) -> int:
     """The fastest chunk size on this machine for this shape, dtype and pass (forward, or forward
     and backward when the inputs require grad), tuned on the first call."""
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     key = (
         type(phi).__name__,
         phi.num_features(q.shape[-1]),
+        impl.__name__,
         q.device.type,
         str(q.dtype).removeprefix("torch."),
         "x".join(map(str, q.shape)),
@@ -204,7 +280,7 @@ def _tuned_chunk(q, k, v, phi) -> int:
     def run(c):
         x = [t.detach().requires_grad_(grad) for t in (q, k, v)]
         with torch.set_grad_enabled(grad):
-            out = chunked(*x, phi, causal=True, chunk=c)
+            out = impl(*x, phi, causal=True, chunk=c)
             if grad:
                 torch.autograd.grad(out, x, torch.ones_like(out))
 
@@ -213,7 +289,7 @@ def _tuned_chunk(q, k, v, phi) -> int:
 
 def chunked(q, k, v, phi, *, causal, chunk):
     if causal and chunk == tune.AUTO:
-        chunk = _tuned_chunk(q, k, v, phi)
+        chunk = _tuned_chunk(q, k, v, phi, chunked)
     fq, fk = _features(q, k, phi)
     v32 = v.transpose(1, 2).float()
     if not causal:
@@ -288,6 +364,30 @@ FLA_CAPS = Capabilities(
     backward=True,
 )
 LINEAR = dict(family="linear", decoder=RecurrentDecoder)
+# the native CPU kernel: compiled on first use by the machine's C compiler (attnbench.native)
+FUSED_CAPS = Capabilities(devices=("cpu",))
+
+
+def _native_reasons(case, params) -> list[str]:
+    return list(native.unavailable("linear_chunked"))
+
+
+FUSED = dict(supports=FUSED_CAPS, reasons=_native_reasons, validate=positive("chunk", auto=True))
+
+
+def fused(q, k, v, phi, *, causal, chunk):
+    """The chunked form through the native CPU kernel (``_FusedChunked``); elu + 1 is applied
+    inside it, other feature maps beforehand (``_features``). Non-causal: the global sums."""
+    if not causal:
+        return chunked(q, k, v, phi, causal=False, chunk=chunk)
+    if chunk == tune.AUTO:
+        chunk = _tuned_chunk(q, k, v, phi, fused)
+    if isinstance(phi, Elu):
+        xq, xk, feature = q.transpose(1, 2), k.transpose(1, 2), FEAT_ELU
+    else:
+        (xq, xk), feature = _features(q, k, phi), FEAT_NONE
+    xv = v.transpose(1, 2).to(xq.dtype)
+    return _FusedChunked.apply(xq, xk, xv, chunk, feature).transpose(1, 2).to(q.dtype)
 
 
 # --- elu + 1 ----------------------------------------------------------------------------------
@@ -309,6 +409,12 @@ def elu_cumsum(q, k, v, *, causal: bool = True):
 def elu_chunked(q, k, v, *, causal: bool = True, chunk: int | str = "auto"):
     """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = elu + 1."""
     return chunked(q, k, v, ELU, causal=causal, chunk=chunk)
+
+
+@register_variant("linear.elu.fused", **FUSED, **LINEAR)
+def elu_fused(q, k, v, *, causal: bool = True, chunk: int | str = "auto"):
+    """The chunked form as one native CPU kernel per head (C, compiled here); phi = elu + 1."""
+    return fused(q, k, v, ELU, causal=causal, chunk=chunk)
 
 
 @register_variant("linear.elu.recurrent", supports=RECURRENT_CAPS, **LINEAR)
@@ -346,6 +452,14 @@ def performer_chunked(
     return chunked(q, k, v, _performer(features, seed), causal=causal, chunk=chunk)
 
 
+@register_variant("linear.performer.fused", **FUSED, **LINEAR)
+def performer_fused(
+    q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0, chunk: int | str = "auto"
+):
+    """The chunked form as one native CPU kernel per head (C, compiled here); phi = FAVOR+."""
+    return fused(q, k, v, _performer(features, seed), causal=causal, chunk=chunk)
+
+
 @register_variant("linear.performer.recurrent", supports=RECURRENT_CAPS, **LINEAR)
 def performer_recurrent(q, k, v, *, causal: bool = True, features: int = 128, seed: int = 0):
     """Token-by-token recurrence (a Python loop); phi = FAVOR+."""
@@ -379,6 +493,14 @@ def taylor_chunked(
 ):
     """Chunkwise parallel form: intra-chunk quadratic, inter-chunk state; phi = Based's Taylor."""
     return chunked(q, k, v, _taylor(feature_dim, seed), causal=causal, chunk=chunk)
+
+
+@register_variant("linear.taylor.fused", **FUSED, **LINEAR)
+def taylor_fused(
+    q, k, v, *, causal: bool = True, feature_dim: int = 16, seed: int = 0, chunk: int | str = "auto"
+):
+    """The chunked form as one native CPU kernel per head (C, compiled here); phi = Taylor."""
+    return fused(q, k, v, _taylor(feature_dim, seed), causal=causal, chunk=chunk)
 
 
 @register_variant("linear.taylor.recurrent", supports=RECURRENT_CAPS, **LINEAR)
