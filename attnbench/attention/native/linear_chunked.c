@@ -273,6 +273,23 @@ static void load_features(int rows, int F, const void *x, int dt, view s, int64_
     if (feature == FEAT_ELU) elu1(rows * F, dst);
 }
 
+/* S += X^T Y over one chunk (X: L x F given as XT, F x L; Y: L x D), and z += sum_i w_i X_i
+ * (w = NULL: ones). Each chunk's sums are formed from zero first and then added, as the
+ * PyTorch chunked form does: accumulating every token onto the running state in place adds N
+ * rounding errors to values that grow with N (at N = 16384 about 10x the gate's tolerance). */
+static void add_to_state(int F, int D, int L, const float *XT, const float *X, const float *Y,
+                         const float *w, float *S, float *z, float *U, float *zc) {
+    memset(U, 0, sizeof(float) * F * D);
+    gemm(F, D, L, XT, L, Y, D, U, D, FULL);
+    for (int i = 0; i < F * D; i++) S[i] += U[i];
+    memset(zc, 0, sizeof(float) * F);
+    for (int i = 0; i < L; i++) {
+        const float wi = w ? w[i] : 1.0f;
+        for (int j = 0; j < F; j++) zc[j] += X[(int64_t)i * F + j] * wi;
+    }
+    for (int j = 0; j < F; j++) z[j] += zc[j];
+}
+
 /* The float32 floats a head's saved states take: per chunk S_{<c}^T (D x F) and z_{<c} (F). */
 static int64_t state_floats(int64_t n, int64_t f, int64_t d, int64_t chunk) {
     return (n + chunk - 1) / chunk * (f * d + f);
@@ -287,12 +304,12 @@ int linear_chunked_fwd(int64_t bh0, int64_t bh1, int64_t heads, int64_t n, int64
     const int C = (int)chunk, F = (int)f, D = (int)d;
     const view sq = {sv[0], sv[1], sv[2]}, sk = {sv[3], sv[4], sv[5]}, svv = {sv[6], sv[7], sv[8]},
                so = {sv[9], sv[10], sv[11]};
-    float *ws = workspace((size_t)F * D + F + 3 * (size_t)F * C + (size_t)C * C + 2 * (size_t)C * D);
+    float *ws = workspace(2 * ((size_t)F * D + F) + 3 * (size_t)F * C + (size_t)C * C +
+                          2 * (size_t)C * D);
     if (!ws) return -1;
     float *S = ws, *z = S + (size_t)F * D, *Q = z + F, *K = Q + (size_t)C * F;
     float *KT = K + (size_t)C * F, *A = KT + (size_t)F * C, *V = A + (size_t)C * C;
-    float *O = V + (size_t)C * D;
-    (void)K;
+    float *O = V + (size_t)C * D, *U = O + (size_t)C * D, *zc = U + (size_t)F * D;
     for (int64_t bh = bh0; bh < bh1; bh++) {
         const int64_t bq = head_at(sq, bh, heads), bk = head_at(sk, bh, heads);
         const int64_t bv = head_at(svv, bh, heads);
@@ -327,9 +344,7 @@ int linear_chunked_fwd(int64_t bh0, int64_t bh1, int64_t heads, int64_t n, int64
                 float *o = Oh + (t0 + i) * so.n;
                 for (int j = 0; j < D; j++) o[j] = O[i * D + j] * inv;
             }
-            gemm(F, D, L, KT, L, V, D, S, D, FULL); /* S += K^T V */
-            for (int i = 0; i < L; i++)
-                for (int j = 0; j < F; j++) z[j] += K[(int64_t)i * F + j];
+            add_to_state(F, D, L, KT, K, V, NULL, S, z, U, zc); /* S += K^T V, z += sum K */
         }
     }
     free(ws);
@@ -374,11 +389,11 @@ int linear_chunked_bwd(int64_t bh0, int64_t bh1, int64_t heads, int64_t n, int64
                sdq = {sv[15], sv[16], sv[17]}, sdk = {sv[18], sv[19], sv[20]},
                sdv = {sv[21], sv[22], sv[23]};
     const size_t big = (size_t)F * D, cf = (size_t)C * F, cd = (size_t)C * D, cc = (size_t)C * C;
-    float *ws = workspace(big + F + 6 * cf + 4 * cd + C + 3 * cc);
+    float *ws = workspace(2 * (big + F) + 6 * cf + 4 * cd + C + 3 * cc);
     if (!ws) return -1;
     float *R = ws, *r = R + big, *Q = r + F, *K = Q + cf, *QT = K + cf, *T = QT + cf;
     float *dQ = T + cf, *X = dQ + cf, *G = X + cf, *dnum = G + cd, *V = dnum + cd, *VT = V + cd;
-    float *dden = VT + cd, *A = dden + C, *B = A + cc, *BT = B + cc;
+    float *dden = VT + cd, *A = dden + C, *B = A + cc, *BT = B + cc, *U = BT + cc, *zc = U + big;
     const int64_t per_head = state_floats(n, F, D, C);
     for (int64_t bh = bh0; bh < bh1; bh++) {
         const int64_t bq = head_at(sq, bh, heads), bk = head_at(sk, bh, heads);
@@ -433,9 +448,7 @@ int linear_chunked_bwd(int64_t bh0, int64_t bh1, int64_t heads, int64_t n, int64
             gemm(L, D, L, A, L, dnum, D, dV, D, K_UPPER);
             for (int i = 0; i < L; i++)
                 memcpy(dVh + (t0 + i) * sdv.n, dV + (int64_t)i * D, sizeof(float) * D);
-            gemm(F, D, L, QT, L, dnum, D, R, D, FULL);
-            for (int i = 0; i < L; i++)
-                for (int j = 0; j < F; j++) r[j] += Q[(int64_t)i * F + j] * dden[i];
+            add_to_state(F, D, L, QT, Q, dnum, dden, R, r, U, zc); /* R += Q^T dnum, r += Q^T dden */
         }
     }
     free(ws);
