@@ -19,7 +19,9 @@ forms the full C x C block phi(Q_c) phi(K_c)^T (masked afterwards) and multiplie
 2 C (F + D) per token and head. ``chunked_linear_flops`` counts that executed work,
 ``4 N F D + 2 N C (F + D)`` per head and pass factor, for judging how close a chunked kernel runs
 to the matmul ceiling; ``attention_flops`` (and every row's ``flops``) keeps the
-implementation-independent count.
+implementation-independent count. That is what ``linear.*.chunked`` executes; the native kernel of
+``linear.*.fused`` stops its masked products at the diagonal and executes less (1.3-1.6x the
+credited forward instead of 1.5-2.0x at chunks 32-64; docs/performance-notes.md).
 
 A decode step counts the pairs of the new token only (its row of the pattern), or 4*F*D per head
 for linear attention (plus the projection of its query and key).
