@@ -104,6 +104,18 @@ class Variant:
     def feature_map(self):
         return self.math.feature_map if isinstance(self.math, LinearMath) else None
 
+    @property
+    def case_fields(self) -> dict[str, Any]:
+        """What a ``Case`` copies from the registry when it is planned, so that stored rows carry
+        what reports need: ``Case(**variant.case_fields, seq_len=..., ...)``."""
+        return dict(
+            variant=self.label,
+            family=self.family,
+            math=self.info.math,
+            impl=self.impl,
+            exact=self.exact,
+        )
+
     def __repr__(self) -> str:
         return f"Variant({self.label!r})"
 

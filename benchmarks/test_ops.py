@@ -41,11 +41,7 @@ def gated(spec: str, pass_: str, shape: tuple[int, int, int, int]) -> worker.Pre
     b, n, h, d = shape
     case = Case(
         level="op",
-        variant=variant.label,
-        family=variant.family,
-        math=variant.info.math,
-        impl=variant.impl,
-        exact=variant.exact,
+        **variant.case_fields,
         batch=b,
         seq_len=n,
         heads=h,

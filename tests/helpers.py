@@ -60,14 +60,9 @@ def case_for(
     **extra,
 ) -> Case:
     """The CPU case of ``spec`` at a test shape, as the planner would build it."""
-    v = attnbench.get_variant(spec)
     return Case(
         level=level,
-        variant=v.label,
-        family=v.family,
-        math=v.info.math,
-        impl=v.impl,
-        exact=v.exact,
+        **attnbench.get_variant(spec).case_fields,
         batch=batch,
         seq_len=n,
         heads=heads,

@@ -24,15 +24,7 @@ def plan(suite: Suite) -> list[Case]:
     if suite.op is not None:
         op = suite.op
         for spec in op.variants:
-            v = get_variant(spec)
-            ident = dict(
-                variant=v.label,
-                family=v.family,
-                math=v.info.math,
-                impl=v.impl,
-                exact=v.exact,
-                device=device,
-            )
+            ident = dict(get_variant(spec).case_fields, device=device)
             for dtype in op.dtypes:
                 for d in op.head_dims:
                     heads = op.heads_for(d)
@@ -60,18 +52,14 @@ def plan(suite: Suite) -> list[Case]:
         m = suite.model
         heads, kv_heads, head_dim = model_shape(m.preset)
         for spec in m.variants:
-            v = get_variant(spec)
+            ident = get_variant(spec).case_fields
             for dtype in m.dtypes:
                 for pass_ in m.passes:
                     for n in sorted(m.seq_lens):
                         cases += [
                             Case(
                                 level="model",
-                                variant=v.label,
-                                family=v.family,
-                                math=v.info.math,
-                                impl=v.impl,
-                                exact=v.exact,
+                                **ident,
                                 pass_=pass_,
                                 batch=m.batch,
                                 seq_len=n,

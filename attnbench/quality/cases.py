@@ -54,8 +54,7 @@ def _budget(cfg: QualityConfig) -> str:
 
 
 def _variant_fields(spec: str) -> dict[str, Any]:
-    v = get_variant(spec)
-    return dict(variant=v.label, family=v.family, math=v.info.math, impl=v.impl, exact=v.exact)
+    return get_variant(spec).case_fields
 
 
 def _settings(cls, cfg) -> Any:
