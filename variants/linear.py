@@ -38,6 +38,7 @@ Every implementation decodes with the recurrent state (``recurrent``).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import torch
@@ -204,17 +205,17 @@ class _FusedChunked(torch.autograd.Function):
         d = v.shape[-1]
         out = _bnhd(xq, b, h, n, d)
         den = xq.new_empty(b * h, n, dtype=torch.float32)
-        # per chunk S_{<c}^T and z_{<c}, kept only when a backward will follow
-        grad = any(ctx.needs_input_grad[:3])
-        states = xq.new_empty(
-            b * h, -(-n // chunk) * (f * d + f) if grad else 0, dtype=torch.float32
-        )
+        lib = native.library("linear_chunked")
+        states = None  # per chunk S_{<c}^T and z_{<c}, kept only when a backward will follow
+        if any(ctx.needs_input_grad[:3]):
+            lib.linear_chunked_state_floats.restype = ctypes.c_int64
+            per_head = lib.linear_chunked_state_floats(*map(ctypes.c_int64, (n, f, d, chunk)))
+            states = xq.new_empty(b * h, per_head, dtype=torch.float32)
         views = (xq, xk, v, out)
         native.over_heads(
-            native.library("linear_chunked").linear_chunked_fwd,
+            lib.linear_chunked_fwd,
             b * h,
-            h, n, f, d, chunk, feature, _DTYPES[xq.dtype], _strides(views), *views, den,
-            states if grad else None,
+            h, n, f, d, chunk, feature, _DTYPES[xq.dtype], _strides(views), *views, den, states,
         )  # fmt: skip
         ctx.save_for_backward(xq, xk, v, out, den, states)
         ctx.args = (chunk, feature)

@@ -290,8 +290,9 @@ static void add_to_state(int F, int D, int L, const float *XT, const float *X, c
     for (int j = 0; j < F; j++) z[j] += zc[j];
 }
 
-/* The float32 floats a head's saved states take: per chunk S_{<c}^T (D x F) and z_{<c} (F). */
-static int64_t state_floats(int64_t n, int64_t f, int64_t d, int64_t chunk) {
+/* The float32 floats a head's saved states take: per chunk S_{<c}^T (D x F) and z_{<c} (F).
+ * Exported, so that the caller allocates them by this formula and no copy of it. */
+int64_t linear_chunked_state_floats(int64_t n, int64_t f, int64_t d, int64_t chunk) {
     return (n + chunk - 1) / chunk * (f * d + f);
 }
 
@@ -316,7 +317,7 @@ int linear_chunked_fwd(int64_t bh0, int64_t bh1, int64_t heads, int64_t n, int64
         float *Oh = out + head_at(so, bh, heads), *Dh = den + bh * n;
         memset(S, 0, sizeof(float) * F * D);
         memset(z, 0, sizeof(float) * F);
-        float *St = states ? states + bh * state_floats(n, F, D, C) : NULL;
+        float *St = states ? states + bh * linear_chunked_state_floats(n, F, D, C) : NULL;
         for (int64_t t0 = 0; t0 < n; t0 += C) {
             const int L = n - t0 < C ? (int)(n - t0) : C;
             if (St) { /* S_{<c}^T and z_{<c}, for the backward */
@@ -394,7 +395,7 @@ int linear_chunked_bwd(int64_t bh0, int64_t bh1, int64_t heads, int64_t n, int64
     float *R = ws, *r = R + big, *Q = r + F, *K = Q + cf, *QT = K + cf, *T = QT + cf;
     float *dQ = T + cf, *X = dQ + cf, *G = X + cf, *dnum = G + cd, *V = dnum + cd, *VT = V + cd;
     float *dden = VT + cd, *A = dden + C, *B = A + cc, *BT = B + cc, *U = BT + cc, *zc = U + big;
-    const int64_t per_head = state_floats(n, F, D, C);
+    const int64_t per_head = linear_chunked_state_floats(n, F, D, C);
     for (int64_t bh = bh0; bh < bh1; bh++) {
         const int64_t bq = head_at(sq, bh, heads), bk = head_at(sk, bh, heads);
         const int64_t bv = head_at(svv, bh, heads), bg = head_at(sg, bh, heads);
